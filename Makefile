@@ -1,0 +1,42 @@
+# Provider Access: `make demo` runs the whole system, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: install migrate seed demo test bench clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+migrate: install
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+
+seed: migrate
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo
+
+# Web server and a Celery worker (with its beat scheduler) together; Ctrl-C stops both.
+demo: seed
+	@DEBUG=$${DEBUG:-1} PORT=$(PORT) BIN=$(BIN) bash -c '\
+	  export DEBUG PORT; \
+	  $$BIN/celery -A config worker --beat --loglevel=INFO --concurrency=2 \
+	      --logfile=var/worker.log & worker=$$!; \
+	  trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
+	  $$BIN/python manage.py demo_banner --port $$PORT; \
+	  $$BIN/python manage.py runserver --noreload 127.0.0.1:$$PORT'
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/search.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PayerConfig(AppConfig):
+    name = "payer"
+    verbose_name = "Payer (UnitedCare FHIR server)"

@@ -1,0 +1,136 @@
+"""Shared fixtures: isolated files, broker and queue per test session, and a real
+Celery worker process that runs against the test database."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+
+from config.celery_app import app as celery_app
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_runtime(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Give this test session its own export files directory, broker folder and queue,
+    so that test runs side by side (and the demo) never take each other's tasks."""
+    root = tmp_path_factory.mktemp("runtime")
+    files_dir, broker_dir = root / "files", root / "broker"
+    for folder in (files_dir, broker_dir / "queue", broker_dir / "processed"):
+        folder.mkdir(parents=True)
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    storages = {**settings.STORAGES}
+    if storages["exports"]["BACKEND"].endswith("FileSystemStorage"):
+        storages["exports"] = {**storages["exports"], "OPTIONS": {**storages["exports"]["OPTIONS"], "location": str(files_dir)}}
+    overrides = {"STORAGES": storages, "CELERY_TASK_DEFAULT_QUEUE": queue}
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        overrides["CELERY_BROKER_TRANSPORT_OPTIONS"] = {
+            "data_folder_in": str(broker_dir / "queue"),
+            "data_folder_out": str(broker_dir / "queue"),
+            "processed_folder": str(broker_dir / "processed"),
+            "store_processed": False,
+        }
+    celery_app.conf.task_default_queue = queue
+    celery_app.conf.broker_transport_options = overrides.get(
+        "CELERY_BROKER_TRANSPORT_OPTIONS", settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    )
+    with override_settings(**overrides):
+        yield {"PA_FILES_DIR": str(files_dir), "PA_BROKER_DIR": str(broker_dir), "PA_CELERY_QUEUE": queue}
+
+
+def _database_url() -> str:
+    """Return a DATABASE_URL naming the test database this session uses."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class WorkerProcess:
+    """A ``celery worker`` process consuming this session's queue."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str]) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker",
+                "--pool=solo", "--concurrency=1", "-Q", env["PA_CELERY_QUEUE"],
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel=INFO", f"--hostname=test-{uuid.uuid4().hex[:8]}@%h", *extra_args,
+            ],
+            cwd=BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while b" ready." not in log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Celery worker did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """Kill the worker at once (SIGKILL), as a crashed machine would."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(transactional_db, isolated_runtime, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real Celery worker processes on the test database and this session's queue."""
+    workers: list[WorkerProcess] = []
+
+    def start(*extra_args: str, **extra_env: str) -> WorkerProcess:
+        env = {
+            **os.environ,
+            **isolated_runtime,
+            "DATABASE_URL": _database_url(),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "SECRET_KEY": settings.SECRET_KEY,
+            "DEBUG": "0",
+            **extra_env,
+        }
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log", list(extra_args))
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_worker(start_worker) -> WorkerProcess:
+    """One real worker process for the test."""
+    return start_worker()
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 30, interval: float = 0.1, message: str = ""):
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(interval)
+    pytest.fail(f"Timed out after {timeout}s waiting for {message or predicate}")
