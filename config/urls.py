@@ -9,13 +9,13 @@ urlpatterns = [
 ]
 
 if "payer" in settings.ROLES:
-    from payer import views as payer_views
+    from payer.views import auth as payer_auth_views
 
     urlpatterns += [
         path("payer/", include("payer.urls")),
         path("storage/", include("storage.urls")),
         # SMART App Launch 2.x: discovery also at the host root.
-        path(".well-known/smart-configuration", payer_views.SmartConfigurationView.as_view()),
+        path(".well-known/smart-configuration", payer_auth_views.SmartConfigurationView.as_view()),
     ]
 if "provider" in settings.ROLES:
     urlpatterns += [path("provider/", include("provider.urls"))]
