@@ -293,6 +293,9 @@ class SmartClient(models.Model):
     max_concurrent_exports = models.PositiveIntegerField(default=5)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # DRF's request.user is the authenticated client (see payer/authentication.py).
+    is_authenticated = True
+
     class Meta:
         constraints = [
             models.CheckConstraint(
