@@ -1,1 +1,150 @@
-from django.db import models  # noqa: F401
+"""The hospital's side: connections to payers, sync jobs, and the local FHIR store."""
+
+from django.conf import settings
+from django.db import models
+
+
+class PayerConnection(models.Model):
+    """How this hospital reaches one payer's Bulk Data server (SMART Backend Services)."""
+
+    class ValidationLevel(models.TextChoices):
+        FULL = "full", "Full (fhir.resources R4B models)"
+        STRUCTURE = "structure", "Structure only (trusted payer)"
+
+    name = models.SlugField(max_length=50, unique=True)
+    display_name = models.CharField(max_length=200, help_text="Shown to clinicians, e.g. UnitedCare Health.")
+    fhir_base_url = models.URLField()
+    token_url = models.URLField(blank=True, help_text="Empty: discovered from .well-known/smart-configuration.")
+    client_id = models.CharField(max_length=200)
+    # The private key stays out of the database: a PEM file under var/keys/ (or a
+    # mounted secret); only its path and key id are stored.
+    private_key_path = models.CharField(max_length=500)
+    key_id = models.CharField(max_length=200)
+    algorithm = models.CharField(max_length=5, choices=[("RS384", "RS384"), ("ES384", "ES384")], default="RS384")
+    scopes = models.CharField(max_length=1000, default="system/*.read")
+    validation_level = models.CharField(max_length=10, choices=ValidationLevel.choices, default=ValidationLevel.FULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.display_name
+
+
+class SyncJob(models.Model):
+    """One fetch from a payer: kick-off, polling, downloads and ingest, driven by Celery tasks."""
+
+    class Level(models.TextChoices):
+        GROUP = "group", "Group"
+        PATIENT = "patient", "Patient"
+        SYSTEM = "system", "System"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to start"
+        KICKED_OFF = "kicked_off", "Waiting on the payer"
+        DOWNLOADING = "downloading", "Downloading"
+        INGESTING = "ingesting", "Ingesting"
+        COMPLETED = "completed", "Completed"
+        NO_DATA = "no_data", "The payer returned no data for this patient"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    connection = models.ForeignKey(PayerConnection, on_delete=models.PROTECT, related_name="sync_jobs")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    level = models.CharField(max_length=10, choices=Level.choices)
+    # Same scope, same key: the next fetch of this scope sends _since = the last transactionTime.
+    scope_key = models.CharField(max_length=300, db_index=True)
+    group_id = models.CharField(max_length=64, blank=True)
+    member_id = models.CharField(max_length=64, blank=True, help_text="The payer's member id, when fetching one patient.")
+    patient_ids = models.JSONField(default=list, blank=True)
+    types = models.JSONField(default=list, blank=True)
+    type_filters = models.JSONField(default=list, blank=True)
+    since = models.DateTimeField(null=True, blank=True)
+    export_type = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_url = models.URLField(max_length=1000, blank=True)
+    progress = models.CharField(max_length=200, blank=True, help_text="The payer's X-Progress, or our own step.")
+    poll_count = models.PositiveIntegerField(default=0)
+    manifest = models.JSONField(null=True, blank=True)
+    transaction_time = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True, help_text="Resources ingested per type.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    kicked_off_at = models.DateTimeField(null=True, blank=True)
+    manifest_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class SyncFile(models.Model):
+    """One file of a manifest: downloaded (resumably) then ingested exactly once."""
+
+    class Kind(models.TextChoices):
+        OUTPUT = "output", "Output"
+        ERROR = "error", "Error"
+        DELETED = "deleted", "Deleted"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DOWNLOADED = "downloaded", "Downloaded"
+        INGESTED = "ingested", "Ingested"
+        FAILED = "failed", "Failed"
+
+    job = models.ForeignKey(SyncJob, on_delete=models.CASCADE, related_name="files")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    resource_type = models.CharField(max_length=40)
+    url = models.URLField(max_length=1000)
+    expected_count = models.PositiveIntegerField(null=True, blank=True)
+    local_path = models.CharField(max_length=500, blank=True)
+    bytes_downloaded = models.PositiveBigIntegerField(default=0)
+    line_count = models.PositiveIntegerField(default=0)
+    ingested_count = models.PositiveIntegerField(default=0)
+    error_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "url"], name="sync_file_job_url_unique")]
+
+
+class LocalResource(models.Model):
+    """A FHIR resource in the hospital's local store, with the columns its searches need."""
+
+    resource_type = models.CharField(max_length=40)
+    resource_id = models.CharField(max_length=64)
+    version_id = models.CharField(max_length=64, blank=True)
+    last_updated = models.DateTimeField(null=True, blank=True)
+    # The id of the Patient the resource is about (from subject/patient/beneficiary).
+    patient_id = models.CharField(max_length=64, blank=True, default="")
+    date = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=40, blank=True, default="")
+    resource = models.JSONField()
+    # Provenance: which payer, which export, when.
+    connection = models.ForeignKey(PayerConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    sync_job = models.ForeignKey(SyncJob, null=True, blank=True, on_delete=models.SET_NULL)
+    export_time = models.DateTimeField(null=True, blank=True, help_text="The export's transactionTime.")
+    ingested_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["resource_type", "resource_id"], name="local_type_id_unique")]
+        indexes = [
+            models.Index(fields=["resource_type", "patient_id", "date"], name="local_type_patient_date_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+class IngestIssue(models.Model):
+    """A line of an NDJSON file that could not be stored, with why (an OperationOutcome)."""
+
+    sync_file = models.ForeignKey(SyncFile, null=True, blank=True, on_delete=models.CASCADE, related_name="issues")
+    file_name = models.CharField(max_length=500)
+    line_number = models.PositiveIntegerField()
+    outcome = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["file_name", "line_number"]

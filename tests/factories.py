@@ -1,0 +1,1 @@
+"""Factories shared by the tests: plain functions that create saved model rows."""
