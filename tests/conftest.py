@@ -25,7 +25,7 @@ def isolated_runtime(tmp_path_factory) -> Iterator[dict[str, str]]:
     so that test runs side by side (and the demo) never take each other's tasks."""
     root = tmp_path_factory.mktemp("runtime")
     files_dir, broker_dir = root / "files", root / "broker"
-    for folder in (files_dir, broker_dir / "queue", broker_dir / "processed"):
+    for folder in (files_dir, broker_dir / "queue", broker_dir / "processed", broker_dir / "control"):
         folder.mkdir(parents=True)
     queue = f"test-{uuid.uuid4().hex[:12]}"
     storages = {**settings.STORAGES}
@@ -37,6 +37,7 @@ def isolated_runtime(tmp_path_factory) -> Iterator[dict[str, str]]:
             "data_folder_in": str(broker_dir / "queue"),
             "data_folder_out": str(broker_dir / "queue"),
             "processed_folder": str(broker_dir / "processed"),
+            "control_folder": str(broker_dir / "control"),
             "store_processed": False,
         }
     celery_app.conf.task_default_queue = queue
