@@ -1,0 +1,25 @@
+"""Print where the demo runs and how to log in."""
+
+from django.core.management.base import BaseCommand
+
+from payer.services.demo import ADMIN_PASSWORD, ADMIN_USERNAME, GRACE_HOSPITAL_NAME, JACK_SHAW_MEMBER_ID
+
+
+class Command(BaseCommand):
+    help = "Print the demo URLs and logins."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, *args, port: int, **options) -> None:
+        base = f"http://127.0.0.1:{port}"
+        lines = [
+            "Provider Access demo",
+            f"  Home                     {base}/",
+            f"  Payer admin              {base}/admin/   (payer staff: {ADMIN_USERNAME} / {ADMIN_PASSWORD})",
+            f"  EMR ({GRACE_HOSPITAL_NAME})    {base}/emr/",
+            f"  Member opt-out           {base}/payer/opt-out/   (e.g. member {JACK_SHAW_MEMBER_ID})",
+            f"  Provider directory       {base}/payer/providers/",
+            f"  FHIR CapabilityStatement {base}/payer/fhir/metadata",
+        ]
+        self.stdout.write("\n".join(lines))

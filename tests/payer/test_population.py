@@ -1,0 +1,74 @@
+"""generate_population: deterministic per seed, valid resources, no collisions with the demo."""
+
+import datetime as dt
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from fhirkit.validation import resource_validate
+from payer.mapping import eobs_for_members
+from payer.models import Claim, ClinicalResource, Member, PriorAuthorization
+from payer.services.demo import GRACE_HOSPITAL_NPI, providers_seed, seed_demo
+from payer.services.population import population_generate
+
+pytestmark = pytest.mark.django_db
+
+TODAY = dt.date(2026, 6, 1)
+
+
+def _rows(prefix: str) -> dict:
+    members = Member.objects.filter(member_id__startswith=prefix).order_by("member_id")
+    patient_ids = list(members.values_list("patient_id", flat=True))
+    return {
+        "members": list(members.values_list("member_id", "family", "given", "birth_date", "gender")),
+        "resources": list(ClinicalResource.objects.filter(patient_id__in=patient_ids)
+                          .order_by("resource_type", "resource_id").values_list("resource_type", "resource_id", "resource")),
+        "eobs": list(eobs_for_members(member_ids=list(members.values_list("id", flat=True)))),
+    }
+
+
+def _wipe(prefix: str) -> None:
+    members = Member.objects.filter(member_id__startswith=prefix)
+    ClinicalResource.objects.filter(patient_id__in=members.values("patient_id")).delete()
+    Claim.objects.filter(member__in=members).delete()
+    PriorAuthorization.objects.filter(member__in=members).delete()
+    members.delete()
+
+
+def test_same_seed_same_rows_different_seed_different_rows():
+    providers_seed()
+    result = population_generate(members=12, seed=7, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI, batch_members=5)
+    assert result.members == 12 and result.clinical_resources > 100 and result.claims > 12
+    first = _rows("UCG0007")
+    assert len(first["members"]) == 12
+    _wipe("UCG0007")
+    population_generate(members=12, seed=7, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI, batch_members=7)
+    assert _rows("UCG0007") == first
+    population_generate(members=12, seed=8, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI)
+    other = _rows("UCG0008")
+    assert [m[1:] for m in other["members"]] != [m[1:] for m in first["members"]]
+    assert [r[2] for r in other["resources"]] != [r[2] for r in first["resources"]]
+
+
+def test_every_generated_resource_and_eob_validates_and_nothing_collides_with_the_demo():
+    seed_demo(create_admin=False)
+    before = ClinicalResource.objects.count(), Member.objects.count()
+    out = io.StringIO()
+    call_command("generate_population", "--members", "25", "--seed", "3", stdout=out)
+    assert "resources/s" in out.getvalue()
+    members = Member.objects.filter(member_id__startswith="UCG0003")
+    assert members.count() == 25 and Member.objects.count() == before[1] + 25
+    patient_ids = list(members.values_list("patient_id", flat=True))
+    resources = ClinicalResource.objects.filter(patient_id__in=patient_ids)
+    assert ClinicalResource.objects.count() == before[0] + resources.count()
+    for row in resources.iterator():
+        assert resource_validate(row.resource) == [], (row.resource_type, row.resource_id)
+    eobs = list(eobs_for_members(member_ids=list(members.values_list("id", flat=True))))
+    assert eobs
+    for eob in eobs:
+        assert resource_validate(eob) == [], eob["id"]
+    # Members are attributed to existing provider organizations through their claims.
+    assert Claim.objects.filter(member__in=members, billing_npi=GRACE_HOSPITAL_NPI).exists()
+    with pytest.raises(CommandError):
+        call_command("generate_population", "--members", "2", "--seed", "3", stdout=io.StringIO())
