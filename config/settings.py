@@ -119,6 +119,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# A shared cache (Redis) when several web processes run, so that rate limits hold across
+# them; the embedded default is per process.
+if cache_url := os.environ.get("CACHE_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": cache_url}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -191,15 +198,20 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict = {
-    # Derive attribution lists from the claims system once a day (payer/services/attribution.py).
-    "attribution-refresh-daily": {"task": "payer.tasks.attribution_refresh_task", "schedule": 24 * 60 * 60},
-}
+CELERY_BEAT_SCHEDULE: dict = {}
+if "payer" in ROLES:
+    CELERY_BEAT_SCHEDULE |= {
+        # Derive attribution lists from the claims system once a day (payer/services/attribution.py).
+        "attribution-refresh-daily": {"task": "payer.tasks.attribution_refresh_task", "schedule": 24 * 60 * 60},
+    }
+
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["fhirkit.renderers.FHIRJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["fhirkit.parsers.FHIRJSONParser", "rest_framework.parsers.FormParser"],
+    "DEFAULT_PARSER_CLASSES": [
+        "fhirkit.parsers.FHIRJSONParser", "rest_framework.parsers.JSONParser", "rest_framework.parsers.FormParser",
+    ],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,

@@ -4,3 +4,490 @@ Admin classes are thin: actions and save_model call services.
 """
 
 from django.contrib import admin  # noqa: F401
+
+
+# --- SMART clients and the audit trail (SMART Backend Services; CMS-0057-F audit) ---------
+from django import forms  # noqa: E402
+from django.core.exceptions import ValidationError  # noqa: E402
+
+from payer.models import AuditEvent, SmartClient  # noqa: E402
+from payer.services.auth import client_register, jwks_validate, scope_parse  # noqa: E402
+
+
+class SmartClientForm(forms.ModelForm):
+    jwks_url = forms.URLField(required=False, assume_scheme="https", help_text="Where the client serves its public JWKS.")
+
+    class Meta:
+        model = SmartClient
+        fields = ["name", "organization", "jwks_url", "jwks", "scopes", "active", "max_concurrent_exports"]
+
+    def clean_jwks(self):
+        jwks = self.cleaned_data.get("jwks")
+        if jwks:
+            jwks_validate(jwks=jwks)
+        return jwks or None
+
+    def clean_scopes(self):
+        scopes = self.cleaned_data.get("scopes", "").split()
+        bad = [s for s in scopes if scope_parse(s) is None]
+        if bad or not scopes:
+            raise ValidationError(f"Give system/ scopes such as system/*.read; not valid: {' '.join(bad) or '(none)'}")
+        return " ".join(scopes)
+
+    def clean(self):
+        cleaned = super().clean()
+        if bool(cleaned.get("jwks")) == bool(cleaned.get("jwks_url")):
+            raise ValidationError("Give exactly one of a JWKS (public keys) or a JWKS URL.")
+        return cleaned
+
+
+@admin.register(SmartClient)
+class SmartClientAdmin(admin.ModelAdmin):
+    form = SmartClientForm
+    list_display = ["name", "client_id", "organization", "scopes", "active", "created_at"]
+    list_filter = ["active", "organization"]
+    search_fields = ["name", "client_id", "organization__name", "organization__npi"]
+    readonly_fields = ["client_id", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # New clients go through the service, which generates the client_id.
+        client = client_register(
+            organization=obj.organization, jwks=obj.jwks, jwks_url=obj.jwks_url, scopes=obj.scopes, name=obj.name
+        )
+        if not obj.active or obj.max_concurrent_exports != client.max_concurrent_exports:
+            SmartClient.objects.filter(pk=client.pk).update(
+                active=obj.active, max_concurrent_exports=obj.max_concurrent_exports
+            )
+        obj.pk, obj.client_id, obj.created_at = client.pk, client.client_id, client.created_at
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the audit trail is written by the services, never edited by hand."""
+
+    list_display = ["created_at", "action", "outcome", "client_id", "organization_npi", "status_code", "request_path"]
+    list_filter = ["action", "outcome", "client_id"]
+    search_fields = ["client_id", "organization_npi", "patient_ids", "detail"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --- Members, opt-outs and attribution lists (CMS-0057-F opt-out; PDex / ATR attribution) ----
+from django import forms  # noqa: E402, F811
+from django.contrib.admin import helpers as admin_helpers  # noqa: E402
+from django.core.exceptions import PermissionDenied, ValidationError  # noqa: E402, F811
+from django.http import HttpResponseNotAllowed  # noqa: E402
+from django.shortcuts import redirect  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.template.response import TemplateResponse  # noqa: E402
+from django.utils import timezone as _tz  # noqa: E402
+
+from payer.models import AttributionGroup, AttributionMember, Member, OptOutEvent  # noqa: E402
+from payer.services.attribution import (  # noqa: E402
+    attribution_group_ensure,
+    attribution_member_add,
+    attribution_member_end,
+    attribution_refresh,
+)
+from payer.services.audit import audit_record  # noqa: E402
+from payer.services.opt_out import opt_out_record  # noqa: E402
+
+
+class OptOutChangeForm(forms.Form):
+    channel = forms.ChoiceField(
+        choices=[(c.value, c.label) for c in OptOutEvent.Channel if c != OptOutEvent.Channel.WEB],
+        initial=OptOutEvent.Channel.ADMIN,
+        help_text="How the member told us. Use 'Phone call' or 'Letter' when recording a member's request.",
+    )
+    note = forms.CharField(max_length=300, required=False, widget=forms.TextInput(attrs={"size": 60}),
+                           help_text="Optional: e.g. the call reference.")
+
+
+def _member_lookup(member_id: str) -> Member:
+    member = Member.objects.filter(member_id__iexact=(member_id or "").strip()).first()
+    if member is None:
+        raise ValidationError("No member has that member ID.")
+    return member
+
+
+class AttributionAddForm(forms.Form):
+    member_id = forms.CharField(label="Member ID", max_length=40)
+    start = forms.DateField(initial=_tz.localdate, help_text="YYYY-MM-DD")
+    reason = forms.CharField(max_length=300, widget=forms.TextInput(attrs={"size": 60}),
+                             help_text="Required: why this member has a treatment relationship.")
+
+    def clean_member_id(self):
+        return _member_lookup(self.cleaned_data["member_id"])
+
+
+class AttributionEndForm(forms.Form):
+    member_id = forms.CharField(label="Member ID", max_length=40)
+    end = forms.DateField(initial=_tz.localdate, help_text="Last day on the list (YYYY-MM-DD).")
+    reason = forms.CharField(max_length=300, widget=forms.TextInput(attrs={"size": 60}),
+                             help_text="Required: why the treatment relationship ended.")
+
+    def clean_member_id(self):
+        return _member_lookup(self.cleaned_data["member_id"])
+
+
+def _action_form(modeladmin, request, queryset, *, form_class, action, title, explanation, submit_label):
+    """Return (bound valid form, None) once staff confirmed, else (None, the intermediate page)."""
+    if "apply" in request.POST:
+        form = form_class(request.POST)
+        if form.is_valid():
+            return form, None
+    else:
+        form = form_class()
+    page = TemplateResponse(
+        request,
+        "admin/payer/action_form.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "opts": modeladmin.model._meta,
+            "title": title,
+            "explanation": explanation,
+            "submit_label": submit_label,
+            "objects": list(queryset),
+            "form": form,
+            "action": action,
+            "action_checkbox_name": admin_helpers.ACTION_CHECKBOX_NAME,
+        },
+    )
+    return None, page
+
+
+class OptOutEventInline(admin.TabularInline):
+    """The member's opt-out history: append-only, so nothing here can be edited."""
+
+    model = OptOutEvent
+    fields = ["created_at", "opted_out", "channel", "changed_by", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-created_at", "-id"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Member)
+class MemberAdmin(admin.ModelAdmin):
+    list_display = ["member_id", "family", "given", "birth_date", "opted_out"]
+    list_filter = ["opted_out"]
+    search_fields = ["member_id", "family", "given", "patient_id"]
+    # Staff change the opt-out only through the actions, so every change is an OptOutEvent.
+    readonly_fields = ["opted_out"]
+    inlines = [OptOutEventInline]
+    actions = ["opt_out_action", "opt_in_action"]
+
+    def _opt_out_change(self, request, queryset, *, opted_out: bool, action: str, title: str):
+        form, page = _action_form(
+            self, request, queryset, form_class=OptOutChangeForm, action=action, title=title,
+            explanation=(
+                "This is recorded in each member's opt-out history with your user name. "
+                "It applies at once to every request and to exports still running."
+            ),
+            submit_label=title,
+        )
+        if page is not None:
+            return page
+        members = list(queryset)
+        for member in members:
+            opt_out_record(
+                member=member,
+                opted_out=opted_out,
+                channel=form.cleaned_data["channel"],
+                changed_by=request.user.get_username(),
+                note=form.cleaned_data["note"],
+            )
+        audit_record(
+            action="opt-out",
+            outcome="success",
+            request=request,
+            patient_ids=[m.patient_id for m in members],
+            detail=f"staff {request.user.get_username()} ({form.cleaned_data['channel']}): "
+            f"{'opted out' if opted_out else 'opted in'}",
+        )
+        self.message_user(request, f"{title}: recorded for {len(members)} member(s).")
+        return None
+
+    @admin.action(permissions=["change"], description="Opt out of provider data sharing")
+    def opt_out_action(self, request, queryset):
+        return self._opt_out_change(request, queryset, opted_out=True, action="opt_out_action",
+                                    title="Opt out of provider data sharing")
+
+    @admin.action(permissions=["change"], description="Opt back in to provider data sharing")
+    def opt_in_action(self, request, queryset):
+        return self._opt_out_change(request, queryset, opted_out=False, action="opt_in_action",
+                                    title="Opt back in to provider data sharing")
+
+
+@admin.register(OptOutEvent)
+class OptOutEventAdmin(admin.ModelAdmin):
+    """Read-only: the history is written by ``opt_out_record`` only."""
+
+    list_display = ["created_at", "member", "opted_out", "channel", "changed_by", "note"]
+    list_filter = ["opted_out", "channel"]
+    search_fields = ["member__member_id", "member__family", "changed_by", "note"]
+    date_hierarchy = "created_at"
+    list_select_related = ["member"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AttributionMemberInline(admin.TabularInline):
+    """Entries change only through the group's actions (with a reason) and the claims refresh."""
+
+    model = AttributionMember
+    fields = ["member", "start", "end", "source", "reason", "changed_by", "last_transmitted"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["member__family", "member__given"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AttributionGroup)
+class AttributionGroupAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "fhir_id", "updated_at"]
+    search_fields = ["name", "organization__name", "organization__npi", "fhir_id"]
+    readonly_fields = ["fhir_id", "updated_at"]
+    inlines = [AttributionMemberInline]
+    actions = ["member_add_action", "member_end_action", "refresh_action"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The organization of an existing list never changes.
+        return [*self.readonly_fields, "organization"] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        group = attribution_group_ensure(organization=obj.organization)
+        if obj.name and obj.name != group.name:
+            AttributionGroup.objects.filter(pk=group.pk).update(name=obj.name)
+        obj.pk, obj.fhir_id = group.pk, group.fhir_id
+
+    @admin.action(permissions=["change"], description="Add a member to the list (with a reason)")
+    def member_add_action(self, request, queryset):
+        form, page = _action_form(
+            self, request, queryset, form_class=AttributionAddForm, action="member_add_action",
+            title="Add a member", explanation="Staff entries are kept by the claims refresh.",
+            submit_label="Add the member",
+        )
+        if page is not None:
+            return page
+        for group in queryset:
+            attribution_member_add(
+                group=group, member=form.cleaned_data["member_id"], start=form.cleaned_data["start"],
+                reason=form.cleaned_data["reason"], changed_by=request.user.get_username(),
+            )
+        self.message_user(request, f"Added {form.cleaned_data['member_id']} to {queryset.count()} list(s).")
+        return None
+
+    @admin.action(permissions=["change"], description="End a member on the list (with a reason)")
+    def member_end_action(self, request, queryset):
+        form, page = _action_form(
+            self, request, queryset, form_class=AttributionEndForm, action="member_end_action",
+            title="End a member", explanation="The member stays in the history with an end date.",
+            submit_label="End the member",
+        )
+        if page is not None:
+            return page
+        member = form.cleaned_data["member_id"]
+        for group in queryset:
+            try:
+                attribution_member_end(
+                    group=group, member=member, end=form.cleaned_data["end"],
+                    reason=form.cleaned_data["reason"], changed_by=request.user.get_username(),
+                )
+            except ValidationError as error:
+                self.message_user(request, "; ".join(error.messages), level="error")
+            else:
+                self.message_user(request, f"Ended {member} on {group}.")
+        return None
+
+    @admin.action(permissions=["change"], description="Refresh from claims (all organizations)")
+    def refresh_action(self, request, queryset):
+        self._refresh(request)
+
+    def _refresh(self, request) -> None:
+        summary = attribution_refresh()
+        self.message_user(
+            request,
+            f"Refreshed {summary.organizations} list(s) from claims: {summary.added} added, "
+            f"{summary.reopened} reopened, {summary.ended} ended, {summary.unchanged} unchanged, "
+            f"{summary.manual_skipped} staff entries kept.",
+        )
+
+    # Admin actions need selected rows, and a fresh system has no lists yet: the change
+    # list also has a "Refresh all lists from claims" button posting here.
+    change_list_template = "admin/payer/attributiongroup/change_list.html"
+
+    def get_urls(self):
+        refresh = path(
+            "refresh/", self.admin_site.admin_view(self.refresh_view), name="payer_attributiongroup_refresh"
+        )
+        return [refresh, *super().get_urls()]
+
+    def refresh_view(self, request):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        self._refresh(request)
+        return redirect("admin:payer_attributiongroup_changelist")
+
+
+@admin.register(AttributionMember)
+class AttributionMemberAdmin(admin.ModelAdmin):
+    """Read-only search across every list; change entries through the group's actions."""
+
+    list_display = ["member", "group", "start", "end", "source", "changed_by", "last_transmitted"]
+    list_filter = ["source", "group"]
+    search_fields = ["member__member_id", "member__family", "group__name", "group__organization__npi"]
+    list_select_related = ["member", "group"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --- Systems of record: provider directory, contracts, clinical repository, claims -------
+import json  # noqa: E402
+
+from django.utils.html import format_html  # noqa: E402
+
+from payer.models import (  # noqa: E402
+    Claim,
+    ClaimDiagnosis,
+    ClaimLine,
+    ClinicalResource,
+    NetworkContract,
+    PriorAuthorization,
+    ProviderOrganization,
+    ProviderPractitioner,
+)
+
+
+class ProviderPractitionerInline(admin.TabularInline):
+    model = ProviderPractitioner
+    fields = ["npi", "given", "family", "taxonomy_code", "taxonomy_display", "fhir_id"]
+    extra = 0
+
+
+class NetworkContractInline(admin.TabularInline):
+    model = NetworkContract
+    fields = ["contract_number", "start", "end"]
+    extra = 0
+
+
+@admin.register(ProviderOrganization)
+class ProviderOrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "npi", "city", "state", "fhir_id"]
+    search_fields = ["name", "npi", "fhir_id"]
+    list_filter = ["state"]
+    inlines = [ProviderPractitionerInline, NetworkContractInline]
+
+
+@admin.register(ProviderPractitioner)
+class ProviderPractitionerAdmin(admin.ModelAdmin):
+    list_display = ["family", "given", "npi", "taxonomy_display", "organization"]
+    search_fields = ["family", "given", "npi", "taxonomy_code", "organization__name"]
+    list_filter = ["taxonomy_display", "organization"]
+    list_select_related = ["organization"]
+
+
+@admin.register(NetworkContract)
+class NetworkContractAdmin(admin.ModelAdmin):
+    list_display = ["contract_number", "organization", "start", "end"]
+    search_fields = ["contract_number", "organization__name", "organization__npi"]
+    list_filter = ["end"]
+    list_select_related = ["organization"]
+
+
+@admin.register(ClinicalResource)
+class ClinicalResourceAdmin(admin.ModelAdmin):
+    """Read-only: the clinical repository is fed by the source systems, not edited by hand."""
+
+    list_display = ["resource_type", "resource_id", "patient_id", "date", "status", "last_updated"]
+    list_filter = ["resource_type", "status"]
+    search_fields = ["resource_id", "patient_id"]
+    date_hierarchy = "last_updated"
+    fields = ["resource_type", "resource_id", "version_id", "last_updated", "patient_id", "date", "status", "resource_pretty"]
+    readonly_fields = fields
+
+    @admin.display(description="Resource")
+    def resource_pretty(self, obj: ClinicalResource) -> str:
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", json.dumps(obj.resource, indent=2))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ClaimLineInline(admin.TabularInline):
+    model = ClaimLine
+    fields = ["sequence", "procedure_code", "procedure_system", "procedure_display", "revenue_code", "place_of_service",
+              "service_date", "quantity", "charged_amount", "allowed_amount", "paid_amount", "copay_amount"]
+    extra = 0
+
+
+class ClaimDiagnosisInline(admin.TabularInline):
+    model = ClaimDiagnosis
+    fields = ["sequence", "icd10_code", "display", "kind"]
+    extra = 0
+
+
+@admin.register(Claim)
+class ClaimAdmin(admin.ModelAdmin):
+    list_display = ["claim_number", "member", "claim_type", "status", "service_start", "billing_npi", "rendering_npi", "updated_at"]
+    list_filter = ["claim_type", "status"]
+    search_fields = ["claim_number", "member__member_id", "member__family", "billing_npi", "rendering_npi", "encounter_id"]
+    date_hierarchy = "service_start"
+    list_select_related = ["member"]
+    raw_id_fields = ["member"]
+    inlines = [ClaimLineInline, ClaimDiagnosisInline]
+
+
+@admin.register(PriorAuthorization)
+class PriorAuthorizationAdmin(admin.ModelAdmin):
+    list_display = ["auth_number", "member", "service_code", "service_display", "decision", "decision_date", "valid_start", "valid_end"]
+    list_filter = ["decision", "service_system"]
+    search_fields = ["auth_number", "member__member_id", "member__family", "service_code", "requesting_npi"]
+    date_hierarchy = "requested_date"
+    list_select_related = ["member"]
+    raw_id_fields = ["member"]
