@@ -203,8 +203,20 @@ if "payer" in ROLES:
     CELERY_BEAT_SCHEDULE |= {
         # Derive attribution lists from the claims system once a day (payer/services/attribution.py).
         "attribution-refresh-daily": {"task": "payer.tasks.attribution_refresh_task", "schedule": 24 * 60 * 60},
+        # Bulk Data exports: re-queue work units whose lease expired (killed worker, lost
+        # message), and purge expired files and jobs (payer/services/export.py).
+        "export-reconcile": {"task": "payer.tasks.export_reconcile_task", "schedule": 60},
+        "export-purge": {"task": "payer.tasks.export_purge_task", "schedule": 15 * 60},
     }
 
+# Bulk Data exports (payer/services/export.py, storage/).
+PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))
+# Expired files stay this long so that a download in progress is not cut off.
+PA_EXPORT_PURGE_GRACE_SECONDS = int(os.environ.get("PA_EXPORT_PURGE_GRACE_SECONDS", "3600"))
+PA_EXPORT_LEASE_SECONDS = int(os.environ.get("PA_EXPORT_LEASE_SECONDS", "300"))
+PA_EXPORT_BATCH_PATIENTS = int(os.environ.get("PA_EXPORT_BATCH_PATIENTS", "1000"))
+PA_EXPORT_FILE_MAX_BYTES = int(os.environ.get("PA_EXPORT_FILE_MAX_BYTES", str(256 * 1024 * 1024)))
+PA_EXPORT_MAX_ATTEMPTS = int(os.environ.get("PA_EXPORT_MAX_ATTEMPTS", "5"))
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {

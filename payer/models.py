@@ -350,3 +350,88 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+
+class ExportJob(models.Model):
+    """One Bulk Data ``$export`` or PDex ``$davinci-data-export`` request of a client.
+
+    The job is split into ``ExportWorkUnit`` rows when it is created, before any worker
+    starts, so a lost message or a killed worker never loses track of what is left.
+    """
+
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled by the client"
+
+    class Level(models.TextChoices):
+        SYSTEM = "system", "System"
+        PATIENT = "patient", "Patient"
+        GROUP = "group", "Group"
+
+    # Opaque id in the status URL; never the database id.
+    job_id = models.CharField(max_length=64, unique=True)
+    client = models.ForeignKey(SmartClient, on_delete=models.CASCADE, related_name="export_jobs")
+    level = models.CharField(max_length=10, choices=Level.choices)
+    group = models.ForeignKey(AttributionGroup, on_delete=models.CASCADE, null=True, blank=True)
+    operation = models.CharField(max_length=40, default="export", help_text="export or davinci-data-export")
+    # Bulk Data manifest ``request``: the kick-off URL (without parameters for POST).
+    request_url = models.TextField()
+    params = models.JSONField(default=dict, help_text="Normalized kick-off parameters.")
+    scopes = models.CharField(max_length=1000)
+    # OperationOutcome issues for what was ignored under ``Prefer: handling=lenient``.
+    issues = models.JSONField(default=list, blank=True)
+    # Bulk Data: the instant the data was read; recorded before reading, and the upper
+    # bound of every query of the job, so that it can be the client's next ``_since``.
+    transaction_time = models.DateTimeField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.IN_PROGRESS, db_index=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Status polling accounting (Bulk Data: a client polling too often may get 429).
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Export {self.job_id} ({self.status})"
+
+
+class ExportWorkUnit(models.Model):
+    """One resource type for one batch of patients of an ``ExportJob``.
+
+    A unit writes its own deterministic file parts and is done when its ``ExportFile``
+    rows are committed. ``lease_expires_at`` bounds how long a unit may stay queued or
+    running before the reconciler queues it again.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="units")
+    resource_type = models.CharField(max_length=40)
+    sequence = models.PositiveIntegerField()
+    # FHIR Patient ids of the batch (empty for shared resources such as Practitioner).
+    patient_ids = models.JSONField(default=list, blank=True)
+    # Member primary keys of the same batch (the claims system keys EOBs by member).
+    member_pks = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    count = models.PositiveIntegerField(default=0)
+    # The patients whose data this unit actually wrote (visible when it ran).
+    exported_patient_ids = models.JSONField(default=list, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "resource_type", "sequence"], name="export_unit_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job.job_id} {self.resource_type} #{self.sequence} ({self.status})"

@@ -12,3 +12,22 @@ def attribution_refresh_task() -> dict:
     # Idempotent (upserts on the unique (group, member)), so acks_late is safe.
     return dataclasses.asdict(attribution_refresh())
 
+
+# --- Bulk Data exports (payer/services/export.py) ---------------------------------------
+from payer.services import export as export_services  # noqa: E402
+
+
+@shared_task(acks_late=True, max_retries=5, autoretry_for=(OSError,), retry_backoff=True)
+def export_unit_run_task(unit_id: int) -> None:
+    # Safe twice: the unit is claimed by an atomic UPDATE and its parts are overwritten.
+    export_services.export_unit_run(unit_id=unit_id)
+
+
+@shared_task(acks_late=True)
+def export_reconcile_task() -> dict:
+    return export_services.export_reconcile()
+
+
+@shared_task(acks_late=True)
+def export_purge_task() -> int:
+    return export_services.export_purge()

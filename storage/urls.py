@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from storage import views
 
 app_name = "storage"
-urlpatterns: list = []
+urlpatterns: list = [
+    path("files/<str:file_id>", views.ExportFileView.as_view(), name="export-file"),
+]

@@ -1,0 +1,645 @@
+"""Bulk Data ``$export`` and PDex ``$davinci-data-export`` as resumable jobs.
+
+A job is split, when it is created, into work units (one resource type for one batch
+of patients) saved in the same transaction; only then are units queued. A unit takes a
+lease, writes its own deterministic gzip NDJSON parts, and commits its ``ExportFile``
+rows and ``done`` status together, so a unit run twice (a redelivered message, a lease
+that ran out) leaves one copy of each resource. ``export_reconcile`` (beat, every
+minute) re-queues units whose lease expired (killed worker, lost message) and finishes
+jobs whose units are all done.
+
+Bulk Data IG 2.0.0 export.html; Da Vinci PDex STU2 Provider Access; CMS-0057-F.
+"""
+
+import datetime
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Lookup, Q, TextField
+from django.db.models.functions import Cast
+from django.utils import timezone
+from django.utils.http import http_date
+
+from fhirkit.outcome import FHIRError, operation_outcome, outcome_issue
+from payer.mapping import eobs_for_members
+from payer.models import (
+    AttributionGroup,
+    AttributionMember,
+    Claim,
+    ClinicalResource,
+    ExportJob,
+    ExportWorkUnit,
+    PriorAuthorization,
+    SmartClient,
+)
+from payer.services.access import organization_in_network, visible_members, visible_patient_ids
+from payer.services.auth import scope_granted_types
+from payer.services.export_params import (
+    PATIENT_TYPES,
+    SERVICE_DATE_FLOOR,
+    SHARED_TYPES,
+    SUPPORTED_TYPES,
+    ExportParams,
+    elements_for,
+    export_params_parse,
+    resource_matches,
+    resource_subset,
+    type_filter_q,
+)
+from storage.models import ExportFile
+from storage.services import NDJSONPartWriter, export_names_delete, export_parts_prune, file_row_fields
+
+logger = logging.getLogger(__name__)
+
+ROWS_PER_FETCH = 5000
+ACTIVE = (ExportWorkUnit.Status.PENDING, ExportWorkUnit.Status.RUNNING)
+
+
+def _setting(name: str) -> Any:
+    return getattr(settings, name)
+
+
+def _lease() -> datetime.timedelta:
+    return datetime.timedelta(seconds=_setting("PA_EXPORT_LEASE_SECONDS"))
+
+
+def _enqueue(unit_ids: list[int]) -> None:
+    from payer.tasks import export_unit_run_task
+
+    for unit_id in unit_ids:
+        export_unit_run_task.delay(unit_id)
+
+
+# --- Kick-off --------------------------------------------------------------------------------
+
+
+def export_job_create(
+    *,
+    client: SmartClient,
+    scopes: str,
+    level: str,
+    operation: str,
+    raw_params: dict[str, list[str]],
+    lenient: bool,
+    request_url: str,
+    group: AttributionGroup | None = None,
+) -> ExportJob:
+    """Validate a kick-off, record the job and its work units, and queue the units.
+
+    Raise ``FHIRError``: 400 for bad parameters (unless ``lenient``), 403 when the scopes
+    grant nothing or the organization is out of network, 429 when the client already
+    runs ``max_concurrent_exports`` jobs (Bulk Data req 118).
+    """
+    organization = client.organization
+    # Bulk Data transactionTime: the instant the data is read. Taken before anything is
+    # read, and every query of the job is capped at it, so it can be the next _since.
+    transaction_time = timezone.now()
+    granted = scope_granted_types(scopes=scopes, candidates=list(SUPPORTED_TYPES))
+    params, issues = export_params_parse(
+        raw=raw_params,
+        operation=operation,
+        granted_types=granted,
+        lenient=lenient,
+        patient_param_allowed=level != ExportJob.Level.SYSTEM,
+    )
+    if not organization_in_network(organization=organization):
+        raise FHIRError("The organization has no network contract in force.", status=403, code="forbidden")
+    if params.until is None or params.until_dt() > transaction_time:
+        params.until = transaction_time.isoformat()
+
+    members = visible_members(organization=organization)
+    if group is not None:
+        members = members.filter(attributions__group=group)
+    member_rows = list(members.order_by("patient_id").values_list("patient_id", "pk").distinct())
+    if params.patients is not None:
+        # Bulk Data req 85-87: never export patients outside the list; patients unknown,
+        # not visible or outside the group are an error (ignored when lenient).
+        known = {patient_id for patient_id, _ in member_rows}
+        missing = [p for p in params.patients if p not in known]
+        if missing and not lenient:
+            raise FHIRError(
+                f"patient: {', '.join(missing[:20])} not found among the members this client may see"
+                + (" in the group." if group else "."),
+                code="not-found",
+                expression=["patient"],
+            )
+        issues.extend(
+            outcome_issue(code="not-found", severity="warning", expression=["patient"],
+                          diagnostics=f"Ignored under Prefer: handling=lenient: patient {p} not found among visible members.")
+            for p in missing
+        )
+        wanted = set(params.patients)
+        member_rows = [row for row in member_rows if row[0] in wanted]
+
+    with transaction.atomic():
+        # Lock the client row so two simultaneous kick-offs cannot both pass the limit.
+        locked = SmartClient.objects.select_for_update().get(pk=client.pk)
+        running = ExportJob.objects.filter(client=locked, status=ExportJob.Status.IN_PROGRESS).count()
+        if running >= locked.max_concurrent_exports:
+            raise FHIRError(
+                f"This client already runs {running} exports (its limit); retry when one completes.",
+                status=429,
+                code="throttled",
+                headers={"Retry-After": "30"},
+            )
+        job = ExportJob.objects.create(
+            job_id=secrets.token_urlsafe(24),
+            client=locked,
+            level=level,
+            group=group,
+            operation=operation,
+            request_url=request_url,
+            params=params.to_json(),
+            scopes=scopes,
+            issues=issues,
+            transaction_time=transaction_time,
+        )
+        units = _units_build(job=job, params=params, member_rows=member_rows)
+        ExportWorkUnit.objects.bulk_create(units, batch_size=500)
+        unit_ids = list(job.units.values_list("id", flat=True))
+        if unit_ids:
+            transaction.on_commit(lambda: _enqueue(unit_ids))
+        else:
+            transaction.on_commit(lambda: export_job_finalize(job_id=job.pk))
+    return job
+
+
+def _units_build(*, job: ExportJob, params: ExportParams, member_rows: list[tuple[str, int]]) -> list[ExportWorkUnit]:
+    """Return unsaved work units: each patient type x batch, plus one per shared type."""
+    batch_size = _setting("PA_EXPORT_BATCH_PATIENTS")
+    lease_until = timezone.now() + _lease()
+    units: list[ExportWorkUnit] = []
+    # Types the repository holds nothing of need no unit (one indexed probe per type).
+    stored = [t for t in params.types if _type_has_rows(t)]
+    for sequence, start in enumerate(range(0, len(member_rows), batch_size)):
+        batch = member_rows[start : start + batch_size]
+        for resource_type in stored:
+            if resource_type in PATIENT_TYPES:
+                units.append(ExportWorkUnit(
+                    job=job, resource_type=resource_type, sequence=sequence,
+                    patient_ids=[p for p, _ in batch], member_pks=[pk for _, pk in batch],
+                    lease_expires_at=lease_until,
+                ))
+    # Directory resources (outside the patient compartment) at the system level, or when
+    # named in _type (Bulk Data req 37/38: MAY be returned).
+    for resource_type in stored:
+        if resource_type in SHARED_TYPES and member_rows:
+            units.append(ExportWorkUnit(job=job, resource_type=resource_type, sequence=0, lease_expires_at=lease_until))
+    return units
+
+
+def _type_has_rows(resource_type: str) -> bool:
+    if resource_type == "ExplanationOfBenefit":
+        return Claim.objects.exists() or PriorAuthorization.objects.exists()
+    return ClinicalResource.objects.filter(resource_type=resource_type).exists()
+
+
+# --- Running a unit --------------------------------------------------------------------------
+
+
+def _unit_claim(*, unit_id: int) -> bool:
+    now = timezone.now()
+    claimable = Q(status=ExportWorkUnit.Status.PENDING) | Q(status=ExportWorkUnit.Status.RUNNING, lease_expires_at__lt=now)
+    return bool(
+        ExportWorkUnit.objects.filter(claimable, pk=unit_id, job__status=ExportJob.Status.IN_PROGRESS).update(
+            status=ExportWorkUnit.Status.RUNNING, lease_expires_at=now + _lease(), attempts=F("attempts") + 1
+        )
+    )
+
+
+def _part_name(unit: ExportWorkUnit, part: int) -> str:
+    return f"exports/{unit.job.job_id}/{unit.resource_type}.{unit.sequence:05d}.{part:03d}.ndjson.gz"
+
+
+class _Heartbeat:
+    """Renew the unit's lease while it runs; stop when the job was cancelled."""
+
+    def __init__(self, unit: ExportWorkUnit) -> None:
+        self.unit = unit
+        self.interval = max(1.0, _setting("PA_EXPORT_LEASE_SECONDS") / 3)
+        self.next_at = time.monotonic() + self.interval
+
+    def beat(self) -> None:
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.interval
+        renewed = ExportWorkUnit.objects.filter(
+            pk=self.unit.pk, status=ExportWorkUnit.Status.RUNNING, job__status=ExportJob.Status.IN_PROGRESS
+        ).update(lease_expires_at=timezone.now() + _lease())
+        if not renewed:
+            raise _UnitAbandoned
+
+
+class _UnitAbandoned(Exception):
+    """The job was cancelled or failed while the unit ran."""
+
+
+def _clinical_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str], heartbeat: _Heartbeat) -> Iterator[bytes]:
+    """Yield NDJSON lines of ClinicalResource rows, streamed as stored JSON text.
+
+    Postgres: ``resource::text`` through a server-side cursor (``.iterator()``), so the
+    JSON is never parsed in Python; SQLite: the stored text column. Rows are parsed only
+    when ``_elements`` or a JSON-level ``_typeFilter`` needs it.
+    """
+    resource_type = unit.resource_type
+    rows = ClinicalResource.objects.filter(resource_type=resource_type)
+    postgres = connection.vendor == "postgresql"
+    # Postgres: one array parameter instead of a thousand IN (...) parameters.
+    in_patients = (lambda field: _AnyOf(F(field), patient_ids)) if postgres else (
+        lambda field: Q(**{f"{field}__in": patient_ids}))
+    if resource_type == "Patient":
+        rows = rows.filter(in_patients("resource_id"))
+    elif resource_type in PATIENT_TYPES:
+        rows = rows.filter(in_patients("patient_id"))
+    else:
+        rows = rows.filter(patient_id="")
+    since, until = params.since_dt(), params.until_dt()
+    if since is not None:
+        rows = rows.filter(last_updated__gt=since)  # Bulk Data req 59: changed after _since.
+    if until is not None:
+        rows = rows.filter(last_updated__lte=until)  # req 153/154: up to transactionTime.
+    if resource_type in PATIENT_TYPES and resource_type != "Patient":
+        # CMS-0057-F: dates of service from 2016-01-01 on.
+        rows = rows.filter(Q(date__isnull=True) | Q(date__gte=SERVICE_DATE_FLOOR))
+    python_filters: list[list[list[str]]] = []
+    alternatives = params.type_filters.get(resource_type)
+    if alternatives:
+        sql_alternatives = []
+        for criteria in alternatives:
+            q, rest = type_filter_q(criteria=criteria)
+            sql_alternatives.append(q)
+            python_filters.append(rest)
+        # OR of the alternatives; one without column criteria matches every row in SQL.
+        if all(sql_alternatives):
+            any_q = sql_alternatives[0]
+            for q in sql_alternatives[1:]:
+                any_q |= q
+            rows = rows.filter(any_q)
+        if not any(python_filters):
+            python_filters = []
+        else:
+            # Each alternative must be re-checked whole on the parsed row.
+            python_filters = alternatives
+    keep = elements_for(params=params, resource_type=resource_type)
+    # No ORDER BY: the (patient_id, resource_type, last_updated) index drives the scan.
+    texts = rows.order_by().annotate(text=Cast("resource", TextField())).values_list("text", flat=True)
+    for text in _texts_stream(texts, heartbeat=heartbeat):
+        if python_filters or keep is not None:
+            resource = json.loads(text)
+            if python_filters and not any(resource_matches(resource=resource, criteria=c) for c in python_filters):
+                continue
+            if keep is not None:
+                resource = resource_subset(resource=resource, keep=keep)
+            text = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
+        yield text.encode() + b"\n"
+
+
+class _AnyOf(Lookup):
+    """``column = ANY(%s)`` with the values as one Postgres array parameter."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, conn):
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+
+
+def _texts_stream(texts, *, heartbeat: "_Heartbeat") -> Iterator[str]:
+    """Yield the stored JSON text of each row, ``ROWS_PER_FETCH`` rows per round trip.
+
+    Postgres: a server-side cursor inside a transaction (a cursor WITH HOLD, which
+    Django's ``.iterator()`` uses in autocommit mode, would materialize the whole result
+    first), fetched raw so no per-row ORM work happens. SQLite: ``.iterator()``.
+    """
+    if connection.vendor != "postgresql":
+        for count, text in enumerate(texts.iterator(chunk_size=ROWS_PER_FETCH), 1):
+            if count % ROWS_PER_FETCH == 0:
+                heartbeat.beat()
+            yield text
+        return
+    sql, params = texts.query.sql_with_params()
+    with transaction.atomic(), connection.chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        # A reader thread fetches the next batch while this one compresses the last, so
+        # the database and gzip work at the same time (both release the GIL). The queue
+        # holds at most two batches: memory stays flat.
+        batches: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                while not stop.is_set():
+                    rows = cursor.fetchmany(ROWS_PER_FETCH)
+                    batches.put(rows)
+                    if not rows:
+                        return
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                batches.put(exc)
+
+        reader = threading.Thread(target=read, name="export-fetch", daemon=True)
+        reader.start()
+        try:
+            while True:
+                rows = batches.get()
+                if isinstance(rows, BaseException):
+                    raise rows
+                if not rows:
+                    break
+                heartbeat.beat()
+                for (text,) in rows:
+                    yield text
+        finally:
+            stop.set()
+            while reader.is_alive():
+                try:
+                    batches.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            reader.join()
+
+
+def _eob_lines(*, unit: ExportWorkUnit, params: ExportParams, member_pks: list[int], heartbeat: _Heartbeat) -> Iterator[bytes]:
+    """Yield NDJSON lines of ExplanationOfBenefit mapped from the claims system."""
+    since, until = params.since_dt(), params.until_dt()
+    alternatives = params.type_filters.get("ExplanationOfBenefit") or []
+    keep = elements_for(params=params, resource_type="ExplanationOfBenefit")
+    floor = SERVICE_DATE_FLOOR.date().isoformat()
+    for count, eob in enumerate(eobs_for_members(member_ids=member_pks, since=since, until=until), 1):
+        if count % ROWS_PER_FETCH == 0:
+            heartbeat.beat()
+        last_updated = (eob.get("meta") or {}).get("lastUpdated")
+        if since is not None and last_updated and datetime.datetime.fromisoformat(last_updated) <= since:
+            continue  # mapping bounds _since inclusively; Bulk Data req 59 says "after".
+        service_start = (eob.get("billablePeriod") or {}).get("start")
+        if service_start and service_start[:10] < floor:
+            continue  # CMS-0057-F: dates of service from 2016-01-01 on.
+        if alternatives and not any(resource_matches(resource=eob, criteria=c) for c in alternatives):
+            continue
+        if keep is not None:
+            eob = resource_subset(resource=eob, keep=keep)
+        yield json.dumps(eob, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def export_unit_run(*, unit_id: int) -> None:
+    """Run one work unit if it is claimable; finish the job when it was the last one.
+
+    Safe to run twice: the claim is an atomic UPDATE, parts have deterministic names,
+    and file rows and ``done`` are committed together only if the unit is not done yet.
+    """
+    if not _unit_claim(unit_id=unit_id):
+        return
+    unit = ExportWorkUnit.objects.select_related("job__client__organization").get(pk=unit_id)
+    job = unit.job
+    params = ExportParams.from_json(job.params)
+    organization = job.client.organization
+    heartbeat = _Heartbeat(unit)
+    writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part), max_bytes=_setting("PA_EXPORT_FILE_MAX_BYTES"))
+    try:
+        # Opt-outs (and ended attributions or contracts) are re-checked now, when the
+        # unit runs, not when the job was created (issue: "re-checked when each unit runs").
+        if unit.patient_ids:
+            visible = visible_patient_ids(organization=organization, patient_ids=unit.patient_ids)
+            patient_ids = [p for p in unit.patient_ids if p in visible]
+            member_pks = [pk for p, pk in zip(unit.patient_ids, unit.member_pks, strict=True) if p in visible]
+        else:
+            patient_ids, member_pks = [], []
+        if unit.resource_type == "ExplanationOfBenefit":
+            lines = _eob_lines(unit=unit, params=params, member_pks=member_pks, heartbeat=heartbeat) if member_pks else iter(())
+        elif unit.resource_type in PATIENT_TYPES and not patient_ids:
+            lines = iter(())
+        else:
+            lines = _clinical_lines(unit=unit, params=params, patient_ids=patient_ids, heartbeat=heartbeat)
+        writer.write_lines(lines)
+        parts = writer.close()
+    except _UnitAbandoned:
+        writer.abort()
+        export_names_delete(names=[p.name for p in writer.parts])
+        return
+    except Exception as exc:
+        writer.abort()
+        _unit_fail(unit=unit, error=f"{type(exc).__name__}: {exc}")
+        raise
+    export_parts_prune(name_for=lambda part: _part_name(unit, part), first=len(parts))
+
+    with transaction.atomic():
+        locked = ExportWorkUnit.objects.select_for_update().select_related("job").filter(pk=unit.pk).first()
+        if locked is None or locked.job.status != ExportJob.Status.IN_PROGRESS:
+            # Cancelled (DELETE) while running: the files must go too.
+            transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts]))
+            return
+        if locked.status == ExportWorkUnit.Status.DONE:
+            return  # Another run of the same unit finished first; its rows stand.
+        ExportFile.objects.filter(unit=locked).delete()
+        ExportFile.objects.bulk_create(
+            ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type=unit.resource_type,
+                       kind=ExportFile.Kind.OUTPUT, **file_row_fields(part))
+            for part in parts
+        )
+        locked.status = ExportWorkUnit.Status.DONE
+        locked.count = sum(part.count for part in parts)
+        locked.exported_patient_ids = patient_ids
+        locked.completed_at = timezone.now()
+        locked.error = ""
+        locked.save(update_fields=["status", "count", "exported_patient_ids", "completed_at", "error"])
+    if unit.patient_ids and patient_ids:
+        from payer.services.audit import audit_record
+
+        audit_record(action="export-data", outcome="success", client=job.client, patient_ids=patient_ids,
+                     resource_types=[unit.resource_type], detail=f"job {job.job_id} unit {unit.resource_type}#{unit.sequence}")
+    if not ExportWorkUnit.objects.filter(job=job).exclude(status=ExportWorkUnit.Status.DONE).exists():
+        export_job_finalize(job_id=job.pk)
+
+
+def _unit_fail(*, unit: ExportWorkUnit, error: str) -> None:
+    """Record a failed run: back to pending for the reconciler, or failed for good."""
+    logger.warning("Export unit %s failed: %s", unit.pk, error)
+    final = unit.attempts >= _setting("PA_EXPORT_MAX_ATTEMPTS")  # attempts counts this run
+    ExportWorkUnit.objects.filter(pk=unit.pk).update(
+        status=ExportWorkUnit.Status.FAILED if final else ExportWorkUnit.Status.PENDING,
+        lease_expires_at=timezone.now() + _lease(),
+        error=error[:500],
+    )
+    if final:
+        now = timezone.now()
+        ExportJob.objects.filter(pk=unit.job_id, status=ExportJob.Status.IN_PROGRESS).update(
+            status=ExportJob.Status.FAILED, error="An export work unit failed repeatedly.", completed_at=now,
+            expires_at=now + datetime.timedelta(hours=_setting("PA_EXPORT_EXPIRY_HOURS")),
+        )
+
+
+# --- Finishing, reconciling, cancelling, purging ---------------------------------------------
+
+
+def export_job_finalize(*, job_id: int) -> None:
+    """Complete a job whose units are all done: error file, expiry, PDex lastTransmitted."""
+    with transaction.atomic():
+        job = ExportJob.objects.select_for_update().filter(pk=job_id, status=ExportJob.Status.IN_PROGRESS).first()
+        if job is None or job.units.exclude(status=ExportWorkUnit.Status.DONE).exists():
+            return
+        now = timezone.now()
+        expires_at = now + datetime.timedelta(hours=_setting("PA_EXPORT_EXPIRY_HOURS"))
+        if job.issues:
+            # Bulk Data req 142/196/197: warnings go to error files of OperationOutcomes.
+            name = f"exports/{job.job_id}/OperationOutcome.error.ndjson.gz"
+            writer = NDJSONPartWriter(name_for=lambda part: name if part == 0 else f"{name}.{part}", max_bytes=1 << 40)
+            writer.write_lines(
+                json.dumps(operation_outcome([issue]), separators=(",", ":")).encode() + b"\n" for issue in job.issues
+            )
+            ExportFile.objects.filter(job=job, kind=ExportFile.Kind.ERROR).delete()
+            for part in writer.close():
+                ExportFile.objects.create(file_id=secrets.token_urlsafe(24), job=job, resource_type="OperationOutcome",
+                                          kind=ExportFile.Kind.ERROR, **file_row_fields(part))
+        ExportFile.objects.filter(job=job).update(expires_at=expires_at)
+        job.status = ExportJob.Status.COMPLETED
+        job.completed_at = now
+        job.expires_at = expires_at
+        job.save(update_fields=["status", "completed_at", "expires_at"])
+        if job.operation == "davinci-data-export" and job.group_id:
+            # PDex STU 2.1: record when each member's data was last sent to the provider.
+            sent: set[str] = set()
+            for ids in job.units.values_list("exported_patient_ids", flat=True):
+                sent.update(ids)
+            sent_list = sorted(sent)
+            for start in range(0, len(sent_list), 500):
+                AttributionMember.objects.filter(
+                    group_id=job.group_id, member__patient_id__in=sent_list[start : start + 500]
+                ).update(last_transmitted=job.transaction_time)
+
+
+def export_reconcile() -> dict[str, int]:
+    """Re-queue units whose lease expired and finish jobs whose units are all done.
+
+    A killed worker leaves its unit ``running`` past its lease; a lost message leaves a
+    unit ``pending`` past it. Both go back to pending with a fresh lease and a new message.
+    """
+    now = timezone.now()
+    expired = list(
+        ExportWorkUnit.objects.filter(status__in=ACTIVE, lease_expires_at__lt=now, job__status=ExportJob.Status.IN_PROGRESS)
+        .values_list("pk", flat=True)
+    )
+    requeued: list[int] = []
+    for unit_id in expired:
+        if ExportWorkUnit.objects.filter(pk=unit_id, status__in=ACTIVE, lease_expires_at__lt=now).update(
+            status=ExportWorkUnit.Status.PENDING, lease_expires_at=timezone.now() + _lease()
+        ):
+            requeued.append(unit_id)
+    if requeued:
+        transaction.on_commit(lambda: _enqueue(requeued))
+    finished = 0
+    stuck_jobs = ExportJob.objects.filter(status=ExportJob.Status.IN_PROGRESS).exclude(
+        units__status__in=[*ACTIVE, ExportWorkUnit.Status.FAILED]
+    )
+    for job_id in stuck_jobs.values_list("pk", flat=True):
+        export_job_finalize(job_id=job_id)
+        finished += 1
+    return {"requeued": len(requeued), "finalized": finished}
+
+
+def export_job_get(*, job_id: str, client: SmartClient) -> ExportJob:
+    """Return the client's job, or raise 404: another client's, cancelled or purged jobs
+    do not exist for this client (Bulk Data req 6, 122)."""
+    job = ExportJob.objects.filter(job_id=job_id, client__organization=client.organization, client=client).first()
+    if job is None or job.status == ExportJob.Status.CANCELLED:
+        raise FHIRError("No such export job.", status=404, code="not-found")
+    if job.expires_at and job.expires_at <= timezone.now():
+        raise FHIRError("The export job has expired and its files were removed.", status=404, code="not-found")
+    return job
+
+
+def export_job_cancel(*, job_id: str, client: SmartClient) -> ExportJob:
+    """Cancel a job (Bulk Data DELETE, req 119-122): stop its units and delete its files."""
+    with transaction.atomic():
+        job = export_job_get(job_id=job_id, client=client)
+        ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
+        ExportWorkUnit.objects.filter(job=job, status__in=ACTIVE).update(status=ExportWorkUnit.Status.FAILED, error="cancelled")
+        names = list(ExportFile.objects.filter(job=job).values_list("name", flat=True))
+        ExportFile.objects.filter(job=job).delete()
+        transaction.on_commit(lambda: export_names_delete(names=names))
+    return job
+
+
+def export_purge(*, now: datetime.datetime | None = None) -> int:
+    """Delete expired jobs and their files; return how many jobs went.
+
+    Bulk Data req 8: files being downloaded are not deleted even past their expiry, so
+    files stay ``PA_EXPORT_PURGE_GRACE_SECONDS`` past expiry, and longer while downloads
+    of them keep starting.
+    """
+    now = now or timezone.now()
+    grace = datetime.timedelta(seconds=_setting("PA_EXPORT_PURGE_GRACE_SECONDS"))
+    expired = ExportJob.objects.filter(
+        Q(expires_at__lt=now - grace) | Q(status=ExportJob.Status.CANCELLED, created_at__lt=now - _lease())
+    ).exclude(files__last_download_at__gt=now - grace)
+    purged = 0
+    for job in expired.distinct():
+        names = list(ExportFile.objects.filter(job=job).values_list("name", flat=True))
+        export_names_delete(names=names)
+        job.delete()
+        purged += 1
+    return purged
+
+
+# --- Status and manifest ---------------------------------------------------------------------
+
+
+def export_poll_check(*, job: ExportJob) -> int:
+    """Account a status poll of a running job; return the Retry-After seconds to ask for.
+
+    Bulk Data req 127/128: a client polling faster than asked gets 429 + Retry-After.
+    Small jobs ask for 1 s, so a one-patient export is picked up within a second or two.
+    """
+    now = timezone.now()
+    remaining = job.units.exclude(status=ExportWorkUnit.Status.DONE).count()
+    retry_after = 1 if remaining <= 40 else min(30, 1 + remaining // 40)
+    if job.next_poll_at and now < job.next_poll_at:
+        wait = max(1, int((job.next_poll_at - now).total_seconds() + 0.999))
+        raise FHIRError("Polling too often; wait as Retry-After says.", status=429, code="throttled",
+                        headers={"Retry-After": str(wait)})
+    ExportJob.objects.filter(pk=job.pk).update(
+        last_polled_at=now, next_poll_at=now + datetime.timedelta(seconds=retry_after / 2)
+    )
+    return retry_after
+
+
+def export_progress(*, job: ExportJob) -> str:
+    """Return an X-Progress text (under 100 characters, Bulk Data req 133)."""
+    total = job.units.count()
+    done = job.units.filter(status=ExportWorkUnit.Status.DONE).count()
+    percent = int(100 * done / total) if total else 100
+    return f"{percent}% ({done} of {total} work units done)"
+
+
+def export_manifest(*, job: ExportJob, file_url_base: str) -> dict[str, Any]:
+    """Return the Bulk Data complete-status manifest (req 150-199)."""
+    files = ExportFile.objects.filter(job=job).order_by("resource_type", "name")
+    params = ExportParams.from_json(job.params)
+
+    def item(export_file: ExportFile) -> dict[str, Any]:
+        return {"type": export_file.resource_type, "url": f"{file_url_base}{export_file.file_id}", "count": export_file.count}
+
+    manifest: dict[str, Any] = {
+        "transactionTime": job.transaction_time.isoformat().replace("+00:00", "Z"),
+        "request": job.request_url,
+        "requiresAccessToken": True,
+        "output": [item(f) for f in files if f.kind == ExportFile.Kind.OUTPUT],
+        "error": [item(f) for f in files if f.kind == ExportFile.Kind.ERROR],
+    }
+    if params.since:
+        # Req 182/183: this repository keeps no deletion history, so no file lists any.
+        manifest["deleted"] = [item(f) for f in files if f.kind == ExportFile.Kind.DELETED]
+    if job.operation == "davinci-data-export" and params.export_type:
+        manifest["extension"] = {"exportType": params.export_type}
+    return manifest
+
+
+def export_expires_header(*, job: ExportJob) -> str:
+    return http_date(job.expires_at.timestamp()) if job.expires_at else ""

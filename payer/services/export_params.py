@@ -1,0 +1,530 @@
+"""Kick-off parameters of Bulk Data ``$export`` and PDex ``$davinci-data-export``.
+
+Parse, validate and normalize them into ``ExportParams`` (JSON-serializable, stored on
+the job), and filter rows by ``_typeFilter`` and ``_elements`` when the job runs.
+
+Bulk Data IG 2.0.0 export.html#query-parameters: an unsupported or malformed parameter
+SHOULD be answered with an error and an OperationOutcome, unless the client sent
+``Prefer: handling=lenient``; then the server MAY run the job and SHOULD list what it
+ignored in the manifest's ``error`` files (req 197).
+"""
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from fhirkit.outcome import FHIRError, outcome_issue
+
+# The FHIR types this payer exports. Patient compartment types come from the clinical
+# repository (ExplanationOfBenefit from the claims system through payer/mapping.py);
+# directory types (outside the compartment) help interpret the data (Bulk Data req 37/38).
+PATIENT_TYPES = (
+    "Patient",
+    "AllergyIntolerance",
+    "CarePlan",
+    "CareTeam",
+    "Condition",
+    "Coverage",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "ExplanationOfBenefit",
+    "Goal",
+    "Immunization",
+    "MedicationDispense",
+    "MedicationRequest",
+    "Observation",
+    "Procedure",
+    "Provenance",
+    "ServiceRequest",
+)
+SHARED_TYPES = ("Organization", "Location", "Practitioner", "PractitionerRole", "Medication")
+SUPPORTED_TYPES = PATIENT_TYPES + SHARED_TYPES
+
+OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
+
+# Bulk Data 2.0 includeAssociatedData; both Provenance presets return the Provenance of
+# the exported patients (this repository keeps only the latest version of a resource).
+ASSOCIATED_DATA = {"LatestProvenanceResources", "RelevantProvenanceResources"}
+
+PDEX_EXPORT_TYPES = {
+    "hl7.fhir.us.davinci-pdex#provider-download",
+    "hl7.fhir.us.davinci-pdex#provider-delta",
+    "hl7.fhir.us.davinci-pdex#provider-snapshot",
+}
+
+EXPORT_PARAMS = {"_outputFormat", "_type", "_since", "_until", "_typeFilter", "patient", "_elements", "includeAssociatedData"}
+PDEX_PARAMS = EXPORT_PARAMS | {"exportType"}
+
+# CMS-0057-F: Provider Access shares data with a date of service on or after 2016-01-01.
+SERVICE_DATE_FLOOR = datetime.datetime(2016, 1, 1, tzinfo=datetime.UTC)
+
+# Elements kept whatever ``_elements`` says (Bulk Data req 79: mandatory elements).
+ALWAYS_ELEMENTS = {"resourceType", "id", "meta"}
+MANDATORY_ELEMENTS: dict[str, set[str]] = {
+    "AllergyIntolerance": {"patient"},
+    "CarePlan": {"status", "intent", "subject"},
+    "CareTeam": set(),
+    "Condition": {"subject"},
+    "Coverage": {"status", "beneficiary", "payor"},
+    "DiagnosticReport": {"status", "code"},
+    "DocumentReference": {"status", "content"},
+    "Encounter": {"status", "class"},
+    "ExplanationOfBenefit": {
+        "status", "type", "use", "patient", "created", "insurer", "provider", "outcome", "insurance",
+    },
+    "Goal": {"lifecycleStatus", "description", "subject"},
+    "Immunization": {"status", "vaccineCode", "patient", "occurrenceDateTime", "occurrenceString"},
+    "MedicationDispense": {"status"},
+    "MedicationRequest": {"status", "intent", "subject", "medicationCodeableConcept", "medicationReference"},
+    "Observation": {"status", "code"},
+    "Procedure": {"status", "subject"},
+    "Provenance": {"target", "recorded", "agent"},
+    "ServiceRequest": {"status", "intent", "subject"},
+    "PractitionerRole": set(),
+}
+SUBSETTED_TAG = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+
+# _typeFilter: the search parameters of the payer FHIR API. "column" parameters become
+# SQL on indexed columns of ClinicalResource; "json" ones are checked on the parsed row.
+COMMON_SEARCH = {"_lastUpdated": "date", "_id": "token"}
+TYPE_SEARCH: dict[str, dict[str, str]] = {
+    "Encounter": {"date": "date", "status": "token", "type": "token", "class": "token"},
+    "Observation": {"date": "date", "status": "token", "category": "token", "code": "token"},
+    "Condition": {"category": "token", "code": "token", "clinical-status": "token", "onset-date": "date"},
+    "Procedure": {"date": "date", "status": "token", "code": "token"},
+    "DiagnosticReport": {"date": "date", "status": "token", "category": "token", "code": "token"},
+    "DocumentReference": {"date": "date", "status": "token", "category": "token", "type": "token"},
+    "Immunization": {"date": "date", "status": "token"},
+    "MedicationRequest": {"status": "token", "intent": "token", "authoredon": "date"},
+    "MedicationDispense": {"status": "token"},
+    "AllergyIntolerance": {"clinical-status": "token"},
+    "CarePlan": {"status": "token", "category": "token", "date": "date"},
+    "CareTeam": {"status": "token"},
+    "Goal": {"lifecycle-status": "token"},
+    "ServiceRequest": {"status": "token", "category": "token", "code": "token", "authored": "date"},
+    "Coverage": {"status": "token"},
+    "ExplanationOfBenefit": {"use": "token", "status": "token", "type": "token", "service-date": "date", "created": "date"},
+}
+# Parameters answered from indexed ClinicalResource columns (the rest look at the JSON).
+# ``date`` is the column holding each type's clinical date (see ClinicalResource.date).
+COLUMN_PARAMS = {"_lastUpdated": "last_updated", "_id": "resource_id", "status": "status", "date": "date"}
+# JSON paths of the other parameters (first match wins; lists are walked).
+JSON_PATHS: dict[str, tuple[str, ...]] = {
+    "category": ("category",),
+    "code": ("code",),
+    "type": ("type",),
+    "class": ("class",),
+    "use": ("use",),
+    "status": ("status",),
+    "intent": ("intent",),
+    "clinical-status": ("clinicalStatus",),
+    "lifecycle-status": ("lifecycleStatus",),
+    "service-date": ("billablePeriod.start", "item.servicedDate"),
+    "created": ("created",),
+    "onset-date": ("onsetDateTime",),
+    "authoredon": ("authoredOn",),
+    "authored": ("authoredOn",),
+    "_lastUpdated": ("meta.lastUpdated",),
+    "_id": ("id",),
+    "date": ("date",),
+}
+_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_ELEMENT_NAME = re.compile(r"^[a-z][A-Za-z0-9]*(\[x\])?$")
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]+$")
+
+
+@dataclasses.dataclass
+class ExportParams:
+    """Normalized kick-off parameters, stored as ``ExportJob.params``."""
+
+    types: list[str]
+    output_format: str = "application/fhir+ndjson"
+    since: str | None = None
+    until: str | None = None
+    # type -> list of alternatives (OR), each a list of [param, prefix, value] (AND).
+    type_filters: dict[str, list[list[list[str]]]] = dataclasses.field(default_factory=dict)
+    # "*" -> elements for every type; "Type" -> elements for that type.
+    elements: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    patients: list[str] | None = None
+    include_associated: list[str] = dataclasses.field(default_factory=list)
+    export_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ExportParams":
+        return cls(**data)
+
+    def since_dt(self) -> datetime.datetime | None:
+        return parse_datetime(self.since) if self.since else None
+
+    def until_dt(self) -> datetime.datetime | None:
+        return parse_datetime(self.until) if self.until else None
+
+
+class _Issues:
+    """Collect problems: raise at once when strict, keep them as warnings when lenient."""
+
+    def __init__(self, lenient: bool) -> None:
+        self.lenient = lenient
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, diagnostics: str, *, code: str = "invalid", status: int = 400, expression: str = "") -> None:
+        if not self.lenient:
+            raise FHIRError(diagnostics, status=status, code=code, expression=[expression] if expression else None)
+        self.items.append(
+            outcome_issue(
+                code=code,
+                severity="warning",
+                diagnostics=f"Ignored under Prefer: handling=lenient: {diagnostics}",
+                expression=[expression] if expression else None,
+            )
+        )
+
+
+def raw_params_from_query(query: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """Return kick-off parameters of a GET as name -> values (repeats kept)."""
+    return {name: [v for v in values] for name, values in query.items()}
+
+
+def raw_params_from_parameters(body: Any) -> dict[str, list[str]]:
+    """Return kick-off parameters of a POST ``Parameters`` body as name -> values.
+
+    Bulk Data 2.0 export.html#post-body: each parameter is a ``Parameters.parameter``
+    with a ``value[x]``; ``patient`` carries a ``valueReference``.
+    """
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise FHIRError("A POST kick-off body must be a FHIR Parameters resource.", code="structure")
+    raw: dict[str, list[str]] = {}
+    for index, parameter in enumerate(body.get("parameter") or []):
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        if not isinstance(name, str) or not name:
+            raise FHIRError("Every Parameters.parameter needs a name.", code="structure", expression=[f"Parameters.parameter[{index}]"])
+        value: Any = None
+        for key, candidate in parameter.items():
+            if key.startswith("value"):
+                value = candidate
+        if isinstance(value, dict):
+            value = value.get("reference")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if not isinstance(value, str | int | float) or value == "":
+            raise FHIRError(
+                f"Parameter {name} has no usable value.", code="structure", expression=[f"Parameters.parameter[{index}]"]
+            )
+        raw.setdefault(name, []).append(str(value))
+    return raw
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    # Bulk Data req 32: repeated parameters are treated as one comma-delimited value.
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _parse_instant(value: str, *, name: str, issues: _Issues) -> datetime.datetime | None:
+    parsed = parse_datetime(value)
+    if parsed is None and (day := parse_date(value)) is not None:
+        parsed = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+    if parsed is None or timezone.is_naive(parsed):
+        issues.add(f"{name} must be a FHIR instant with a time zone, got {value!r}.", expression=name)
+        return None
+    return parsed
+
+
+def _date_range(value: str) -> tuple[datetime.datetime, datetime.datetime] | None:
+    """Return [start, end) of a FHIR date/dateTime search value at its precision."""
+    if re.fullmatch(r"\d{4}", value):
+        year = int(value)
+        return (datetime.datetime(year, 1, 1, tzinfo=datetime.UTC), datetime.datetime(year + 1, 1, 1, tzinfo=datetime.UTC))
+    if re.fullmatch(r"\d{4}-\d{2}", value):
+        year, month = map(int, value.split("-"))
+        start = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
+        end = datetime.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=datetime.UTC)
+        return start, end
+    if (day := parse_date(value)) is not None and len(value) == 10:
+        start = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+        return start, start + datetime.timedelta(days=1)
+    parsed = parse_datetime(value)
+    if parsed is None:
+        return None
+    if timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed, parsed + datetime.timedelta(seconds=1)
+
+
+def _parse_type_filter(text: str, *, types: list[str], issues: _Issues) -> tuple[str, list[list[str]]] | None:
+    """Parse one ``Type?param=value&...`` into (type, [[param, prefix, value], ...])."""
+    resource_type, mark, query = unquote(text).partition("?")
+    if not mark or not query:
+        issues.add(f"_typeFilter {text!r} must look like Type?param=value.", expression="_typeFilter")
+        return None
+    if resource_type not in SUPPORTED_TYPES:
+        issues.add(f"_typeFilter names an unsupported resource type {resource_type!r}.", code="not-supported", expression="_typeFilter")
+        return None
+    supported = {**COMMON_SEARCH, **TYPE_SEARCH.get(resource_type, {})}
+    criteria: list[list[str]] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        base, _, modifier = name.partition(":")
+        if base in {"_include", "_revinclude", "_sort", "_count", "_elements", "_summary"}:
+            # Bulk Data req 104: search result parameters SHALL NOT be used in _typeFilter.
+            issues.add(f"_typeFilter may not use {base}.", expression="_typeFilter")
+            return None
+        if base not in supported or modifier:
+            issues.add(
+                f"_typeFilter search parameter {name!r} is not supported for {resource_type}; "
+                f"supported: {', '.join(sorted(supported))}.",
+                code="not-supported",
+                expression="_typeFilter",
+            )
+            return None
+        if not value:
+            issues.add(f"_typeFilter parameter {name!r} has no value.", expression="_typeFilter")
+            return None
+        if supported[base] == "date":
+            prefix, rest = (value[:2], value[2:]) if value[:2] in _DATE_PREFIXES else ("eq", value)
+            if prefix not in {"eq", "gt", "lt", "ge", "le"} or _date_range(rest) is None:
+                issues.add(f"_typeFilter {name}={value} is not a supported date search.", expression="_typeFilter")
+                return None
+            criteria.append([base, prefix, rest])
+        else:
+            criteria.append([base, "", value])
+    return resource_type, criteria
+
+
+def export_params_parse(
+    *,
+    raw: Mapping[str, list[str]],
+    operation: str,
+    granted_types: list[str],
+    lenient: bool,
+    patient_param_allowed: bool = True,
+) -> tuple[ExportParams, list[dict[str, Any]]]:
+    """Validate kick-off parameters; return them normalized with the lenient warnings.
+
+    ``granted_types`` are the supported types the caller's scopes allow (Bulk Data req 9:
+    only data the client is authorized for). Raise ``FHIRError`` (400, or 403 for a type
+    the scopes do not grant) unless ``lenient``.
+    """
+    issues = _Issues(lenient)
+    known = PDEX_PARAMS if operation == "davinci-data-export" else EXPORT_PARAMS
+    for name in raw:
+        if name not in known:
+            issues.add(f"Unknown parameter {name!r}.", code="not-supported", expression=name)
+    if not patient_param_allowed and raw.get("patient"):
+        issues.add("The patient parameter is not accepted at the system level.", code="not-supported", expression="patient")
+
+    params = ExportParams(types=[])
+
+    # _outputFormat (Bulk Data req 49, 51, 52).
+    formats = _split(raw.get("_outputFormat", []))
+    for output_format in formats:
+        if output_format not in OUTPUT_FORMATS:
+            issues.add(f"_outputFormat {output_format!r} is not supported; use application/fhir+ndjson.",
+                       code="not-supported", expression="_outputFormat")
+
+    # _type (req 62, 63, 70).
+    requested = _split(raw.get("_type", []))
+    types: list[str] = []
+    for resource_type in requested:
+        if resource_type not in SUPPORTED_TYPES:
+            issues.add(f"Resource type {resource_type!r} is not supported by this server.", code="not-supported", expression="_type")
+        elif resource_type not in granted_types:
+            issues.add(f"The access token's scopes do not grant {resource_type}.", code="forbidden", status=403, expression="_type")
+        elif resource_type not in types:
+            types.append(resource_type)
+    if not requested:
+        types = [t for t in SUPPORTED_TYPES if t in granted_types]
+    if not types and not lenient:
+        raise FHIRError("The access token's scopes grant none of the requested resource types.", status=403, code="forbidden")
+
+    # _since, _until (STU3 addition), both instants; transactionTime caps _until later.
+    for name in ("_since", "_until"):
+        values = raw.get(name, [])
+        if len(values) > 1:
+            issues.add(f"{name} may be given once.", expression=name)
+        elif values:
+            parsed = _parse_instant(values[0], name=name, issues=issues)
+            if parsed is not None:
+                setattr(params, name.lstrip("_"), parsed.isoformat())
+    if params.since and params.until and params.since_dt() >= params.until_dt():
+        issues.add("_since must be before _until.", expression="_since")
+        params.until = None
+
+    # _typeFilter (req 103-106, 117): alternatives for one type are OR-ed.
+    for text in _split(raw.get("_typeFilter", [])):
+        parsed_filter = _parse_type_filter(text, types=types, issues=issues)
+        if parsed_filter is not None:
+            resource_type, criteria = parsed_filter
+            params.type_filters.setdefault(resource_type, []).append(criteria)
+
+    # _elements (req 75-82): root elements only, optionally qualified by type.
+    for item in _split(raw.get("_elements", [])):
+        resource_type, dot, element = item.rpartition(".")
+        if not dot:
+            resource_type = "*"
+        if (resource_type != "*" and (not _TYPE_NAME.match(resource_type) or resource_type not in SUPPORTED_TYPES)) or not _ELEMENT_NAME.match(element):
+            issues.add(f"_elements item {item!r} must be [ResourceType.]rootElement.", expression="_elements")
+            continue
+        params.elements.setdefault(resource_type, []).append(element)
+
+    # patient (req 85-89): references to Patients; checked against visibility at kick-off.
+    patients: list[str] = []
+    for reference in _split(raw.get("patient", [])):
+        patient_id = reference.removeprefix("Patient/")
+        if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient_id):
+            issues.add(f"patient {reference!r} is not a Patient reference.", expression="patient")
+            continue
+        patients.append(patient_id)
+    if patients:
+        params.patients = list(dict.fromkeys(patients))
+
+    # includeAssociatedData (req 92-100): both Provenance presets add Provenance.
+    for value in _split(raw.get("includeAssociatedData", [])):
+        if value not in ASSOCIATED_DATA:
+            issues.add(f"includeAssociatedData value {value!r} is not supported.", code="not-supported",
+                       expression="includeAssociatedData")
+            continue
+        params.include_associated.append(value)
+    if params.include_associated and "Provenance" not in types and "Provenance" in granted_types:
+        types.append("Provenance")
+
+    # PDex STU2 $davinci-data-export exportType; provider-delta needs _since.
+    if operation == "davinci-data-export":
+        export_types = _split(raw.get("exportType", []))
+        if len(export_types) > 1:
+            issues.add("exportType may be given once.", expression="exportType")
+        elif export_types and export_types[0] not in PDEX_EXPORT_TYPES:
+            issues.add(f"exportType {export_types[0]!r} is not supported; use one of {', '.join(sorted(PDEX_EXPORT_TYPES))}.",
+                       code="not-supported", expression="exportType")
+        else:
+            params.export_type = export_types[0] if export_types else "hl7.fhir.us.davinci-pdex#provider-download"
+        if params.export_type == "hl7.fhir.us.davinci-pdex#provider-delta" and not params.since:
+            if lenient:
+                issues.add("exportType provider-delta requires _since; exported everything instead.", expression="exportType")
+            else:
+                raise FHIRError("exportType hl7.fhir.us.davinci-pdex#provider-delta requires _since.", expression=["_since"])
+
+    params.types = types
+    return params, issues.items
+
+
+# --- Applying _typeFilter and _elements ----------------------------------------------------
+
+
+def type_filter_q(*, criteria: list[list[str]]) -> tuple[Q, list[list[str]]]:
+    """Split one AND-list of criteria into a Q on ClinicalResource columns and the rest."""
+    q = Q()
+    rest: list[list[str]] = []
+    for name, prefix, value in criteria:
+        column = COLUMN_PARAMS.get(name)
+        if column is None:
+            rest.append([name, prefix, value])
+        elif column in {"last_updated", "date"}:
+            start, end = _date_range(value)  # type: ignore[misc]
+            q &= {
+                "eq": Q(**{f"{column}__gte": start, f"{column}__lt": end}),
+                "ge": Q(**{f"{column}__gte": start}),
+                "gt": Q(**{f"{column}__gte": end}),
+                "le": Q(**{f"{column}__lt": end}),
+                "lt": Q(**{f"{column}__lt": start}),
+            }[prefix]
+        else:
+            alternatives = Q()
+            for token in value.split(","):
+                alternatives |= Q(**{column: token.rpartition("|")[2]})
+            q &= alternatives
+    return q, rest
+
+
+def _values_at(resource: Any, path: str) -> list[Any]:
+    current = [resource]
+    for part in path.split("."):
+        found: list[Any] = []
+        for item in current:
+            if isinstance(item, dict) and part in item:
+                value = item[part]
+                found.extend(value if isinstance(value, list) else [value])
+        current = found
+    return current
+
+
+def _token_matches(candidate: Any, token: str) -> bool:
+    system, bar, code = token.rpartition("|")
+    codings: list[Any]
+    if isinstance(candidate, dict):
+        codings = candidate.get("coding", [candidate]) if "coding" in candidate else [candidate]
+    else:
+        return not bar and str(candidate) == code
+    for coding in codings:
+        if not isinstance(coding, dict):
+            continue
+        if code and coding.get("code") != code:
+            continue
+        if bar and system and coding.get("system") != system:
+            continue
+        if bar and not system and coding.get("system"):
+            continue
+        return True
+    return False
+
+
+def _date_matches(candidate: Any, prefix: str, value: str) -> bool:
+    own = _date_range(str(candidate)) if candidate else None
+    wanted = _date_range(value)
+    if own is None or wanted is None:
+        return False
+    return {
+        "eq": wanted[0] <= own[0] < wanted[1],
+        "ge": own[0] >= wanted[0],
+        "gt": own[0] >= wanted[1],
+        "le": own[0] < wanted[1],
+        "lt": own[0] < wanted[0],
+    }[prefix]
+
+
+def resource_matches(*, resource: Mapping[str, Any], criteria: list[list[str]]) -> bool:
+    """Return True when the parsed resource meets every criterion (one _typeFilter)."""
+    for name, prefix, value in criteria:
+        candidates = [v for path in JSON_PATHS.get(name, (name,)) for v in _values_at(resource, path)]
+        if prefix:
+            if not any(_date_matches(c, prefix, value) for c in candidates):
+                return False
+        elif not any(_token_matches(c, token) for c in candidates for token in value.split(",")):
+            return False
+    return True
+
+
+def elements_for(*, params: ExportParams, resource_type: str) -> set[str] | None:
+    """Return the root elements to keep for ``resource_type``, or None to keep them all."""
+    wanted = params.elements.get("*", []) + params.elements.get(resource_type, [])
+    if not wanted:
+        # Only elements of other types were named: this type is exported whole.
+        return None
+    return set(wanted) | ALWAYS_ELEMENTS | MANDATORY_ELEMENTS.get(resource_type, set())
+
+
+def resource_subset(*, resource: dict[str, Any], keep: set[str]) -> dict[str, Any]:
+    """Return ``resource`` with only ``keep`` root elements, tagged SUBSETTED (req 80)."""
+    subset = {key: value for key, value in resource.items() if key in keep}
+    # Choice elements: "occurrence[x]" keeps occurrenceDateTime and friends.
+    for element in keep:
+        if element.endswith("[x]"):
+            stem = element[:-3]
+            subset.update({k: v for k, v in resource.items() if k.startswith(stem) and k[len(stem):][:1].isupper()})
+    meta = dict(subset.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED_TAG]
+    subset["meta"] = meta
+    return subset

@@ -1,0 +1,141 @@
+"""Bulk Data kick-off, status and cancel endpoints (one APIView per FHIR operation).
+
+Bulk Data IG 2.0.0 export.html; PDex STU2 ``$davinci-data-export``.
+"""
+
+import json
+
+from django.conf import settings
+from django.http import HttpResponse
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+
+from fhirkit.outcome import FHIRError, operation_outcome, outcome_issue
+from payer.models import AttributionGroup, ExportJob
+from payer.services import export as export_services
+from payer.services.audit import audit_record
+from payer.services.export_params import raw_params_from_parameters, raw_params_from_query
+from payer.views.base import PayerFHIRView
+
+
+def _absolute(request, path: str) -> str:
+    base = settings.PA_BASE_URL
+    return f"{base}{path}" if base else request.build_absolute_uri(path)
+
+
+def _prefer(request) -> tuple[bool, bool]:
+    """Return (respond_async, lenient) from the Prefer header(s) (RFC 7240)."""
+    tokens = {
+        token.strip().lower().replace(" ", "")
+        for part in request.headers.get("Prefer", "").split(",")
+        for token in part.split(";")
+    }
+    return "respond-async" in tokens, "handling=lenient" in tokens
+
+
+class _FHIRJSONBodyParser(JSONParser):
+    # Bulk Data export.html#post-body: a Parameters resource as application/fhir+json.
+    media_type = "application/fhir+json"
+
+
+class _KickOffView(PayerFHIRView):
+    level = ExportJob.Level.SYSTEM
+    operation = "export"
+    parser_classes = [_FHIRJSONBodyParser, JSONParser]
+
+    def get(self, request, group_id: str | None = None):
+        return self._kick_off(request, raw_params_from_query(dict(request.query_params.lists())), group_id)
+
+    def post(self, request, group_id: str | None = None):
+        body = request.data
+        raw = {} if not body else raw_params_from_parameters(body)
+        return self._kick_off(request, raw, group_id)
+
+    def _kick_off(self, request, raw: dict[str, list[str]], group_id: str | None):
+        client, token = request.user, request.auth
+        respond_async, lenient = _prefer(request)
+        group = None
+        try:
+            if group_id is not None:
+                # Another organization's group answers 404 as if it did not exist.
+                group = AttributionGroup.objects.filter(fhir_id=group_id, organization=client.organization).first()
+                if group is None:
+                    raise FHIRError(f"Group/{group_id} not found.", status=404, code="not-found")
+            if not respond_async:
+                # Bulk Data 2.0 kick-off: Prefer: respond-async is required of the client.
+                if not lenient:
+                    raise FHIRError("The kick-off request needs the header Prefer: respond-async.", code="required")
+            request_url = request.build_absolute_uri() if request.method == "GET" else request.build_absolute_uri(request.path)
+            if settings.PA_BASE_URL:
+                request_url = _absolute(request, request.get_full_path() if request.method == "GET" else request.path)
+            job = export_services.export_job_create(
+                client=client,
+                scopes=token.scopes,
+                level=self.level,
+                operation=self.operation,
+                raw_params=raw,
+                lenient=lenient,
+                request_url=request_url,
+                group=group,
+            )
+        except FHIRError as exc:
+            audit_record(action="export", outcome="denied" if exc.status in (401, 403, 404) else "error",
+                         client=client, request=request, status_code=exc.status, detail=exc.issues[0]["diagnostics"])
+            raise
+        audit_record(action="export", outcome="success", client=client, request=request, status_code=202,
+                     resource_types=job.params["types"], patient_ids=job.params.get("patients") or (),
+                     detail=f"job {job.job_id}")
+        status_url = _absolute(request, f"/payer/fhir/bulkstatus/{job.job_id}")
+        body = operation_outcome([outcome_issue(severity="information", code="informational",
+                                                diagnostics=f"Export accepted; poll {status_url}")])
+        # Bulk Data req 300/301: 202 Accepted with the absolute status URL.
+        return Response(body, status=202, headers={"Content-Location": status_url})
+
+
+class SystemExportView(_KickOffView):
+    level = ExportJob.Level.SYSTEM
+
+
+class PatientExportView(_KickOffView):
+    level = ExportJob.Level.PATIENT
+
+
+class GroupExportView(_KickOffView):
+    level = ExportJob.Level.GROUP
+
+
+class GroupDavinciExportView(_KickOffView):
+    """PDex STU2 ``Group/{id}/$davinci-data-export`` (POST only)."""
+
+    level = ExportJob.Level.GROUP
+    operation = "davinci-data-export"
+    http_method_names = ["post", "options"]
+
+
+class ExportStatusView(PayerFHIRView):
+    """Bulk Data status request (GET) and cancel (DELETE) on the Content-Location URL."""
+
+    def get(self, request, job_id: str):
+        job = export_services.export_job_get(job_id=job_id, client=request.user)
+        if job.status == ExportJob.Status.IN_PROGRESS:
+            retry_after = export_services.export_poll_check(job=job)
+            # Req 132/133: 202 with X-Progress; Retry-After (req 125).
+            return HttpResponse(status=202, headers={"Retry-After": str(retry_after),
+                                                     "X-Progress": export_services.export_progress(job=job)})
+        if job.status == ExportJob.Status.FAILED:
+            # Req 131/136/137: an OperationOutcome; ``exception`` (not transient): the job
+            # itself failed, retrying the poll will not help.
+            raise FHIRError(f"The export failed: {job.error or 'unknown error'}", status=500, code="exception")
+        manifest = export_services.export_manifest(job=job, file_url_base=_absolute(request, "/storage/files/"))
+        # Req 144-147: 200, application/json, Expires.
+        return HttpResponse(json.dumps(manifest), status=200, content_type="application/json",
+                            headers={"Expires": export_services.export_expires_header(job=job)})
+
+    def delete(self, request, job_id: str):
+        job = export_services.export_job_cancel(job_id=job_id, client=request.user)
+        audit_record(action="export-cancel", outcome="success", client=request.user, request=request,
+                     status_code=202, detail=f"job {job.job_id}")
+        # Req 306/307: 202 Accepted, with an OperationOutcome.
+        return Response(operation_outcome([outcome_issue(severity="information", code="informational",
+                                                         diagnostics="The export was cancelled and its files deleted.")]),
+                        status=202)

@@ -1,0 +1,543 @@
+"""Bulk Data $export and PDex $davinci-data-export over real HTTP with a real Celery worker.
+
+Requirement numbers refer to /work/shared/spec/bulkdata-2.0-requirements.tsv.
+"""
+
+import datetime
+import json
+import time
+from typing import Any
+
+import pytest
+import requests
+from django.utils import timezone
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.explanationofbenefit import ExplanationOfBenefit
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
+
+from payer.models import AttributionMember, AuditEvent, ExportJob, ExportWorkUnit
+from payer.services.export import export_purge, export_reconcile
+from storage.models import ExportFile
+from tests.conftest import wait_for
+from tests.factories import (
+    attribution_create,
+    claim_create,
+    clinical_resource_create,
+    contract_create,
+    member_create,
+    opt_out_create,
+    organization_create,
+)
+from tests.payer.auth_helpers import bearer_token_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+
+MODELS = {"Patient": Patient, "Encounter": Encounter, "Observation": Observation,
+          "ExplanationOfBenefit": ExplanationOfBenefit, "OperationOutcome": OperationOutcome}
+KICKOFF_HEADERS = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
+
+
+def _population(*, members: int = 2, org=None, encounters: int = 2, observations: int = 1) -> dict[str, Any]:
+    """An in-network organization with attributed members, each with a Patient and data."""
+    org = org or organization_create(name="Grace Hospital")
+    contract_create(organization=org)
+    people = []
+    for index in range(members):
+        member = member_create(given=f"Jack{index}")
+        attribution_create(organization=org, member=member)
+        clinical_resource_create(resource_type="Patient", resource_id=member.patient_id)
+        for day in range(encounters):
+            clinical_resource_create(resource_type="Encounter", patient_id=member.patient_id,
+                                     date=timezone.now() - datetime.timedelta(days=30 + day))
+        for _ in range(observations):
+            clinical_resource_create(resource_type="Observation", patient_id=member.patient_id,
+                                     date=timezone.now() - datetime.timedelta(days=5))
+        people.append(member)
+    return {"org": org, "members": people, "group_id": org.attribution_group.fhir_id,
+            "token": bearer_token_for(org)}
+
+
+def _auth(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+def _kick_off(live_server, token: str, path: str, *, params=None, headers=None, method: str = "GET", body=None):
+    url = f"{live_server.url}/payer/fhir/{path}"
+    headers = _auth(token, **(KICKOFF_HEADERS if headers is None else headers))
+    if body is not None:
+        headers["Content-Type"] = "application/fhir+json"
+    return requests.request(method, url, params=params, data=None if body is None else json.dumps(body),
+                            headers=headers, timeout=30)
+
+
+def _wait_complete(status_url: str, token: str, *, timeout: float = 60, worker=None) -> requests.Response:
+    """Poll as the server asks (Retry-After) until the job is no longer in progress."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = requests.get(status_url, headers=_auth(token, Accept="application/json"), timeout=30)
+        if response.status_code != 202:
+            return response
+        # Req 132/133/125: in progress is 202 with X-Progress and Retry-After.
+        assert response.headers["X-Progress"] and len(response.headers["X-Progress"]) < 100
+        time.sleep(float(response.headers["Retry-After"]))
+    pytest.fail(f"export did not complete; worker log:\n{worker.log() if worker else ''}")
+
+
+def _download(url: str, token: str, **headers: str) -> list[dict[str, Any]]:
+    response = requests.get(url, headers=_auth(token, **headers), timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/fhir+ndjson")  # req 207/208
+    return [json.loads(line) for line in response.text.splitlines() if line]
+
+
+def _resources(manifest: dict[str, Any], token: str, kind: str = "output") -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for item in manifest[kind]:
+        rows = _download(item["url"], token)
+        assert len(rows) == item["count"]  # req 178: count is the number of resources
+        assert {row["resourceType"] for row in rows} == {item["type"]}  # req 170: one type per file
+        for row in rows:
+            if row["resourceType"] in MODELS:
+                MODELS[row["resourceType"]].model_validate(row)
+        out.setdefault(item["type"], []).extend(rows)
+    return out
+
+
+def test_group_export_end_to_end(live_server, celery_worker):
+    pop = _population(members=2)
+    outsider = member_create()  # not attributed: never exported
+    clinical_resource_create(resource_type="Patient", resource_id=outsider.patient_id)
+    clinical_resource_create(resource_type="Encounter", patient_id=outsider.patient_id)
+
+    kick = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$export")
+    # Req 300/301: 202 with an absolute Content-Location.
+    assert kick.status_code == 202, kick.text
+    status_url = kick.headers["Content-Location"]
+    assert status_url.startswith(live_server.url + "/payer/fhir/bulkstatus/")
+    OperationOutcome.model_validate(kick.json())  # req 302
+
+    done = _wait_complete(status_url, pop["token"], worker=celery_worker)
+    # Req 144-146: 200, application/json, Expires.
+    assert done.status_code == 200, done.text
+    assert done.headers["Content-Type"].startswith("application/json")
+    expires = datetime.datetime.strptime(done.headers["Expires"], "%a, %d %b %Y %H:%M:%S GMT")
+    assert 23 <= (expires - datetime.datetime.utcnow()).total_seconds() / 3600 <= 24.1
+    manifest = done.json()
+    # Req 150-168: required fields.
+    job = ExportJob.objects.get()
+    assert manifest["transactionTime"] == job.transaction_time.isoformat().replace("+00:00", "Z")
+    assert manifest["request"] == f"{live_server.url}/payer/fhir/Group/{pop['group_id']}/$export"
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["error"] == []
+    assert "deleted" not in manifest  # no _since
+    for item in manifest["output"]:
+        assert item["url"].startswith(live_server.url + "/storage/files/")  # req 175: absolute
+        assert isinstance(item["count"], int)
+
+    data = _resources(manifest, pop["token"])
+    wanted = {m.patient_id for m in pop["members"]}
+    assert {p["id"] for p in data["Patient"]} == wanted
+    assert len(data["Encounter"]) == 4 and len(data["Observation"]) == 2
+    assert all(e["subject"]["reference"].removeprefix("Patient/") in wanted for e in data["Encounter"])
+    # Req 173: no output item for types without data.
+    assert {item["type"] for item in manifest["output"]} == {"Patient", "Encounter", "Observation"}
+    # Every kick-off and download is audited.
+    assert AuditEvent.objects.filter(action="export", outcome="success").count() == 1
+    assert AuditEvent.objects.filter(action="download", outcome="success").count() == len(manifest["output"])
+
+
+def test_eob_export_has_no_financial_data_and_respects_service_date_floor(live_server, celery_worker):
+    pop = _population(members=1, encounters=0, observations=0)
+    member = pop["members"][0]
+    claim_create(member=member)
+    claim_create(member=member, service_end=datetime.date(2015, 6, 1))  # before 2016: CMS-0057-F
+    kick = _kick_off(live_server, pop["token"], "Patient/$export", params={"_type": "ExplanationOfBenefit"})
+    manifest = _wait_complete(kick.headers["Content-Location"], pop["token"], worker=celery_worker).json()
+    eobs = _resources(manifest, pop["token"])["ExplanationOfBenefit"]
+    assert len(eobs) == 1
+    assert "total" not in eobs[0] and "payment" not in eobs[0]
+
+
+def _bulk_observations(member, count: int, *, category: str = "vital-signs") -> None:
+    from payer.models import ClinicalResource
+
+    now = timezone.now()
+    ClinicalResource.objects.bulk_create(
+        ClinicalResource(
+            resource_type="Observation", resource_id=f"obs-{member.patient_id}-{n}", patient_id=member.patient_id,
+            last_updated=now, date=now - datetime.timedelta(days=1), status="final",
+            resource={"resourceType": "Observation", "id": f"obs-{member.patient_id}-{n}", "status": "final",
+                      "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                                "code": category}]}],
+                      "code": {"text": "Heart rate"}, "subject": {"reference": f"Patient/{member.patient_id}"},
+                      "valueQuantity": {"value": 60 + n % 40, "unit": "/min"}},
+        )
+        for n in range(count)
+    )
+
+
+def test_worker_killed_mid_job_completes_with_exact_counts(live_server, start_worker, settings):
+    # Issue: a worker killed in the middle must not leave the job stuck; every resource
+    # appears exactly once after the reconciler re-queues the expired units.
+    settings.PA_EXPORT_BATCH_PATIENTS = 1
+    settings.PA_EXPORT_LEASE_SECONDS = 2
+    pop = _population(members=12, encounters=1, observations=0)
+    for member in pop["members"]:
+        _bulk_observations(member, 400)
+    worker = start_worker(PA_EXPORT_LEASE_SECONDS="2")
+    kick = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$export", params={"_type": "Observation,Encounter"})
+    assert kick.status_code == 202
+    job = ExportJob.objects.get()
+
+    def running_after_some_done():
+        units = job.units.all()
+        done = sum(u.status == ExportWorkUnit.Status.DONE for u in units)
+        running = [u for u in units if u.status == ExportWorkUnit.Status.RUNNING and u.resource_type == "Observation"]
+        return running if done >= 2 and running else None
+
+    wait_for(running_after_some_done, timeout=60, interval=0.01, message="a unit running after others finished")
+    worker.kill()
+    stuck = list(job.units.filter(status=ExportWorkUnit.Status.RUNNING))
+    assert stuck, "the worker was killed while a unit was running"
+    assert job.units.exclude(status=ExportWorkUnit.Status.DONE).exists()
+
+    replacement = start_worker(PA_EXPORT_LEASE_SECONDS="2")
+    time.sleep(2.5)  # the killed unit's lease runs out
+    assert export_reconcile()["requeued"] >= 1
+    done = _wait_complete(kick.headers["Content-Location"], pop["token"], timeout=90, worker=replacement)
+    assert done.status_code == 200, done.text
+    data = _resources(done.json(), pop["token"])
+    observation_ids = [o["id"] for o in data["Observation"]]
+    assert len(observation_ids) == 12 * 400 == len(set(observation_ids))
+    assert len(data["Encounter"]) == 12
+    assert all(u.status == ExportWorkUnit.Status.DONE for u in job.units.all())
+    assert any(u.attempts >= 2 for u in job.units.all())
+
+
+def test_opt_out_saved_after_kick_off_keeps_member_out(live_server, start_worker):
+    # Issue: opt-outs are re-checked when each unit runs (Bulk Data req 10).
+    pop = _population(members=2)
+    kick = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$export")
+    assert kick.status_code == 202
+    leaving = pop["members"][0]
+    opt_out_create(member=leaving)  # saved after the job was created, before any unit ran
+    worker = start_worker()
+    manifest = _wait_complete(kick.headers["Content-Location"], pop["token"], worker=worker).json()
+    data = _resources(manifest, pop["token"])
+    exported = {p["id"] for p in data["Patient"]} | {e["subject"]["reference"][8:] for e in data["Encounter"]}
+    assert exported == {pop["members"][1].patient_id}
+
+
+def test_delete_cancels_the_job_and_removes_its_files(live_server, celery_worker):
+    # Req 305-307, 119-122: DELETE answers 202; later polls answer 404 + OperationOutcome.
+    pop = _population(members=1)
+    kick = _kick_off(live_server, pop["token"], "$export")
+    status_url = kick.headers["Content-Location"]
+    manifest = _wait_complete(status_url, pop["token"], worker=celery_worker).json()
+    file_url = manifest["output"][0]["url"]
+    names = list(ExportFile.objects.values_list("name", flat=True))
+    from storage.services import export_storage
+
+    assert names and all(export_storage().exists(name) for name in names)
+
+    deleted = requests.delete(status_url, headers=_auth(pop["token"]), timeout=30)
+    assert deleted.status_code == 202
+    OperationOutcome.model_validate(deleted.json())
+    again = requests.get(status_url, headers=_auth(pop["token"]), timeout=30)
+    assert again.status_code == 404 and again.headers["Content-Type"].startswith("application/fhir+json")
+    assert OperationOutcome.model_validate(again.json()).issue[0].code == "not-found"
+    assert requests.get(file_url, headers=_auth(pop["token"]), timeout=30).status_code == 404
+    assert not any(export_storage().exists(name) for name in names)
+    assert requests.delete(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 404  # req 308/309
+
+
+def test_delete_while_in_progress_stops_the_job(live_server, start_worker):
+    pop = _population(members=2)
+    kick = _kick_off(live_server, pop["token"], "$export")
+    assert requests.delete(kick.headers["Content-Location"], headers=_auth(pop["token"]), timeout=30).status_code == 202
+    worker = start_worker()
+    job = ExportJob.objects.get()
+    wait_for(lambda: "export_unit_run_task" in worker.log() and "succeeded" in worker.log(), timeout=60)
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.CANCELLED
+    assert not ExportFile.objects.filter(job=job).exists()
+    assert requests.get(kick.headers["Content-Location"], headers=_auth(pop["token"]), timeout=30).status_code == 404
+
+
+def test_concurrent_job_limit_and_polling_too_fast_get_429(live_server, transactional_db):
+    # Req 118: a client over its limit of concurrent exports gets 429 + Retry-After.
+    pop = _population(members=1)
+    from payer.models import SmartClient
+
+    client = SmartClient.objects.get(organization=pop["org"])
+    client.max_concurrent_exports = 1
+    client.save()
+    first = _kick_off(live_server, pop["token"], "$export")  # no worker: stays in progress
+    assert first.status_code == 202
+    second = _kick_off(live_server, pop["token"], "$export")
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
+    assert OperationOutcome.model_validate(second.json()).issue[0].code == "throttled"
+
+    # Req 127/128: polling faster than Retry-After asks may get 429 + Retry-After.
+    status_url = first.headers["Content-Location"]
+    poll = requests.get(status_url, headers=_auth(pop["token"]), timeout=30)
+    assert poll.status_code == 202 and poll.headers["Retry-After"] == "1"  # small job: 1 s
+    assert poll.headers["X-Progress"].startswith("0%")
+    too_fast = requests.get(status_url, headers=_auth(pop["token"]), timeout=30)
+    assert too_fast.status_code == 429 and int(too_fast.headers["Retry-After"]) >= 1
+    OperationOutcome.model_validate(too_fast.json())
+    time.sleep(1)
+    assert requests.get(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 202
+
+    # Two clients sending the same request get separate jobs.
+    other_token = bearer_token_for(pop["org"])
+    assert _kick_off(live_server, other_token, "$export").status_code == 202
+    assert ExportJob.objects.count() == 2
+
+
+def test_other_clients_never_see_a_job_its_files_or_group(live_server, celery_worker):
+    # Req 6: status and files limited to the client that started the export.
+    pop = _population(members=1)
+    other = _population(members=1, org=organization_create(name="Other Clinic"))
+    kick = _kick_off(live_server, pop["token"], "$export")
+    status_url = kick.headers["Content-Location"]
+    manifest = _wait_complete(status_url, pop["token"], worker=celery_worker).json()
+    same_org_other_client = bearer_token_for(pop["org"])
+    for token in (other["token"], same_org_other_client):
+        assert requests.get(status_url, headers=_auth(token), timeout=30).status_code == 404
+        assert requests.delete(status_url, headers=_auth(token), timeout=30).status_code == 404
+        for item in manifest["output"]:
+            response = requests.get(item["url"], headers=_auth(token), timeout=30)
+            assert response.status_code == 404
+            OperationOutcome.model_validate(response.json())
+    # Another organization's Group does not exist for this client.
+    foreign = _kick_off(live_server, other["token"], f"Group/{pop['group_id']}/$export")
+    assert foreign.status_code == 404
+    OperationOutcome.model_validate(foreign.json())
+    # Req 5/201: without a token, 401 everywhere.
+    assert requests.get(status_url, timeout=30).status_code == 401
+    assert requests.get(manifest["output"][0]["url"], timeout=30).status_code == 401
+    assert _kick_off(live_server, "not-a-token", "$export").status_code == 401
+    # Only the caller's own data went out.
+    patients = _resources(manifest, pop["token"])["Patient"]
+    assert [p["id"] for p in patients] == [pop["members"][0].patient_id]
+
+
+def test_expiry_and_purge_spare_a_download_in_progress(live_server, celery_worker, settings):
+    # Req 146: Expires; req 8: files being downloaded are not deleted.
+    pop = _population(members=1, observations=0)
+    _bulk_observations(pop["members"][0], 3000)
+    kick = _kick_off(live_server, pop["token"], "Patient/$export", params={"_type": "Observation"})
+    status_url = kick.headers["Content-Location"]
+    manifest = _wait_complete(status_url, pop["token"], worker=celery_worker).json()
+    url = manifest["output"][0]["url"]
+    job = ExportJob.objects.get()
+    names = list(job.files.values_list("name", flat=True))
+    from storage.services import export_storage
+
+    stream = requests.get(url, headers=_auth(pop["token"]), stream=True, timeout=30)
+    assert stream.status_code == 200
+    first = next(stream.iter_content(8192))
+    # Time passes: the job expires while the download is in progress.
+    past = timezone.now() - datetime.timedelta(seconds=settings.PA_EXPORT_PURGE_GRACE_SECONDS + 60)
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=past)
+    job.files.update(expires_at=past)
+    assert export_purge() == 0  # a download started within the grace period
+    rest = b"".join(stream.iter_content(65536))
+    assert len((first + rest).splitlines()) == 3000
+    # Expired: status and new downloads answer 404.
+    assert requests.get(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 404
+    assert requests.get(url, headers=_auth(pop["token"]), timeout=30).status_code == 404
+    later = timezone.now() + datetime.timedelta(seconds=settings.PA_EXPORT_PURGE_GRACE_SECONDS + 60)
+    assert export_purge(now=later) == 1
+    assert not ExportJob.objects.exists() and not ExportFile.objects.exists()
+    assert not any(export_storage().exists(name) for name in names)
+
+
+def test_failed_job_answers_500_with_operation_outcome(live_server, transactional_db):
+    # Req 131/136/137: a failed export answers 4xx/5xx with an OperationOutcome.
+    pop = _population(members=1)
+    kick = _kick_off(live_server, pop["token"], "$export")
+    ExportJob.objects.update(status=ExportJob.Status.FAILED, error="storage unavailable")
+    failed = requests.get(kick.headers["Content-Location"], headers=_auth(pop["token"]), timeout=30)
+    assert failed.status_code == 500 and failed.headers["Content-Type"].startswith("application/fhir+json")
+    assert OperationOutcome.model_validate(failed.json()).issue[0].code == "exception"
+
+
+def test_davinci_data_export_updates_last_transmitted(live_server, celery_worker):
+    # PDex STU 2.1: a completed $davinci-data-export records lastTransmitted on the group.
+    pop = _population(members=2)
+    opt_out_create(member=pop["members"][1])
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "exportType", "valueCode": "hl7.fhir.us.davinci-pdex#provider-download"},
+        {"name": "_type", "valueString": "Patient,Encounter"},
+    ]}
+    kick = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$davinci-data-export", method="POST", body=body)
+    assert kick.status_code == 202, kick.text
+    manifest = _wait_complete(kick.headers["Content-Location"], pop["token"], worker=celery_worker).json()
+    assert manifest["request"] == f"{live_server.url}/payer/fhir/Group/{pop['group_id']}/$davinci-data-export"
+    job = ExportJob.objects.get()
+    sent = AttributionMember.objects.get(member=pop["members"][0])
+    assert sent.last_transmitted == job.transaction_time
+    assert AttributionMember.objects.get(member=pop["members"][1]).last_transmitted is None
+    # GET is not defined for $davinci-data-export; provider-delta needs _since.
+    assert _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$davinci-data-export").status_code == 405
+    delta = {"resourceType": "Parameters", "parameter": [
+        {"name": "exportType", "valueCode": "hl7.fhir.us.davinci-pdex#provider-delta"}]}
+    refused = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$davinci-data-export", method="POST", body=delta)
+    assert refused.status_code == 400
+    OperationOutcome.model_validate(refused.json())
+
+
+def _run(live_server, token: str, path: str, worker, **kwargs) -> dict[str, Any]:
+    kick = _kick_off(live_server, token, path, **kwargs)
+    assert kick.status_code == 202, kick.text
+    done = _wait_complete(kick.headers["Content-Location"], token, worker=worker)
+    assert done.status_code == 200, done.text
+    return done.json()
+
+
+def test_kick_off_parameters(live_server, celery_worker):
+    pop = _population(members=2, encounters=0, observations=0)
+    from payer.models import SmartClient
+
+    SmartClient.objects.filter(organization=pop["org"]).update(max_concurrent_exports=50)
+    jack, jill = pop["members"]
+    old, new = timezone.now().replace(year=2020), timezone.now()
+    for member in pop["members"]:
+        clinical_resource_create(resource_type="Encounter", patient_id=member.patient_id, last_updated=old,
+                                 date=old, resource_id=f"old-{member.patient_id}")
+        clinical_resource_create(resource_type="Encounter", patient_id=member.patient_id, last_updated=new,
+                                 date=new - datetime.timedelta(days=3), resource_id=f"new-{member.patient_id}")
+        _bulk_observations(member, 2, category="laboratory")
+        clinical_resource_create(resource_type="Observation", patient_id=member.patient_id, date=new,
+                                 resource_id=f"vs-{member.patient_id}",
+                                 resource={"status": "final", "code": {"text": "Pulse"},
+                                           "category": [{"coding": [{"code": "vital-signs"}]}],
+                                           "subject": {"reference": f"Patient/{member.patient_id}"}})
+        clinical_resource_create(resource_type="Provenance", patient_id=member.patient_id,
+                                 resource={"target": [{"reference": f"Encounter/new-{member.patient_id}"}],
+                                           "recorded": new.isoformat(), "agent": [{"who": {"display": "EHR"}}]})
+    token, group = pop["token"], f"Group/{pop['group_id']}/$export"
+
+    # _type (req 62) given twice = one comma-joined value (req 31/32).
+    manifest = _run(live_server, token, group, celery_worker, params=[("_type", "Patient"), ("_type", "Encounter")])
+    assert {item["type"] for item in manifest["output"]} == {"Patient", "Encounter"}
+
+    # _since (req 59) filters on last update; the manifest then has "deleted" (req 182/183).
+    manifest = _run(live_server, token, group, celery_worker, params={"_type": "Encounter", "_since": "2023-01-01T00:00:00Z"})
+    assert sorted(e["id"] for e in _resources(manifest, token)["Encounter"]) == sorted(f"new-{m.patient_id}" for m in pop["members"])
+    assert manifest["deleted"] == []
+
+    # _until (Bulk Data STU3 addition): resources changed up to that instant.
+    manifest = _run(live_server, token, group, celery_worker, params={"_type": "Encounter", "_until": "2021-01-01T00:00:00Z"})
+    assert {e["id"] for e in _resources(manifest, token)["Encounter"]} == {f"old-{m.patient_id}" for m in pop["members"]}
+
+    # _typeFilter (req 103, 117): JSON-level token (category) and SQL column (date, _lastUpdated).
+    manifest = _run(live_server, token, group, celery_worker, params=[
+        ("_type", "Observation,Encounter"), ("_typeFilter", "Observation%3Fcategory%3Dlaboratory"),
+        ("_typeFilter", f"Encounter?date=ge{(new - datetime.timedelta(days=10)).date().isoformat()}&_lastUpdated=ge2022")])
+    data = _resources(manifest, token)
+    assert len(data["Observation"]) == 4 and all(o["category"][0]["coding"][0]["code"] == "laboratory" for o in data["Observation"])
+    assert {e["id"][:4] for e in data["Encounter"]} == {"new-"}
+
+    # _elements (req 75-80): only listed root elements plus mandatory ones, tagged SUBSETTED.
+    manifest = _run(live_server, token, group, celery_worker, params={"_type": "Encounter,Patient", "_elements": "Encounter.subject,gender"})
+    data = _resources(manifest, token)
+    encounter = data["Encounter"][0]
+    assert set(encounter) == {"resourceType", "id", "meta", "status", "class", "subject"}
+    assert encounter["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    assert set(data["Patient"][0]) == {"resourceType", "id", "meta", "gender"}
+
+    # patient (POST Parameters, req 85): only listed patients.
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{jill.patient_id}"}},
+        {"name": "_type", "valueString": "Patient,Encounter"}]}
+    manifest = _run(live_server, token, group, celery_worker, method="POST", body=body)
+    assert manifest["request"] == f"{live_server.url}/payer/fhir/{group}"  # req 158: no parameters
+    data = _resources(manifest, token)
+    assert {p["id"] for p in data["Patient"]} == {jill.patient_id}
+    assert {e["subject"]["reference"] for e in data["Encounter"]} == {f"Patient/{jill.patient_id}"}
+
+    # includeAssociatedData (req 92, 99): Provenance of the exported patients.
+    manifest = _run(live_server, token, group, celery_worker,
+                    params={"_type": "Encounter", "includeAssociatedData": "RelevantProvenanceResources"})
+    assert len(_resources(manifest, token)["Provenance"]) == 2
+
+    # _outputFormat: the full and abbreviated NDJSON types (req 51/52).
+    for output_format in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
+        manifest = _run(live_server, token, group, celery_worker, params={"_type": "Patient", "_outputFormat": output_format})
+        assert len(_resources(manifest, token)["Patient"]) == 2
+
+    # Prefer: handling=lenient (req 72, 197): bad parameters are ignored and listed in error.
+    manifest = _run(live_server, token, group, celery_worker,
+                    params={"_type": "Patient,Unknown", "_outputFormat": "text/csv", "_elements": "a.b.c", "bogus": "1"},
+                    headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=lenient"})
+    assert len(_resources(manifest, token)["Patient"]) == 2
+    errors = _resources(manifest, token, kind="error")["OperationOutcome"]
+    diagnostics = " ".join(issue["diagnostics"] for outcome in errors for issue in outcome["issue"])
+    assert "Unknown" in diagnostics and "text/csv" in diagnostics and "a.b.c" in diagnostics and "bogus" in diagnostics
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"_outputFormat": "text/csv"}, 400, "not-supported"),  # req 47-52
+        ({"_type": "Unknown"}, 400, "not-supported"),  # req 70
+        ({"_since": "yesterday"}, 400, "invalid"),
+        ({"_since": "2024-01-01T00:00:00"}, 400, "invalid"),  # an instant needs a time zone
+        ({"_since": "2024-02-01T00:00:00Z", "_until": "2024-01-01T00:00:00Z"}, 400, "invalid"),
+        ({"_typeFilter": "Observation?_sort=date"}, 400, "invalid"),  # req 104
+        ({"_typeFilter": "Observation?value-quantity=5"}, 400, "not-supported"),  # req 105
+        ({"_typeFilter": "Observation"}, 400, "invalid"),
+        ({"_elements": "Encounter.period.start"}, 400, "invalid"),  # req 77: root elements only
+        ({"includeAssociatedData": "_everything"}, 400, "not-supported"),  # req 93
+        ({"patient": "Patient/nobody"}, 400, "not-found"),  # req 86/87
+        ({"exportType": "x"}, 400, "not-supported"),  # only for $davinci-data-export
+    ],
+)
+def test_bad_parameters_answer_400_with_operation_outcome(live_server, transactional_db, params, status, code):
+    # Req 303/304: errored kick-off is 4xx with an OperationOutcome.
+    pop = _population(members=1)
+    response = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$export", params=params)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/fhir+json")
+    assert OperationOutcome.model_validate(response.json()).issue[0].code == code
+    assert not ExportJob.objects.exists()
+    assert AuditEvent.objects.filter(action="export", outcome="error").exists()
+
+
+def test_kick_off_headers_and_scopes(live_server, transactional_db):
+    pop = _population(members=1)
+    path = f"Group/{pop['group_id']}/$export"
+    # Bulk Data 2.0: Prefer: respond-async is required (req 45/46).
+    missing_prefer = _kick_off(live_server, pop["token"], path, headers={"Accept": "application/fhir+json"})
+    assert missing_prefer.status_code == 400
+    OperationOutcome.model_validate(missing_prefer.json())
+    # A missing Accept is processed as application/fhir+json (req 44); an unsupported one is 406.
+    assert _kick_off(live_server, pop["token"], path, headers={"Prefer": "respond-async"}).status_code == 202
+    assert _kick_off(live_server, pop["token"], path, headers={"Prefer": "respond-async", "Accept": "text/html"}).status_code == 406
+    # Req 9: only types the scopes grant; asking for others is 403.
+    narrow = bearer_token_for(pop["org"], scopes="system/Encounter.read")
+    forbidden = _kick_off(live_server, narrow, path, params={"_type": "Patient"})
+    assert forbidden.status_code == 403
+    assert OperationOutcome.model_validate(forbidden.json()).issue[0].code == "forbidden"
+    assert _kick_off(live_server, narrow, path).status_code == 202
+    job = ExportJob.objects.filter(scopes="system/Encounter.read").get()
+    assert job.params["types"] == ["Encounter"]
+    # System level takes no patient parameter.
+    assert _kick_off(live_server, pop["token"], "$export", params={"patient": f"Patient/{pop['members'][0].patient_id}"}).status_code == 400
+
+
+def test_files_are_split_at_the_configured_size(live_server, start_worker):
+    pop = _population(members=1, encounters=0, observations=0)
+    _bulk_observations(pop["members"][0], 50)
+    worker = start_worker(PA_EXPORT_FILE_MAX_BYTES="4000")
+    manifest = _run(live_server, pop["token"], "Patient/$export", worker, params={"_type": "Observation"})
+    assert len(manifest["output"]) >= 4  # req 171: several files for one type
+    assert sum(item["count"] for item in manifest["output"]) == 50
+    assert all(f.size <= 4000 for f in ExportFile.objects.all())
+    ids = [o["id"] for o in _resources(manifest, pop["token"])["Observation"]]
+    assert len(ids) == len(set(ids)) == 50
