@@ -17,8 +17,14 @@ install: $(BIN)/.installed
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 
+# The payer's demo data, Grace Hospital's connection to it (this same server), and the EMR's users.
 seed: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py add_payer_connection --name unitedcare \
+	    --display-name "UnitedCare Health" --fhir-base-url http://127.0.0.1:$(PORT)/payer/fhir \
+	    --client-id grace-hospital-ehr --private-key-path var/keys/grace-hospital-ehr.pem \
+	    --key-id grace-hospital-ehr-rs384
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_emr
 
 # Web server and a Celery worker (with its beat scheduler) together; Ctrl-C stops both.
 demo: seed

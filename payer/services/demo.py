@@ -9,12 +9,15 @@ natural keys) and never duplicates anything.
 import random
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from payer.models import ClinicalResource, NetworkContract, ProviderOrganization, ProviderPractitioner
+from payer.models import ClinicalResource, NetworkContract, ProviderOrganization, ProviderPractitioner, SmartClient
+from payer.services.attribution import attribution_refresh
+from payer.services.demo_keys import demo_client_ensure
 from payer.services.population import records_save
 from payer.services.synthetic import (
     Org,
@@ -40,6 +43,7 @@ JACK_SHAW_PATIENT_ID = "pat-uch100000001"
 OAKVIEW_NPI = "1244668806"  # provider organization without a contract
 LAKEVIEW_PULMONARY_NPI = "1577991130"  # contract ended 2023-12-31
 OTHER_MEMBER_COUNT = 60
+GRACE_CLIENT_ID = "grace-hospital-ehr"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"
 
@@ -378,6 +382,14 @@ def seed_demo(*, create_admin: bool | None = None) -> DemoSummary:
         orgs.append((org.name, org.npi, state))
     return DemoSummary(orgs, GRACE_HOSPITAL_NPI, DR_SMITH_NPI, JACK_SHAW_MEMBER_ID, counts["members"],
                        counts["clinical_resources"], counts["claims"], counts["prior_authorizations"], admin_created)
+
+
+def demo_access_seed(*, key_dir: Path) -> SmartClient:
+    """Derive the attribution lists from the demo claims and register Grace Hospital's
+    SMART client with a key pair kept under ``key_dir``; return the client."""
+    attribution_refresh(today=demo_today())
+    grace = ProviderOrganization.objects.get(npi=GRACE_HOSPITAL_NPI)
+    return demo_client_ensure(organization=grace, key_dir=key_dir, client_id=GRACE_CLIENT_ID)
 
 
 def admin_user_ensure() -> bool:

@@ -1,15 +1,26 @@
 """Create or update the demo scenario (idempotent)."""
 
+from pathlib import Path
+
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from payer.services.demo import JACK_SHAW_MEMBER_ID, seed_demo
+from payer.services.demo import JACK_SHAW_MEMBER_ID, demo_access_seed, seed_demo
+from payer.services.demo_keys import demo_key_kid, demo_key_path
 
 
 class Command(BaseCommand):
     help = "Create or update the demo scenario: UnitedCare Health, Grace Hospital, Dr. James Smith, Jack Shaw."
 
-    def handle(self, *args, **options) -> None:
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--key-dir", type=Path, default=settings.VAR_DIR / "keys",
+            help="Where Grace Hospital's demo private key is kept (created once).",
+        )
+
+    def handle(self, *args, key_dir: Path, **options) -> None:
         summary = seed_demo()
+        client = demo_access_seed(key_dir=key_dir)
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
         self.stdout.write("Provider organizations (name, NPI, contract):")
         for name, npi, state in summary.organizations:
@@ -18,6 +29,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{summary.members} members, {summary.clinical_resources} clinical resources (member records), "
             f"{summary.claims} claims, {summary.prior_authorizations} prior authorizations."
+        )
+        self.stdout.write(
+            f"Grace Hospital's SMART client: {client.client_id}, key "
+            f"{demo_key_path(key_dir=key_dir, client_id=client.client_id)} (kid {demo_key_kid(client_id=client.client_id)})"
         )
         if summary.admin_created:
             self.stdout.write("Created payer staff superuser admin / admin.")
