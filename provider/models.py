@@ -63,6 +63,13 @@ class SyncJob(models.Model):
     status_url = models.URLField(max_length=1000, blank=True)
     progress = models.CharField(max_length=200, blank=True, help_text="The payer's X-Progress, or our own step.")
     poll_count = models.PositiveIntegerField(default=0)
+    # "$export", or PDex "$davinci-data-export" when the payer declares it.
+    operation = models.CharField(max_length=40, blank=True, default="$export")
+    # Consecutive 429/5xx/network failures; bounded, reset by any good answer.
+    transient_errors = models.PositiveIntegerField(default=0)
+    # The earliest time the next step may run: a duplicate (redelivered) poll task that
+    # comes earlier sees it and stops, so one job never has two poll chains.
+    next_step_at = models.DateTimeField(null=True, blank=True)
     manifest = models.JSONField(null=True, blank=True)
     transaction_time = models.DateTimeField(null=True, blank=True)
     counts = models.JSONField(default=dict, blank=True, help_text="Resources ingested per type.")
@@ -104,6 +111,8 @@ class SyncFile(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # A task working on the file holds it until then; a duplicate task finds it taken.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "url"], name="sync_file_job_url_unique")]
@@ -120,6 +129,10 @@ class LocalResource(models.Model):
     patient_id = models.CharField(max_length=64, blank=True, default="")
     date = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=40, blank=True, default="")
+    # Token and string search values, space-delimited "name=value" words (values
+    # percent-encode spaces): " class=AMB class=http://...|AMB name=shaw ". A LIKE on the
+    # rows one patient's index already narrowed to works the same on Postgres and SQLite.
+    search_tokens = models.TextField(blank=True, default="")
     resource = models.JSONField()
     # Provenance: which payer, which export, when.
     connection = models.ForeignKey(PayerConnection, null=True, blank=True, on_delete=models.SET_NULL)
@@ -148,3 +161,7 @@ class IngestIssue(models.Model):
 
     class Meta:
         ordering = ["file_name", "line_number"]
+        constraints = [
+            # A retried ingest task records each bad line once.
+            models.UniqueConstraint(fields=["sync_file", "file_name", "line_number"], name="ingest_issue_line_unique"),
+        ]
