@@ -208,6 +208,9 @@ if "payer" in ROLES:
         "export-reconcile": {"task": "payer.tasks.export_reconcile_task", "schedule": 60},
         "export-purge": {"task": "payer.tasks.export_purge_task", "schedule": 15 * 60},
     }
+if "provider" in ROLES:
+    # Provider sync jobs whose worker died: resume them from the saved status URL.
+    CELERY_BEAT_SCHEDULE["sync-jobs-resume"] = {"task": "provider.tasks.sync_jobs_resume_task", "schedule": 60}
 
 # Bulk Data exports (payer/services/export.py, storage/).
 PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))

@@ -1,0 +1,597 @@
+"""A FHIR Bulk Data IG 2.0 client with SMART Backend Services authorization.
+
+Plain Python on ``requests``: no Django inside, so it works on its own (a script, the
+``bulk_fetch`` command) and from Celery tasks. It talks to any Bulk Data 2.0 server, not
+only this project's payer. Nothing here sleeps to wait for the server: ``poll`` returns how
+long to wait, and the caller (a task rescheduled with ``countdown``, or the command) waits.
+
+Specs: Bulk Data IG 2.0.0 (https://hl7.org/fhir/uv/bulkdata/STU2/export.html), SMART App
+Launch 2.x Backend Services (https://hl7.org/fhir/smart-app-launch/backend-services.html),
+Da Vinci PDex STU2 / ATR ``$davinci-data-export``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import jwt
+import requests
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+FHIR_NDJSON = "application/fhir+ndjson"
+# PDex STU2 Provider Access: exportType values of $davinci-data-export.
+PDEX_PROVIDER_DOWNLOAD = "hl7.fhir.us.davinci-pdex#provider-download"
+PDEX_PROVIDER_DELTA = "hl7.fhir.us.davinci-pdex#provider-delta"
+OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+# Status codes worth another try later: the server is busy or briefly unavailable.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class BulkDataError(Exception):
+    """The server refused or failed a request for good; ``outcome`` is its OperationOutcome, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None, outcome: dict | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+
+
+class TransientError(BulkDataError):
+    """The server is busy or unreachable; try again after ``retry_after`` seconds (None: back off)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class CountMismatch(BulkDataError):
+    """A downloaded file has not as many resources as the manifest's ``count`` said."""
+
+
+@dataclass
+class PollResult:
+    """The answer to one status request.
+
+    ``state`` is ``in_progress`` (202), ``complete`` (200, ``manifest`` set), ``retry``
+    (429, transient 5xx or a network error: poll again later) or ``error`` (the export
+    failed; ``outcome`` holds the server's OperationOutcome).
+    """
+
+    state: str
+    status: int | None = None
+    progress: str = ""
+    retry_after: float | None = None
+    manifest: dict | None = None
+    outcome: dict | None = None
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in {"complete", "error"}
+
+
+@dataclass
+class MemberMatch:
+    """Where a member id led: the attribution group and the member's Patient id (None: not listed)."""
+
+    group_id: str | None
+    patient_id: str | None
+    groups_seen: list[str] = field(default_factory=list)
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Return the wait a ``Retry-After`` header asks for: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def poll_delay(*, attempt: int, retry_after: float | None, base: float = 1.0, cap: float = 120.0) -> float:
+    """Return how long to wait before the next status request.
+
+    Bulk Data 2.0 "Bulk Data Status Request": clients SHOULD follow an exponential backoff
+    (req 124) and SHOULD use ``Retry-After`` when the server sends it (req 126). Without
+    one: exponential backoff with "equal jitter", so that many clients do not poll in step.
+    Either way capped, so a server asking for an hour does not park a job for an hour.
+    """
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), cap)
+    ceiling = min(cap, base * (2 ** min(attempt, 16)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def ndjson_line_count(path: Path) -> int:
+    """Return the number of non-empty lines of an NDJSON file, reading it in blocks."""
+    count = 0
+    with open(path, "rb") as stream:
+        for line in stream:
+            if line.strip():
+                count += 1
+    return count
+
+
+def _outcome_of(response: requests.Response) -> dict | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
+
+
+def _outcome_text(outcome: dict | None, fallback: str) -> str:
+    if not outcome:
+        return fallback
+    texts = [
+        issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
+        for issue in outcome.get("issue", [])
+    ]
+    return "; ".join(text for text in texts if text) or fallback
+
+
+class BulkDataClient:
+    """Talk to one Bulk Data server as one registered backend client.
+
+    The access token is cached until shortly before it expires and renewed on a 401
+    (one retry), so long polls and downloads outlive any one token.
+    """
+
+    # Renew the token this long before the server says it expires.
+    TOKEN_EXPIRY_MARGIN = 30.0
+
+    def __init__(
+        self,
+        fhir_base_url: str,
+        client_id: str,
+        private_key_pem: str | bytes,
+        key_id: str,
+        algorithm: str = "RS384",
+        scopes: str = "system/*.read",
+        token_url: str | None = None,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        chunk_size: int = 64 * 1024,
+    ) -> None:
+        if algorithm not in {"RS384", "ES384"}:
+            # SMART Backend Services: clients SHALL sign with RS384 or ES384.
+            raise ValueError(f"Unsupported signing algorithm {algorithm!r}; use RS384 or ES384.")
+        self.base_url = fhir_base_url.rstrip("/")
+        self.client_id = client_id
+        self._private_key = private_key_pem
+        self.key_id = key_id
+        self.algorithm = algorithm
+        self.scopes = scopes
+        self._token_url = token_url or None
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._lock = threading.Lock()
+        self.tokens_issued = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"BulkDataClient({self.base_url!r}, client_id={self.client_id!r})"
+
+    # --- SMART Backend Services -------------------------------------------------
+
+    @property
+    def token_url(self) -> str:
+        """Return the token endpoint, discovering it on first use."""
+        if not self._token_url:
+            self._token_url = self.token_url_discover()
+        return self._token_url
+
+    def token_url_discover(self) -> str:
+        """Find the token endpoint: ``.well-known/smart-configuration``, else the CapabilityStatement.
+
+        SMART App Launch 2.x §Conformance: servers SHALL publish ``token_endpoint`` at
+        ``[base]/.well-known/smart-configuration``. Older servers declare it in the
+        CapabilityStatement's ``oauth-uris`` extension on ``rest.security``.
+        """
+        try:
+            response = self.session.get(
+                f"{self.base_url}/.well-known/smart-configuration",
+                headers={"Accept": "application/json"},
+                timeout=self.timeout,
+            )
+            if response.status_code == 200 and (url := response.json().get("token_endpoint")):
+                return url
+        except (requests.RequestException, ValueError, AttributeError):
+            pass
+        statement = self.capability_statement()
+        for rest in statement.get("rest", []):
+            for extension in (rest.get("security") or {}).get("extension", []):
+                if extension.get("url") == OAUTH_URIS_EXTENSION:
+                    for inner in extension.get("extension", []):
+                        if inner.get("url") == "token" and inner.get("valueUri"):
+                            return inner["valueUri"]
+        raise BulkDataError(f"{self.base_url} publishes no token endpoint (smart-configuration nor oauth-uris).")
+
+    def client_assertion(self) -> str:
+        """Return a signed JWT authenticating this client (SMART Backend Services §Authenticating).
+
+        ``iss`` = ``sub`` = client id, ``aud`` = the token URL, ``exp`` no more than five
+        minutes ahead, a fresh ``jti`` each time (servers reject replays), ``kid`` in the header.
+        """
+        now = int(time.time())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.token_url,
+            "exp": now + 300,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._private_key, algorithm=self.algorithm, headers={"kid": self.key_id, "typ": "JWT"})
+
+    def access_token(self, *, force: bool = False) -> str:
+        """Return a valid access token, asking the token endpoint only when the cached one is (nearly) spent."""
+        with self._lock:
+            if not force and self._token and time.time() < self._token_expires_at - self.TOKEN_EXPIRY_MARGIN:
+                return self._token
+            response = self.session.post(
+                self.token_url,
+                data={
+                    "grant_type": "client_credentials",
+                    "scope": self.scopes,
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": self.client_assertion(),
+                },
+                headers={"Accept": "application/json"},
+                timeout=self.timeout,
+            )
+            if response.status_code in TRANSIENT_STATUSES:
+                raise TransientError(
+                    f"Token endpoint answered {response.status_code}.",
+                    status=response.status_code,
+                    retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                )
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            if response.status_code != 200 or not body.get("access_token"):
+                # RFC 6749 §5.2 error body: error + error_description.
+                detail = body.get("error_description") or body.get("error") or response.reason
+                raise BulkDataError(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
+            self._token = body["access_token"]
+            self._token_expires_at = time.time() + float(body.get("expires_in") or 300)
+            self.tokens_issued += 1
+            return self._token
+
+    def request(self, method: str, url: str, *, authorize: bool = True, **kwargs: Any) -> requests.Response:
+        """Send one request with the bearer token; on a 401 get a new token and try once more.
+
+        A 401 in the middle of a job usually means the token expired early (a server clock
+        or a revoked token); a fresh assertion fixes that, a second 401 does not.
+        """
+        kwargs.setdefault("timeout", self.timeout)
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if authorize:
+            headers["Authorization"] = f"Bearer {self.access_token()}"
+        response = self.session.request(method, url, headers=headers, **kwargs)
+        if authorize and response.status_code == 401:
+            response.close()
+            headers["Authorization"] = f"Bearer {self.access_token(force=True)}"
+            response = self.session.request(method, url, headers=headers, **kwargs)
+        return response
+
+    # --- Discovery and member lookup ----------------------------------------------
+
+    def capability_statement(self) -> dict:
+        """Return the server's CapabilityStatement (``GET [base]/metadata``, no token needed)."""
+        response = self.session.get(f"{self.base_url}/metadata", headers={"Accept": FHIR_JSON}, timeout=self.timeout)
+        if response.status_code != 200:
+            raise BulkDataError(f"GET metadata answered {response.status_code}.", status=response.status_code)
+        return response.json()
+
+    def supports_operation(self, name: str, *, resource_type: str = "Group") -> bool:
+        """Return whether the CapabilityStatement declares ``$name`` (on ``resource_type`` or system-wide)."""
+        try:
+            statement = self.capability_statement()
+        except (BulkDataError, requests.RequestException, ValueError):
+            return False
+        for rest in statement.get("rest", []):
+            operations = list(rest.get("operation", []))
+            for resource in rest.get("resource", []):
+                if resource.get("type") == resource_type:
+                    operations += resource.get("operation", [])
+            if any(op.get("name", "").lstrip("$") == name.lstrip("$") for op in operations):
+                return True
+        return False
+
+    def search(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict]:
+        """Yield every resource a search matches, following the Bundle's ``next`` links."""
+        url: str | None = f"{self.base_url}/{resource_type}"
+        while url:
+            response = self.request("GET", url, params=params, headers={"Accept": FHIR_JSON})
+            if response.status_code != 200:
+                outcome = _outcome_of(response)
+                raise BulkDataError(
+                    _outcome_text(outcome, f"GET {resource_type} answered {response.status_code}."),
+                    status=response.status_code,
+                    outcome=outcome,
+                )
+            bundle = response.json()
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource") or {}
+                # Only matches: a search may add included or OperationOutcome entries.
+                if resource.get("resourceType") == resource_type and (entry.get("search") or {}).get("mode", "match") == "match":
+                    yield resource
+            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+            params = None  # the next link carries the query
+
+    def read(self, resource_type: str, resource_id: str) -> dict | None:
+        """Return one resource, or None if the server does not have it (404/410)."""
+        response = self.request("GET", f"{self.base_url}/{resource_type}/{resource_id}", headers={"Accept": FHIR_JSON})
+        if response.status_code in {404, 410}:
+            return None
+        if response.status_code != 200:
+            raise BulkDataError(f"GET {resource_type}/{resource_id} answered {response.status_code}.", status=response.status_code)
+        return response.json()
+
+    def group_find_member(self, *, member_identifier: str, group_id: str | None = None) -> MemberMatch:
+        """Find the attribution Group listing the member with this identifier, and their Patient id.
+
+        The hospital knows its patient by the payer's member id (on the coverage card), not
+        by the payer's FHIR id. Da Vinci ATR: the payer's ``Group`` lists attributed members
+        in ``member.entity`` (Patient references); a server SHALL only show a client its own
+        groups. Search ``Patient?identifier=`` first, and if the server refuses that search,
+        read each member Patient and compare identifier values.
+        """
+        groups = [self.read("Group", group_id)] if group_id else list(self.search("Group"))
+        groups = [group for group in groups if group]
+        members_by_group: dict[str, set[str]] = {}
+        for group in groups:
+            members_by_group[group["id"]] = {
+                reference.rsplit("/", 1)[-1]
+                for member in group.get("member", [])
+                if not member.get("inactive")
+                and (reference := (member.get("entity") or {}).get("reference", "")).startswith(("Patient/", f"{self.base_url}/Patient/"))
+            }
+        seen = list(members_by_group)
+        try:
+            candidates = {patient["id"] for patient in self.search("Patient", {"identifier": member_identifier})}
+        except BulkDataError as error:
+            if error.status not in {400, 403, 404, 405, 501}:
+                raise
+            candidates = None
+        for gid, members in members_by_group.items():
+            if candidates is not None:
+                if match := sorted(candidates & members):
+                    return MemberMatch(group_id=gid, patient_id=match[0], groups_seen=seen)
+                continue
+            for patient_id in sorted(members):
+                patient = self.read("Patient", patient_id) or {}
+                if any(identifier.get("value") == member_identifier for identifier in patient.get("identifier", [])):
+                    return MemberMatch(group_id=gid, patient_id=patient_id, groups_seen=seen)
+        return MemberMatch(group_id=None, patient_id=None, groups_seen=seen)
+
+    # --- Kick-off, status, cancel ---------------------------------------------------
+
+    def kick_off(
+        self,
+        *,
+        level: str = "group",
+        group_id: str | None = None,
+        types: list[str] | None = None,
+        since: str | None = None,
+        type_filters: list[str] | None = None,
+        export_type: str | None = None,
+        patients: list[str] | None = None,
+        operation: str = "$export",
+    ) -> str:
+        """Start an export and return its status URL (the ``Content-Location`` of the 202).
+
+        Bulk Data 2.0 "Bulk Data Kick-off Request": ``Accept: application/fhir+json``
+        (req 43) and ``Prefer: respond-async`` (req 45). The ``patient`` parameter exists
+        only in a POST ``Parameters`` body, so a request naming patients is a POST (and so
+        is any PDex ``$davinci-data-export``); others are a GET with query parameters.
+        """
+        if level == "group":
+            if not group_id:
+                raise ValueError("A group-level export needs a group id.")
+            url = f"{self.base_url}/Group/{group_id}/{operation}"
+        elif level == "patient":
+            url = f"{self.base_url}/Patient/{operation}"
+        elif level == "system":
+            url = f"{self.base_url}/{operation}"
+        else:
+            raise ValueError(f"Unknown export level {level!r}.")
+        headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
+        if patients or operation != "$export":
+            parameters: list[dict[str, Any]] = []
+            if types:
+                parameters.append({"name": "_type", "valueString": ",".join(types)})
+            if since:
+                parameters.append({"name": "_since", "valueInstant": since})
+            for type_filter in type_filters or []:
+                # req 116: _typeFilter MAY repeat.
+                parameters.append({"name": "_typeFilter", "valueString": type_filter})
+            if export_type:
+                parameters.append({"name": "exportType", "valueString": export_type})
+            for patient in patients or []:
+                reference = patient if "/" in patient else f"Patient/{patient}"
+                parameters.append({"name": "patient", "valueReference": {"reference": reference}})
+            response = self.request(
+                "POST", url, json={"resourceType": "Parameters", "parameter": parameters},
+                headers={**headers, "Content-Type": FHIR_JSON},
+            )
+        else:
+            params: list[tuple[str, str]] = []
+            if types:
+                params.append(("_type", ",".join(types)))
+            if since:
+                params.append(("_since", since))
+            params += [("_typeFilter", type_filter) for type_filter in type_filters or []]
+            if export_type:
+                params.append(("exportType", export_type))
+            response = self.request("GET", url, params=params, headers=headers)
+        if response.status_code == 202 and response.headers.get("Content-Location"):
+            return urljoin(url, response.headers["Content-Location"])
+        if response.status_code in TRANSIENT_STATUSES:
+            # req 118: a server busy with our previous export answers 429 + Retry-After.
+            raise TransientError(
+                f"Kick-off answered {response.status_code}.",
+                status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        outcome = _outcome_of(response)
+        raise BulkDataError(
+            _outcome_text(outcome, f"Kick-off answered {response.status_code} without a status URL."),
+            status=response.status_code,
+            outcome=outcome,
+        )
+
+    def poll(self, status_url: str) -> PollResult:
+        """Send one status request and say what it means; never waits.
+
+        Bulk Data 2.0 "Bulk Data Status Request": 202 = in progress (``X-Progress``, maybe
+        ``Retry-After``), 200 = complete with the manifest, 4xx/5xx = the export failed,
+        except 429 (polling too often, req 128) and transient 5xx, which are worth a retry.
+        The status request asks for ``application/json`` (req 130).
+        """
+        try:
+            response = self.request("GET", status_url, headers={"Accept": "application/json"})
+        except TRANSIENT_NETWORK_ERRORS as error:
+            return PollResult(state="retry", message=f"Network error: {error.__class__.__name__}")
+        except TransientError as error:  # the token endpoint was busy
+            return PollResult(state="retry", status=error.status, retry_after=error.retry_after, message=str(error))
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        progress = response.headers.get("X-Progress", "")
+        if response.status_code == 202:
+            return PollResult(state="in_progress", status=202, progress=progress, retry_after=retry_after)
+        if response.status_code == 200:
+            try:
+                manifest = response.json()
+            except ValueError:
+                return PollResult(state="retry", status=200, retry_after=retry_after, message="The manifest is not JSON.")
+            return PollResult(state="complete", status=200, progress=progress, manifest=manifest)
+        outcome = _outcome_of(response)
+        if response.status_code in TRANSIENT_STATUSES:
+            return PollResult(
+                state="retry", status=response.status_code, retry_after=retry_after, outcome=outcome,
+                message=_outcome_text(outcome, f"Status request answered {response.status_code}."),
+            )
+        # A 5xx with an OperationOutcome whose issues are all "transient" (req 140) is
+        # a polling hiccup, not a failed export.
+        if response.status_code >= 500 and outcome and all(i.get("code") == "transient" for i in outcome.get("issue", [])):
+            return PollResult(state="retry", status=response.status_code, retry_after=retry_after, outcome=outcome,
+                              message=_outcome_text(outcome, "Transient error."))
+        return PollResult(
+            state="error", status=response.status_code, outcome=outcome,
+            message=_outcome_text(outcome, f"The export failed: status request answered {response.status_code}."),
+        )
+
+    def cancel(self, status_url: str) -> bool:
+        """Cancel an export, or tell the server we are done with its files (``DELETE`` on the status URL).
+
+        Bulk Data 2.0 "Bulk Data Delete Request" (req 119): 202 Accepted. Return False
+        when the server no longer knows the export (404/410), True otherwise.
+        """
+        response = self.request("DELETE", status_url, headers={"Accept": FHIR_JSON})
+        if response.status_code in {404, 410}:
+            return False
+        if response.status_code >= 400:
+            outcome = _outcome_of(response)
+            raise BulkDataError(_outcome_text(outcome, f"DELETE answered {response.status_code}."), status=response.status_code, outcome=outcome)
+        return True
+
+    # --- Output files -----------------------------------------------------------------
+
+    def download(
+        self,
+        url: str,
+        dest: Path | str,
+        *,
+        requires_token: bool,
+        resume: bool = True,
+        attempts: int = 5,
+        expected_count: int | None = None,
+    ) -> int:
+        """Download an output file to ``dest`` and return its size in bytes.
+
+        Bulk Data 2.0 "Bulk Data Output File Request": send the token only when the
+        manifest's ``requiresAccessToken`` is true (req 201; a pre-signed S3 URL rejects an
+        unexpected Authorization header). Ask for gzip; a dropped connection is resumed with
+        a ``Range`` request from the bytes already on disk, up to ``attempts`` times. 429
+        and 5xx raise ``TransientError`` for the caller to reschedule. With
+        ``expected_count`` (the manifest's ``count``), a file with another number of
+        resources raises ``CountMismatch``.
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and dest.exists():
+            dest.unlink()
+        failures = 0
+        while True:
+            offset = dest.stat().st_size if dest.exists() else 0
+            headers = {"Accept": FHIR_NDJSON, "Accept-Encoding": "gzip"}
+            if offset:
+                # RFC 9110 §14: a range applies to the selected representation, which for
+                # a gzip Content-Encoding is the compressed bytes, while we saved decoded
+                # ones. So a resumed request asks for the identity encoding.
+                headers.update({"Range": f"bytes={offset}-", "Accept-Encoding": "identity"})
+            try:
+                response = self.request("GET", url, authorize=requires_token, headers=headers, stream=True)
+            except TRANSIENT_NETWORK_ERRORS as error:
+                failures += 1
+                if failures >= attempts:
+                    raise TransientError(f"Download failed {failures} times: {error.__class__.__name__}") from error
+                continue
+            with response:
+                if response.status_code == 416 and offset:
+                    # Range Not Satisfiable: we already have every byte.
+                    break
+                if response.status_code in TRANSIENT_STATUSES:
+                    raise TransientError(
+                        f"Download answered {response.status_code}.",
+                        status=response.status_code,
+                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                    )
+                if response.status_code not in {200, 206}:
+                    outcome = _outcome_of(response)
+                    raise BulkDataError(_outcome_text(outcome, f"Download answered {response.status_code}."),
+                                        status=response.status_code, outcome=outcome)
+                # 200 to a Range request: the server ignored the range; start over.
+                mode = "ab" if response.status_code == 206 and offset else "wb"
+                try:
+                    with open(dest, mode) as out:
+                        for chunk in response.iter_content(self.chunk_size):
+                            out.write(chunk)
+                except TRANSIENT_NETWORK_ERRORS + (requests.exceptions.ContentDecodingError,) as error:
+                    failures += 1
+                    logger.info("Download of %s interrupted at %s bytes; resuming.", url, dest.stat().st_size)
+                    if failures >= attempts:
+                        raise TransientError(f"Download interrupted {failures} times.") from error
+                    continue
+            break
+        if expected_count is not None:
+            found = ndjson_line_count(dest)
+            if found != expected_count:
+                raise CountMismatch(f"{url}: the manifest says {expected_count} resources, the file has {found}.")
+        return dest.stat().st_size

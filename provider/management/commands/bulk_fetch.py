@@ -1,0 +1,73 @@
+"""Fetch from a payer in this process (no worker needed), with a progress bar."""
+
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_date, parse_datetime
+
+from provider.models import PayerConnection, SyncJob
+from provider.services.sync import sync_job_run_inline, sync_job_start
+
+
+class Command(BaseCommand):
+    help = "Run a Bulk Data fetch from a payer connection now, in this process, and store what comes back."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--connection", required=True, help="The payer connection's name.")
+        scope = parser.add_mutually_exclusive_group(required=True)
+        scope.add_argument("--group", help="Export this Group (Group/[id]/$export).")
+        scope.add_argument("--patient", nargs="+", help="Export these Patient ids (Patient/$export, POST patient=).")
+        scope.add_argument("--member-id", help="The payer's member id: found in the attribution Group.")
+        scope.add_argument("--system", action="store_true", help="System-level export ([base]/$export).")
+        parser.add_argument("--type", nargs="+", default=None, help="Resource types (_type).")
+        parser.add_argument("--since", help="Only changes after this instant (_since); default: since the last fetch.")
+        parser.add_argument("--parallel", type=int, default=4, help="Files downloaded at once.")
+
+    def handle(self, *args, **options) -> None:
+        connection = PayerConnection.objects.filter(name=options["connection"]).first()
+        if connection is None:
+            raise CommandError(f"No payer connection named {options['connection']!r}.")
+        since = None
+        if options["since"]:
+            since = parse_datetime(options["since"])
+            if since is None and (day := parse_date(options["since"])):
+                since = parse_datetime(f"{day.isoformat()}T00:00:00+00:00")
+            if since is None:
+                raise CommandError(f"--since {options['since']!r} is not a date or an instant.")
+        level = "system" if options["system"] else "patient" if options["patient"] else "group"
+        try:
+            job = sync_job_start(
+                connection=connection, member_id=options["member_id"], group_id=options["group"],
+                patient_ids=options["patient"], level=level, types=options["type"], since=since, enqueue=False,
+            )
+        except (ValueError, ValidationError) as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(f"Sync job {job.pk}: {level} fetch from {connection.display_name}"
+                          + (f", changes since {job.since.isoformat()}" if job.since else ""))
+        job = sync_job_run_inline(job=job, on_progress=self._bar, parallel=options["parallel"])
+        self.stdout.write("")
+        self._summary(job)
+
+    def _bar(self, progress: dict) -> None:
+        """Draw one progress line: files done of total, or the payer's X-Progress while it works."""
+        total, done = progress["files_total"], progress["files_ingested"]
+        width = 30
+        filled = int(width * done / total) if total else 0
+        label = progress["progress"] if not total else f"{done}/{total} files, {progress['resources_ingested']} resources"
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {progress['step']}: {label}"[:150]
+        self.stdout.write(line.ljust(150), ending="")
+        self.stdout.flush() if hasattr(self.stdout, "flush") else sys.stdout.flush()
+
+    def _summary(self, job: SyncJob) -> None:
+        style = self.style.SUCCESS if job.status == SyncJob.Status.COMPLETED else self.style.WARNING
+        self.stdout.write(style(f"{job.get_status_display()}: {job.progress}"))
+        for resource_type, count in sorted((job.counts or {}).items()):
+            self.stdout.write(f"  {resource_type:<28} {count:>8}")
+        issues = sum(job.files.values_list("error_count", flat=True))
+        if issues:
+            self.stdout.write(self.style.WARNING(f"  {issues} line(s) not stored; see the sync job's ingest issues."))
+        if job.error:
+            self.stdout.write(self.style.WARNING(job.error))
+        if job.status in (SyncJob.Status.FAILED,):
+            raise CommandError(f"Sync job {job.pk} failed.")

@@ -1,0 +1,615 @@
+"""Sync jobs: fetch a patient's (or a group's) data from a payer's Bulk Data server.
+
+A job moves pending → kicked_off → downloading → ingesting → completed (or no_data,
+failed, cancelled). Each step is a short call that never waits on the payer: it returns
+when to run next, and Celery reschedules with ``countdown`` (``sync_job_advance``), or the
+``bulk_fetch`` command sleeps in its own process (``sync_job_run_inline``).
+
+Idempotency (tasks are ``acks_late`` and may run twice): a job step claims the job with
+``next_step_at``, a file step claims the file with ``claimed_until``, and every state
+change is a conditional UPDATE on the expected status, so a redelivered task finds the
+work done or taken. Ingest itself upserts by (type, id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from provider.bulk_client import (
+    PDEX_PROVIDER_DELTA,
+    BulkDataError,
+    CountMismatch,
+    TransientError,
+    poll_delay,
+)
+from provider.models import IngestIssue, PayerConnection, SyncFile, SyncJob
+from provider.services import ingest
+from provider.services.connections import bulk_client_for
+
+logger = logging.getLogger(__name__)
+
+NO_DATA_MESSAGE = "The payer returned no data for this patient"
+TERMINAL = (SyncJob.Status.COMPLETED, SyncJob.Status.NO_DATA, SyncJob.Status.FAILED, SyncJob.Status.CANCELLED)
+ACTIVE = (SyncJob.Status.PENDING, SyncJob.Status.KICKED_OFF, SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING)
+# How long a claimed step or file may run before another task may take it over.
+STEP_LEASE = timedelta(minutes=2)
+FILE_LEASE = timedelta(minutes=30)
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+@dataclass
+class SyncStep:
+    """What a job step asks for next: run again after ``delay`` seconds, and/or fetch these files."""
+
+    delay: float | None = None
+    file_ids: list[int] = field(default_factory=list)
+
+
+# --- Starting, cancelling, reading progress ------------------------------------------
+
+
+def scope_key_for(
+    *, connection: PayerConnection, level: str, group_id: str = "", member_id: str = "",
+    patient_ids: list[str] | None = None, types: list[str] | None = None,
+) -> str:
+    """Return the key naming what a job fetches; the next job with the same key is incremental."""
+    who = f"member:{member_id}" if member_id else f"group:{group_id}" if level == "group" and not patient_ids else ""
+    if patient_ids:
+        who += "patients:" + ",".join(sorted(patient_ids))
+    return f"{connection.pk}|{level}|{who}|{','.join(sorted(types or [])) or '*'}"[:300]
+
+
+def sync_job_start(
+    *,
+    connection: PayerConnection,
+    member_id: str | None = None,
+    group_id: str | None = None,
+    patient_ids: list[str] | None = None,
+    level: str = "group",
+    types: list[str] | None = None,
+    since: datetime | None = None,
+    type_filters: list[str] | None = None,
+    requested_by: Any = None,
+    enqueue: bool = True,
+) -> SyncJob:
+    """Create a sync job and, once committed, start it on a worker.
+
+    ``member_id`` (the payer's member id from the patient's coverage) fetches one member
+    through their attribution group. With no explicit ``since``, a job whose scope was
+    fetched before asks only for changes since that export's ``transactionTime`` (PDex
+    Provider Access ``#provider-delta``).
+    """
+    if level not in SyncJob.Level.values:
+        raise ValueError(f"Unknown level {level!r}.")
+    if member_id:
+        level = SyncJob.Level.GROUP
+    elif level == SyncJob.Level.GROUP and not group_id:
+        raise ValueError("A group fetch needs a group id or a member id.")
+    elif level == SyncJob.Level.PATIENT and not patient_ids:
+        raise ValueError("A patient fetch needs at least one patient id.")
+    scope_key = scope_key_for(
+        connection=connection, level=level, group_id=group_id or "", member_id=member_id or "",
+        patient_ids=patient_ids, types=types,
+    )
+    if since is None:
+        previous = (
+            SyncJob.objects.filter(
+                connection=connection, scope_key=scope_key, status=SyncJob.Status.COMPLETED,
+                transaction_time__isnull=False,
+            )
+            .order_by("-transaction_time")
+            .first()
+        )
+        since = previous.transaction_time if previous else None
+    job = SyncJob.objects.create(
+        connection=connection,
+        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        level=level,
+        scope_key=scope_key,
+        group_id=group_id or "",
+        member_id=member_id or "",
+        patient_ids=list(patient_ids or []),
+        types=list(types or []),
+        type_filters=list(type_filters or []),
+        since=since,
+        progress="Waiting to start",
+    )
+    if enqueue:
+        from provider.tasks import sync_job_advance_task
+
+        transaction.on_commit(lambda: sync_job_advance_task.delay(job.pk))
+    return job
+
+
+def sync_job_cancel(*, job: SyncJob) -> SyncJob:
+    """Cancel a running job: ``DELETE`` its status URL (Bulk Data req 119) and stop its tasks."""
+    job.refresh_from_db()
+    if job.status in TERMINAL:
+        return job
+    note = "Cancelled"
+    if job.status_url:
+        try:
+            bulk_client_for(connection=job.connection).cancel(job.status_url)
+        except (BulkDataError, requests.RequestException) as error:
+            note = f"Cancelled here; the payer did not confirm ({error})"
+    SyncJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
+        status=SyncJob.Status.CANCELLED, progress=note, finished_at=timezone.now(), updated_at=timezone.now()
+    )
+    job.refresh_from_db()
+    return job
+
+
+def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
+    """Return a job's live progress for the EMR: status, step, the payer's X-Progress, files, counts, errors."""
+    job.refresh_from_db()
+    files = job.files.aggregate(
+        total=Count("id"),
+        downloaded=Count("id", filter=Q(status__in=[SyncFile.Status.DOWNLOADED, SyncFile.Status.INGESTED])),
+        ingested=Count("id", filter=Q(status=SyncFile.Status.INGESTED)),
+        failed=Count("id", filter=Q(status=SyncFile.Status.FAILED)),
+        bytes=Sum("bytes_downloaded"),
+        resources=Sum("ingested_count", filter=Q(kind=SyncFile.Kind.OUTPUT)),
+    )
+    counts = job.counts or _output_counts(job)
+    step = {
+        SyncJob.Status.PENDING: "Contacting the payer",
+        SyncJob.Status.KICKED_OFF: "The payer is preparing the data",
+        SyncJob.Status.DOWNLOADING: f"Downloading files ({files['downloaded']} of {files['total']})",
+        SyncJob.Status.INGESTING: f"Storing records ({files['ingested']} of {files['total']} files)",
+    }.get(job.status, job.get_status_display())
+    end = job.finished_at or timezone.now()
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "step": step,
+        "progress": job.progress,
+        "done": job.status in TERMINAL,
+        "poll_count": job.poll_count,
+        "since": job.since.isoformat() if job.since else None,
+        "incremental": job.since is not None,
+        "files_total": files["total"],
+        "files_downloaded": files["downloaded"],
+        "files_ingested": files["ingested"],
+        "files_failed": files["failed"],
+        "bytes_downloaded": files["bytes"] or 0,
+        "resources_ingested": files["resources"] or 0,
+        "counts": counts,
+        "issues": IngestIssue.objects.filter(sync_file__job=job).count(),
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "kicked_off_at": job.kicked_off_at.isoformat() if job.kicked_off_at else None,
+        "manifest_at": job.manifest_at.isoformat() if job.manifest_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "elapsed_seconds": round((end - job.created_at).total_seconds(), 1),
+    }
+
+
+# --- The job's steps -------------------------------------------------------------------
+
+
+def _update(job: SyncJob, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
+    SyncJob.objects.filter(pk=job.pk).update(**fields, updated_at=timezone.now())
+
+
+def _claim_step(job: SyncJob) -> bool:
+    """Take the job's next step for this task; False if another task has it or it is not due."""
+    now = timezone.now()
+    # A second early: Celery's countdown is not exact to the millisecond.
+    due = Q(next_step_at__isnull=True) | Q(next_step_at__lte=now + timedelta(seconds=1))
+    return bool(
+        SyncJob.objects.filter(due, pk=job.pk, status=job.status).update(next_step_at=now + STEP_LEASE, updated_at=now)
+    )
+
+
+def _fail(job: SyncJob, message: str) -> SyncStep:
+    _update(job, status=SyncJob.Status.FAILED, error=message[:5000], progress="Failed", finished_at=timezone.now(), next_step_at=None)
+    return SyncStep()
+
+
+def _again(job: SyncJob, delay: float, **fields: Any) -> SyncStep:
+    _update(job, next_step_at=timezone.now() + timedelta(seconds=delay), **fields)
+    return SyncStep(delay=delay)
+
+
+def _transient(job: SyncJob, message: str, retry_after: float | None) -> SyncStep:
+    """Count one transient failure; give up after a bound rather than retry forever."""
+    errors = job.transient_errors + 1
+    if errors > _setting("PA_SYNC_MAX_TRANSIENT_ERRORS", 10):
+        return _fail(job, f"The payer kept failing ({errors} times in a row): {message}")
+    delay = poll_delay(attempt=errors, retry_after=retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
+    return _again(job, delay, transient_errors=errors, progress=f"Retrying: {message}"[:200])
+
+
+def sync_job_step(*, job_id: int) -> SyncStep:
+    """Run the job's next step (kick-off, one status request, or hand out its files) and say what comes next."""
+    job = SyncJob.objects.select_related("connection").get(pk=job_id)
+    if job.status in TERMINAL:
+        return SyncStep()
+    if job.status in (SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING):
+        # Resuming: hand out the files not done yet; their own claims stop duplicates.
+        return SyncStep(file_ids=list(job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).values_list("pk", flat=True)))
+    if not _claim_step(job):
+        return SyncStep()
+    try:
+        if job.status == SyncJob.Status.PENDING:
+            return _kick_off(job)
+        return _poll(job)
+    except requests.RequestException as error:
+        return _transient(job, f"Network error: {error.__class__.__name__}", None)
+    except TransientError as error:
+        return _transient(job, str(error), error.retry_after)
+    except BulkDataError as error:
+        return _fail(job, str(error))
+
+
+def _kick_off(job: SyncJob) -> SyncStep:
+    client = bulk_client_for(connection=job.connection)
+    if job.member_id and not job.patient_ids:
+        # Da Vinci ATR: find the member in our attribution Group by their payer member id.
+        match = client.group_find_member(member_identifier=job.member_id, group_id=job.group_id or None)
+        if not match.patient_id:
+            _update(job, status=SyncJob.Status.NO_DATA, progress=NO_DATA_MESSAGE, finished_at=timezone.now(), next_step_at=None,
+                    error=f"{NO_DATA_MESSAGE}: member {job.member_id} is not in the attribution list.")
+            return SyncStep()
+        _update(job, group_id=match.group_id, patient_ids=[match.patient_id])
+    operation, export_type = "$export", ""
+    if job.since and job.level == SyncJob.Level.GROUP and client.supports_operation("davinci-data-export"):
+        # PDex STU2 Provider Access: an update is $davinci-data-export with
+        # exportType #provider-delta and _since; plain $export + _since otherwise.
+        operation, export_type = "$davinci-data-export", PDEX_PROVIDER_DELTA
+    status_url = client.kick_off(
+        level=job.level,
+        group_id=job.group_id or None,
+        types=job.types or None,
+        since=job.since.isoformat().replace("+00:00", "Z") if job.since else None,
+        type_filters=job.type_filters or None,
+        export_type=export_type or None,
+        patients=job.patient_ids or None,
+        operation=operation,
+    )
+    return _again(
+        job, poll_delay(attempt=0, retry_after=None, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120)),
+        status=SyncJob.Status.KICKED_OFF, status_url=status_url, kicked_off_at=timezone.now(), operation=operation,
+        export_type=export_type, transient_errors=0, progress="Accepted by the payer",
+    )
+
+
+def _poll(job: SyncJob) -> SyncStep:
+    result = bulk_client_for(connection=job.connection).poll(job.status_url)
+    _update(job, poll_count=job.poll_count + 1)
+    if result.state == "retry":
+        return _transient(job, result.message or f"status {result.status}", result.retry_after)
+    if result.state == "error":
+        return _fail(job, result.message)
+    if result.state == "in_progress":
+        delay = poll_delay(attempt=job.poll_count, retry_after=result.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
+        # req 135: the client MAY show X-Progress to the user.
+        return _again(job, delay, progress=(result.progress or "In progress")[:200], transient_errors=0)
+    return _manifest_accept(job, result.manifest or {})
+
+
+def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
+    """Record the manifest's files (output, deleted, error) and move on to downloading them."""
+    requires_token = bool(manifest.get("requiresAccessToken"))
+    folder = Path(_setting("PA_SYNC_DIR", Path(settings.VAR_DIR) / "sync")) / f"job{job.pk}-{uuid.uuid4().hex[:8]}"
+    entries = [(SyncFile.Kind.OUTPUT, item) for item in manifest.get("output", [])]
+    # Bulk Data 2.0 "Response - Complete Status": `deleted` lists Bundles of deleted
+    # resources (for _since requests); `error` lists OperationOutcome files.
+    entries += [(SyncFile.Kind.DELETED, item) for item in manifest.get("deleted", [])]
+    entries += [(SyncFile.Kind.ERROR, item) for item in manifest.get("error", [])]
+    with transaction.atomic():
+        for index, (kind, item) in enumerate(entries):
+            SyncFile.objects.get_or_create(
+                job=job, url=item["url"],
+                defaults={
+                    "kind": kind,
+                    "resource_type": item.get("type", ""),
+                    "expected_count": item.get("count"),
+                    "local_path": str(folder / f"{index:04d}-{kind}-{item.get('type', 'file')}.ndjson"),
+                },
+            )
+        transaction_time = parse_datetime(manifest.get("transactionTime") or "") or None
+        stored = {**manifest, "requiresAccessToken": requires_token}
+        if not entries:
+            empty = NO_DATA_MESSAGE if job.member_id and not job.since else "No changes since the last fetch" if job.since else "The export is empty"
+            status = SyncJob.Status.NO_DATA if job.member_id and not job.since else SyncJob.Status.COMPLETED
+            _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time, status=status,
+                    progress=empty, finished_at=timezone.now(), next_step_at=None, transient_errors=0, counts={})
+            return SyncStep()
+        _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time,
+                status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None, transient_errors=0)
+    return SyncStep(file_ids=list(job.files.values_list("pk", flat=True)))
+
+
+# --- Files -------------------------------------------------------------------------------
+
+
+def _claim_file(file: SyncFile) -> bool:
+    now = timezone.now()
+    return bool(
+        SyncFile.objects.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), pk=file.pk, status=file.status)
+        .update(claimed_until=now + FILE_LEASE)
+    )
+
+
+def _file_update(file: SyncFile, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(file, name, value)
+    SyncFile.objects.filter(pk=file.pk).update(**fields)
+
+
+def _job_note(job_id: int, message: str) -> None:
+    """Append a line to the job's error text (concurrent file tasks each add theirs)."""
+    with transaction.atomic():
+        job = SyncJob.objects.select_for_update().get(pk=job_id)
+        job.error = "\n".join(filter(None, [job.error, message]))[:20000]
+        job.save(update_fields=["error", "updated_at"])
+
+
+def sync_file_step(*, file_id: int) -> float | None:
+    """Download one manifest file (resuming) and ingest it once; return a retry delay, or None when settled."""
+    file = SyncFile.objects.select_related("job__connection").get(pk=file_id)
+    job = file.job
+    if job.status in TERMINAL or file.status in (SyncFile.Status.INGESTED, SyncFile.Status.FAILED):
+        return None
+    if not _claim_file(file):
+        return None
+    try:
+        if file.status == SyncFile.Status.PENDING:
+            delay = _file_download(file)
+            if delay is not None or file.status == SyncFile.Status.FAILED:
+                return delay
+            if not job.files.filter(status=SyncFile.Status.PENDING).exists():
+                SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
+                    status=SyncJob.Status.INGESTING, progress="Storing records", updated_at=timezone.now()
+                )
+        job.refresh_from_db(fields=["status"])
+        if job.status == SyncJob.Status.CANCELLED:
+            return None
+        _file_ingest(file)
+    finally:
+        SyncFile.objects.filter(pk=file.pk).update(claimed_until=None)
+    sync_job_finish_if_done(job_id=job.pk)
+    return None
+
+
+def _file_download(file: SyncFile) -> float | None:
+    job = file.job
+    client = bulk_client_for(connection=job.connection)
+    requires_token = bool((job.manifest or {}).get("requiresAccessToken"))
+    attempts = file.attempts + 1
+    _file_update(file, attempts=attempts)
+    expected = file.expected_count if file.kind == SyncFile.Kind.OUTPUT else None
+    try:
+        try:
+            size = client.download(file.url, file.local_path, requires_token=requires_token, expected_count=expected)
+        except CountMismatch:
+            # A short file may be a truncated copy: download it again from scratch once.
+            size = client.download(file.url, file.local_path, requires_token=requires_token, resume=False)
+            found = _line_count(file.local_path)
+            if found != expected:
+                message = f"{file.resource_type} file {file.url}: the manifest says {expected} resources, the file has {found}."
+                _file_update(file, error=message)
+                _job_note(job.pk, message)
+    except TransientError as error:
+        if attempts >= _setting("PA_SYNC_FILE_ATTEMPTS", 6):
+            _file_update(file, status=SyncFile.Status.FAILED, error=str(error))
+            _job_note(job.pk, f"{file.url}: {error}")
+            return None
+        return poll_delay(attempt=attempts, retry_after=error.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
+    except (BulkDataError, requests.RequestException, OSError) as error:
+        _file_update(file, status=SyncFile.Status.FAILED, error=str(error)[:2000])
+        _job_note(job.pk, f"{file.url}: {error}")
+        return None
+    _file_update(file, status=SyncFile.Status.DOWNLOADED, bytes_downloaded=size, line_count=_line_count(file.local_path))
+    return None
+
+
+def _line_count(path: str) -> int:
+    from provider.bulk_client import ndjson_line_count
+
+    return ndjson_line_count(Path(path))
+
+
+def _file_ingest(file: SyncFile) -> None:
+    """Store a downloaded file once: resources, deletions, or the server's OperationOutcomes."""
+    job = file.job
+    path = Path(file.local_path)
+    # A redelivered task re-ingests a file whose ingest was cut short: the upsert makes
+    # the resources idempotent, and the file's issues are written afresh.
+    IngestIssue.objects.filter(sync_file=file).delete()
+    ingested, errors = 0, 0
+    with open(path, "rb") as stream:
+        if file.kind == SyncFile.Kind.OUTPUT:
+            result = ingest.ndjson_ingest(
+                stream=stream, file_name=file.url, expected_type=file.resource_type, connection=job.connection,
+                sync_job=job, sync_file=file, export_time=job.transaction_time,
+                validation_level=job.connection.validation_level,
+            )
+            ingested, errors = _result_counts(result)
+        elif file.kind == SyncFile.Kind.DELETED:
+            result = ingest.deleted_apply(stream=stream, file_name=file.url, connection=job.connection, sync_file=file)
+            ingested, errors = _result_counts(result)
+        else:
+            ingested, errors = _error_file_record(file, stream)
+    updated = SyncFile.objects.filter(pk=file.pk, status=SyncFile.Status.DOWNLOADED).update(
+        status=SyncFile.Status.INGESTED, ingested_count=ingested, error_count=errors
+    )
+    if updated:
+        file.status = SyncFile.Status.INGESTED
+        path.unlink(missing_ok=True)
+
+
+def _result_counts(result: ingest.IngestResult) -> tuple[int, int]:
+    """Return (valid resources, rejected lines) of an ingest: unchanged ones count as had."""
+    return result.stored + result.unchanged, result.errors
+
+
+def _error_file_record(file: SyncFile, stream: Any) -> tuple[int, int]:
+    """Keep each OperationOutcome of a manifest ``error`` file as an IngestIssue and a job note.
+
+    Bulk Data 2.0 "Response - Complete Status": ``error`` files hold OperationOutcomes
+    for resources the server could not export; the export itself still succeeded.
+    """
+    issues, notes = [], []
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            outcome = json.loads(raw)
+        except ValueError:
+            outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "structure", "diagnostics": "Not JSON."}]}
+        issues.append(IngestIssue(sync_file=file, file_name=file.url, line_number=number, outcome=outcome))
+        texts = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "") for i in outcome.get("issue", [])]
+        notes.append("The payer reported: " + "; ".join(filter(None, texts)))
+    IngestIssue.objects.bulk_create(issues, ignore_conflicts=True)
+    if notes:
+        _job_note(file.job_id, "\n".join(notes))
+    return 0, len(issues)
+
+
+def _output_counts(job: SyncJob) -> dict[str, int]:
+    rows = job.files.filter(kind=SyncFile.Kind.OUTPUT).values("resource_type").annotate(n=Sum("ingested_count"))
+    return {row["resource_type"]: row["n"] or 0 for row in rows if row["n"]}
+
+
+def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
+    """Close the job once every file is settled: completed, or failed if a file could not be had in full."""
+    with transaction.atomic():
+        job = SyncJob.objects.select_for_update().select_related("connection").get(pk=job_id)
+        if job.status not in (SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING):
+            return job
+        if job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).exists():
+            return job
+        incomplete = job.files.filter(Q(status=SyncFile.Status.FAILED) | (Q(kind=SyncFile.Kind.OUTPUT) & ~Q(error="")))
+        counts = _output_counts(job)
+        if incomplete.exists():
+            # Not "completed": an incomplete fetch must not be the base of the next
+            # incremental one, or the missing resources would never come.
+            job.status, job.progress = SyncJob.Status.FAILED, f"{incomplete.count()} file(s) incomplete"
+        else:
+            job.status = SyncJob.Status.COMPLETED
+            job.progress = f"{sum(counts.values())} resources stored"
+        job.counts, job.finished_at, job.next_step_at = counts, timezone.now(), None
+        job.save(update_fields=["status", "progress", "counts", "finished_at", "next_step_at", "updated_at"])
+    if job.status == SyncJob.Status.COMPLETED and job.status_url:
+        # req 121: a DELETE after completion tells the server we are done with the files.
+        try:
+            bulk_client_for(connection=job.connection).cancel(job.status_url)
+        except (BulkDataError, requests.RequestException):
+            logger.info("The payer did not accept the DELETE closing job %s.", job.pk)
+    return job
+
+
+# --- Drivers: Celery, and in-process for the command ---------------------------------------
+
+
+def sync_job_advance(*, job_id: int) -> None:
+    """Run the job's next step and schedule what follows on Celery (``countdown``, never a sleep)."""
+    from provider.tasks import sync_file_advance_task, sync_job_advance_task
+
+    step = sync_job_step(job_id=job_id)
+    if step.delay is not None:
+        transaction.on_commit(lambda: sync_job_advance_task.apply_async((job_id,), countdown=step.delay))
+    for file_id in step.file_ids:
+        # One task per file: downloads run in parallel, bounded by the workers' concurrency.
+        transaction.on_commit(lambda file_id=file_id: sync_file_advance_task.delay(file_id))
+
+
+def sync_file_advance(*, file_id: int) -> None:
+    """Download and ingest one file; on a transient failure, try again later with ``countdown``."""
+    from provider.tasks import sync_file_advance_task
+
+    delay = sync_file_step(file_id=file_id)
+    if delay is not None:
+        transaction.on_commit(lambda: sync_file_advance_task.apply_async((file_id,), countdown=delay))
+
+
+def sync_jobs_resume(*, stale_after: timedelta = timedelta(minutes=5)) -> int:
+    """Re-enqueue active jobs whose tasks were lost (a killed worker); return how many.
+
+    Safe to run any time (e.g. from celery beat): duplicate tasks find the job's or the
+    file's claim taken, or the work done.
+    """
+    from provider.tasks import sync_file_advance_task, sync_job_advance_task
+
+    now = timezone.now()
+    jobs = SyncJob.objects.filter(status__in=ACTIVE, updated_at__lt=now - stale_after).filter(
+        Q(next_step_at__isnull=True) | Q(next_step_at__lt=now - stale_after)
+    )
+    resumed = 0
+    for job in jobs:
+        resumed += 1
+        if job.status in (SyncJob.Status.PENDING, SyncJob.Status.KICKED_OFF):
+            SyncJob.objects.filter(pk=job.pk).update(next_step_at=None)
+            transaction.on_commit(lambda job_id=job.pk: sync_job_advance_task.delay(job_id))
+            continue
+        files = job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        )
+        for file_id in files.values_list("pk", flat=True):
+            transaction.on_commit(lambda file_id=file_id: sync_file_advance_task.delay(file_id))
+    return resumed
+
+
+def sync_job_run_inline(
+    *, job: SyncJob, on_progress: Callable[[dict[str, Any]], None] | None = None, parallel: int = 4
+) -> SyncJob:
+    """Run a job to its end in this process, without a broker (the ``bulk_fetch`` command).
+
+    The same steps as on Celery; here waiting is a plain sleep, and files download in a
+    bounded thread pool.
+    """
+    report = on_progress or (lambda progress: None)
+    while True:
+        step = sync_job_step(job_id=job.pk)
+        report(sync_job_progress(job=job))
+        if step.file_ids:
+            pending = list(step.file_ids)
+            while pending:
+                if parallel > 1:
+                    with ThreadPoolExecutor(max_workers=parallel) as pool:
+                        delays = list(pool.map(_file_step_in_thread, pending))
+                else:
+                    delays = [sync_file_step(file_id=file_id) for file_id in pending]
+                retry = [(fid, d) for fid, d in zip(pending, delays) if d is not None]
+                report(sync_job_progress(job=job))
+                if retry:
+                    time.sleep(max(d for _, d in retry))
+                pending = [fid for fid, _ in retry]
+            sync_job_finish_if_done(job_id=job.pk)
+        else:
+            time.sleep(step.delay if step.delay is not None else 1.0)
+        job.refresh_from_db()
+        if job.status in TERMINAL:
+            report(sync_job_progress(job=job))
+            return job
+
+
+def _file_step_in_thread(file_id: int) -> float | None:
+    try:
+        return sync_file_step(file_id=file_id)
+    finally:
+        connections.close_all()  # this thread's connections only

@@ -1,0 +1,64 @@
+"""Sync jobs driven by a REAL Celery worker process against the test Bulk Data server."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+
+from config.celery_app import app as celery_app
+from provider.models import LocalResource, SyncJob
+from provider.services.connections import payer_connection_create
+from provider.services.sync import sync_job_progress, sync_job_start, sync_jobs_resume
+from tests.conftest import wait_for
+from tests.provider.bulk_fixtures import CLIENT_ID, fake_payer, key_file, rsa_keys  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+
+
+@pytest.fixture
+def connection(fake_payer, key_file):
+    return payer_connection_create(
+        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=fake_payer.base_url,
+        client_id=CLIENT_ID, private_key_path=str(key_file), key_id=fake_payer.key_id,
+    )
+
+
+def finished(job: SyncJob):
+    job.refresh_from_db()
+    return job.status in {SyncJob.Status.COMPLETED, SyncJob.Status.FAILED, SyncJob.Status.NO_DATA} and job
+
+
+def test_worker_runs_a_member_sync_end_to_end(celery_worker, fake_payer, connection):
+    fake_payer.poll_script = [(202, {"X-Progress": "Exporting", "Retry-After": "1"}), (429, {"Retry-After": "1"})]
+    fake_payer.file_faults = {"Encounter": ["503"]}
+    with transaction.atomic():
+        job = sync_job_start(connection=connection, member_id="M100")  # enqueued on commit
+    job = wait_for(lambda: finished(job), timeout=60, message=f"the sync job\n{celery_worker.log()}")
+    assert job.status == SyncJob.Status.COMPLETED, job.error
+    ids = sorted(LocalResource.objects.filter(resource_type="Encounter").values_list("resource_id", flat=True))
+    assert ids == [f"e1-{n}" for n in range(1, 8)]
+    assert LocalResource.objects.filter(sync_job=job, connection=connection).count() == 9  # provenance kept
+    progress = sync_job_progress(job=job)
+    assert progress["files_ingested"] == progress["files_total"] == 3 and progress["counts"]["Encounter"] == 7
+    # Each poll was its own task (rescheduled with countdown): 202, 429, then the manifest.
+    assert job.poll_count == 3 and len(fake_payer.requests_to("/status/", "GET")) == 3
+    assert "Task provider.tasks.sync_file_advance_task" in celery_worker.log()
+
+
+def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_payer, connection):
+    fake_payer.poll_script = [(202, {"X-Progress": f"{n}0%", "Retry-After": "1"}) for n in range(1, 5)]
+    worker = start_worker()
+    job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
+    wait_for(lambda: SyncJob.objects.filter(pk=job.pk, poll_count__gte=1).exists(), timeout=30, message="the first poll")
+    worker.kill()
+    celery_app.control.purge()  # the scheduled poll is lost with the worker, whatever the broker
+
+    start_worker()
+    # What celery beat's sweep does: pick up the job once its next poll is overdue.
+    wait_for(lambda: sync_jobs_resume(stale_after=timedelta(seconds=2)) == 1, timeout=30, message="an overdue job")
+    job = wait_for(lambda: finished(job), timeout=60, message="the resumed job")
+    assert job.status == SyncJob.Status.COMPLETED, job.error
+    # Resumed from the saved status URL: one kick-off only, each file downloaded once.
+    assert len(fake_payer.requests_to("/Group/g1/$export")) == 1
+    assert len(fake_payer.requests_to("/files/")) == 1
+    assert LocalResource.objects.filter(resource_type="Encounter").count() == 8
