@@ -1,1 +1,91 @@
-from django.db import models  # noqa: F401
+"""The hospital's EMR: its clinicians, its registered patients, and who looked at what."""
+
+from datetime import date
+
+from django.conf import settings
+from django.db import models
+
+from provider.models import PayerConnection, SyncJob
+
+
+class Clinician(models.Model):
+    """A user who works for one provider organization and sees only its patients."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="clinician")
+    display_name = models.CharField(max_length=200, help_text="e.g. Dr. James Smith")
+    organization_name = models.CharField(max_length=200)
+    organization_npi = models.CharField(max_length=10, db_index=True, help_text="The hospital's NPI.")
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.organization_name})"
+
+
+class HospitalPatient(models.Model):
+    """A patient as the hospital registered them: demographics and the insurer's member id."""
+
+    class Gender(models.TextChoices):
+        FEMALE = "female", "Female"
+        MALE = "male", "Male"
+        OTHER = "other", "Other"
+        UNKNOWN = "unknown", "Unknown"
+
+    organization_npi = models.CharField(max_length=10, db_index=True)
+    mrn = models.CharField("MRN", max_length=40)
+    family = models.CharField(max_length=100)
+    given = models.CharField(max_length=100)
+    birth_date = models.DateField()
+    gender = models.CharField(max_length=10, choices=Gender.choices, default=Gender.UNKNOWN)
+    insurer = models.ForeignKey(PayerConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    member_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # The payer's FHIR Patient id, learnt from the first sync that returned data; the
+    # local store keys every resource by it.
+    payer_patient_id = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["family", "given"]
+        constraints = [models.UniqueConstraint(fields=["organization_npi", "mrn"], name="emr_patient_org_mrn_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.given} {self.family} ({self.mrn})"
+
+    @property
+    def name(self) -> str:
+        return f"{self.given} {self.family}"
+
+    @property
+    def age(self) -> int:
+        today = date.today()
+        return today.year - self.birth_date.year - ((today.month, today.day) < (self.birth_date.month, self.birth_date.day))
+
+
+class PatientSync(models.Model):
+    """A sync job a clinician started for one of the hospital's patients."""
+
+    patient = models.ForeignKey(HospitalPatient, on_delete=models.CASCADE, related_name="syncs")
+    job = models.OneToOneField(SyncJob, on_delete=models.CASCADE, related_name="emr_sync")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class AccessEvent(models.Model):
+    """A clinician's access to a patient's record: who, which patient, what, when."""
+
+    class Action(models.TextChoices):
+        VIEW = "view", "Viewed the record"
+        VIEW_ENCOUNTER = "view_encounter", "Viewed an encounter"
+        FETCH = "fetch", "Fetched history from a payer"
+        CREATE = "create", "Registered the patient"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    organization_npi = models.CharField(max_length=10)
+    patient = models.ForeignKey(HospitalPatient, on_delete=models.CASCADE, related_name="access_events")
+    action = models.CharField(max_length=20, choices=Action.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]

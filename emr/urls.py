@@ -1,4 +1,20 @@
-from django.urls import path  # noqa: F401
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from emr import views
 
 app_name = "emr"
-urlpatterns: list = []
+urlpatterns = [
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="emr/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(next_page="emr:login"), name="logout"),
+    path("", views.patient_list, name="patients"),
+    path("patients/add/", views.patient_add, name="patient_add"),
+    path("patients/<int:pk>/", views.patient_detail, name="patient"),
+    path("patients/<int:pk>/fetch/<int:connection_id>/", views.patient_fetch, name="patient_fetch"),
+    path("patients/<int:pk>/syncs/<int:job_id>/", views.sync_status, name="sync_status"),
+    path("patients/<int:pk>/encounters/<str:encounter_id>/", views.encounter_detail, name="encounter"),
+]

@@ -1,0 +1,38 @@
+"""Forms of the EMR pages."""
+
+import datetime as dt
+
+from django import forms
+
+from emr.models import HospitalPatient
+from provider.models import PayerConnection
+
+
+class PatientSearchForm(forms.Form):
+    name = forms.CharField(required=False, label="Name or MRN", max_length=100)
+    birth_date = forms.DateField(required=False, label="Date of birth", widget=forms.DateInput(attrs={"type": "date"}))
+    member_id = forms.CharField(required=False, label="Member id", max_length=64)
+
+
+class PatientForm(forms.Form):
+    given = forms.CharField(label="Given name", max_length=100)
+    family = forms.CharField(label="Family name", max_length=100)
+    birth_date = forms.DateField(label="Date of birth", widget=forms.DateInput(attrs={"type": "date"}))
+    gender = forms.ChoiceField(choices=HospitalPatient.Gender.choices, initial=HospitalPatient.Gender.UNKNOWN)
+    mrn = forms.CharField(label="MRN", max_length=40, required=False, help_text="Leave empty to assign the next MRN.")
+    insurer = forms.ModelChoiceField(
+        queryset=PayerConnection.objects.order_by("display_name"), required=False, empty_label="No insurer / self-pay"
+    )
+    member_id = forms.CharField(label="Member id", max_length=64, required=False)
+
+    def clean_birth_date(self) -> dt.date:
+        value = self.cleaned_data["birth_date"]
+        if value > dt.date.today():
+            raise forms.ValidationError("The date of birth is in the future.")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        if data.get("member_id") and not data.get("insurer"):
+            self.add_error("insurer", "Choose the insurer that issued the member id.")
+        return data

@@ -1,0 +1,128 @@
+"""The clinician's pages. Thin: they check who is asking, call a selector or a service,
+and render. A clinician reaches only their own organization's patients (404 otherwise)."""
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from emr import selectors, services
+from emr.forms import PatientForm, PatientSearchForm
+from emr.models import AccessEvent, PatientSync
+from provider.models import PayerConnection
+
+
+def clinician_required(view):
+    """Let in logged-in users with a clinician profile; set ``request.clinician``."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        clinician = selectors.clinician_for_user(user=request.user)
+        if clinician is None:
+            raise PermissionDenied("This account is not a clinician's.")
+        request.clinician = clinician
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _patient(request: HttpRequest, pk: int):
+    return get_object_or_404(selectors.patient_queryset(clinician=request.clinician), pk=pk)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@require_GET
+@clinician_required
+def patient_list(request: HttpRequest) -> HttpResponse:
+    form = PatientSearchForm(request.GET or None)
+    criteria = form.cleaned_data if form.is_valid() else {}
+    patients = selectors.patient_search(
+        clinician=request.clinician,
+        name=criteria.get("name") or "",
+        birth_date=criteria.get("birth_date"),
+        member_id=criteria.get("member_id") or "",
+    )
+    return render(request, "emr/patient_list.html", {"form": form, "patients": patients, "searched": any(criteria.values()), "nav": "patients"})
+
+
+@require_http_methods(["GET", "POST"])
+@clinician_required
+def patient_add(request: HttpRequest) -> HttpResponse:
+    form = PatientForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            patient = services.hospital_patient_create(clinician=request.clinician, created_by=request.user, **form.cleaned_data)
+        except services.PatientError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"{patient.name} is registered with {patient.mrn}.")
+            return redirect("emr:patient", pk=patient.pk)
+    return render(request, "emr/patient_add.html", {"form": form, "nav": "add"})
+
+
+@require_GET
+@clinician_required
+def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    patient = _patient(request, pk)
+    job = selectors.sync_latest(patient=patient)
+    if job:
+        patient = services.patient_sync_link(patient=patient, job=job)
+    services.access_record(user=request.user, patient=patient, action=AccessEvent.Action.VIEW)
+    context = {
+        "patient": patient,
+        "job": job,
+        "sync": selectors.sync_progress(job=job) if job else None,
+        "connections": selectors.connections_for_fetch(patient=patient),
+        "history": selectors.patient_history(patient=patient),
+        "sync_steps": [label for _, label in selectors.SYNC_STEPS],
+    }
+    return render(request, "emr/patient_detail.html", context)
+
+
+@require_POST
+@clinician_required
+def patient_fetch(request: HttpRequest, pk: int, connection_id: int) -> HttpResponse:
+    patient = _patient(request, pk)
+    connection = get_object_or_404(PayerConnection, pk=connection_id)
+    try:
+        job = services.patient_fetch_start(patient=patient, connection=connection, user=request.user)
+    except services.PatientError as exc:
+        if _wants_json(request):
+            return JsonResponse({"error": str(exc)}, status=400)
+        messages.error(request, str(exc))
+        return redirect("emr:patient", pk=patient.pk)
+    if _wants_json(request):
+        body = selectors.sync_progress(job=job)
+        body["progress_url"] = request.build_absolute_uri(f"/emr/patients/{patient.pk}/syncs/{job.pk}/")
+        return JsonResponse(body, status=202)
+    return redirect("emr:patient", pk=patient.pk)
+
+
+@require_GET
+@clinician_required
+def sync_status(request: HttpRequest, pk: int, job_id: int) -> JsonResponse:
+    patient = _patient(request, pk)
+    sync = get_object_or_404(PatientSync.objects.select_related("job__connection"), patient=patient, job_id=job_id)
+    services.patient_sync_link(patient=patient, job=sync.job)
+    return JsonResponse(selectors.sync_progress(job=sync.job))
+
+
+@require_GET
+@clinician_required
+def encounter_detail(request: HttpRequest, pk: int, encounter_id: str) -> HttpResponse:
+    patient = _patient(request, pk)
+    detail = selectors.encounter_detail(patient=patient, encounter_id=encounter_id)
+    if detail is None:
+        raise Http404("No such encounter for this patient.")
+    services.access_record(
+        user=request.user, patient=patient, action=AccessEvent.Action.VIEW_ENCOUNTER, detail=f"Encounter/{encounter_id}"
+    )
+    return render(request, "emr/encounter_detail.html", {"patient": patient, "detail": detail})

@@ -1,0 +1,239 @@
+/* EHealth: live fetch progress, tabs, sortable and filterable tables. No dependencies.
+   Every piece enhances server-rendered HTML: without JavaScript the forms post and the
+   tables and panels are all shown. Text from the server is inserted with textContent. */
+(function () {
+  "use strict";
+
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
+
+  /* Tabs (WAI-ARIA Authoring Practices, tabs with automatic activation). */
+  function initTabs(root) {
+    $$("[data-tabs]", root).forEach(function (box) {
+      var tabs = $$("[role=tab]", box);
+      function select(tab, focus) {
+        tabs.forEach(function (t) {
+          var on = t === tab;
+          t.setAttribute("aria-selected", on ? "true" : "false");
+          t.tabIndex = on ? 0 : -1;
+          document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
+        });
+        if (focus) tab.focus();
+      }
+      tabs.forEach(function (tab, i) {
+        tab.addEventListener("click", function () { select(tab, false); });
+        tab.addEventListener("keydown", function (ev) {
+          var next = null;
+          if (ev.key === "ArrowRight") next = tabs[(i + 1) % tabs.length];
+          else if (ev.key === "ArrowLeft") next = tabs[(i - 1 + tabs.length) % tabs.length];
+          else if (ev.key === "Home") next = tabs[0];
+          else if (ev.key === "End") next = tabs[tabs.length - 1];
+          if (next) { ev.preventDefault(); select(next, true); }
+        });
+      });
+      var selected = tabs.filter(function (t) { return t.getAttribute("aria-selected") === "true"; })[0] || tabs[0];
+      if (selected) select(selected, false);
+    });
+  }
+
+  /* Sortable tables: header buttons toggle aria-sort; cells may carry data-sort-value. */
+  function cellValue(row, index) {
+    var cell = row.cells[index];
+    if (!cell) return "";
+    var v = cell.getAttribute("data-sort-value");
+    return (v !== null ? v : cell.textContent).trim().toLowerCase();
+  }
+  function initSort(root) {
+    $$("table[data-sortable]", root).forEach(function (table) {
+      var heads = $$("thead th", table);
+      heads.forEach(function (th, index) {
+        var button = $("button", th);
+        if (!button) return;
+        button.addEventListener("click", function () {
+          var asc = th.getAttribute("aria-sort") !== "ascending";
+          heads.forEach(function (h) { h.removeAttribute("aria-sort"); });
+          th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+          var body = table.tBodies[0];
+          var rows = Array.prototype.slice.call(body.rows);
+          rows.sort(function (a, b) {
+            var x = cellValue(a, index), y = cellValue(b, index);
+            return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+          });
+          rows.forEach(function (r) { body.appendChild(r); });
+        });
+      });
+    });
+  }
+
+  /* Filters: free text over the whole row, selects over a data-* attribute of the row. */
+  function initFilters(root) {
+    $$("[data-filter-for]", root).forEach(function (box) {
+      var table = document.getElementById(box.getAttribute("data-filter-for"));
+      var counter = $("[data-result-count]", box.parentNode);
+      var text = $("[data-filter-text]", box);
+      var selects = $$("[data-filter-col]", box);
+      function apply() {
+        var words = (text.value || "").toLowerCase().split(/\s+/).filter(Boolean);
+        var shown = 0, rows = table.tBodies[0].rows;
+        Array.prototype.forEach.call(rows, function (row) {
+          var hay = row.textContent.toLowerCase();
+          var ok = words.every(function (w) { return hay.indexOf(w) !== -1; });
+          selects.forEach(function (s) {
+            if (s.value && row.getAttribute("data-" + s.getAttribute("data-filter-col")) !== s.value) ok = false;
+          });
+          row.hidden = !ok;
+          if (ok) shown++;
+        });
+        if (counter) counter.textContent = shown + " of " + rows.length + " encounters";
+      }
+      text.addEventListener("input", apply);
+      selects.forEach(function (s) { s.addEventListener("change", apply); });
+    });
+  }
+
+  function initHistory(root) { initTabs(root); initSort(root); initFilters(root); }
+
+  /* Fetch from a payer: POST the form, then poll the job until it ends. */
+  var sync = $("#sync");
+  function renderProgress(data) {
+    var panel = $(".sync-panel", sync);
+    panel.hidden = false;
+    $$(".steps li", panel).forEach(function (li, i) {
+      li.className = "";
+      if (data.ok || i < data.step_index) li.className = "done";
+      else if (i === data.step_index && !data.done) li.className = "current";
+      else if (i === data.step_index && data.done && !data.ok) li.className = "failed";
+    });
+    var live = $(".sync-live", panel);
+    live.textContent = "";
+    var p = document.createElement("p");
+    if (data.done) {
+      p.className = "alert sync-message " + (data.ok ? "alert-success" : data.status === "no_data" ? "alert-warning" : "alert-error");
+      p.textContent = data.message;
+      if (data.error) {
+        var detail = document.createElement("span");
+        detail.className = "small";
+        detail.textContent = data.error;
+        p.appendChild(document.createElement("br"));
+        p.appendChild(detail);
+      }
+      if (data.ok && data.elapsed_seconds !== null) {
+        var took = document.createElement("span");
+        took.className = "small";
+        took.textContent = " (" + data.elapsed_seconds.toFixed(1) + " s)";
+        p.appendChild(took);
+      }
+      live.appendChild(p);
+    } else {
+      p.className = "sync-status";
+      p.textContent = (data.headline || data.status_label) + "…";
+      live.appendChild(p);
+      var extra = [];
+      if (data.files_total) extra.push(data.files_downloaded + " of " + data.files_total + " files downloaded, " + data.files_ingested + " ingested");
+      if (data.resources_ingested) extra.push(data.resources_ingested + " records stored");
+      if (data.poll_count) extra.push(data.poll_count + " status check" + (data.poll_count === 1 ? "" : "s"));
+      if (extra.length) {
+        var d = document.createElement("p");
+        d.className = "sync-detail";
+        d.textContent = extra.join(" · ");
+        live.appendChild(d);
+      }
+    }
+    var counts = Object.keys(data.counts || {});
+    if (counts.length) {
+      var ul = document.createElement("ul");
+      ul.className = "counts";
+      ul.setAttribute("aria-label", "Records ingested by type");
+      counts.forEach(function (type) {
+        var li = document.createElement("li");
+        var b = document.createElement("b");
+        b.textContent = data.counts[type];
+        li.appendChild(b);
+        li.appendChild(document.createTextNode(" " + type));
+        ul.appendChild(li);
+      });
+      live.appendChild(ul);
+    }
+  }
+
+  function setBusy(busy) {
+    $$("form[data-fetch] button", sync).forEach(function (b) {
+      b.disabled = busy;
+      b.setAttribute("aria-busy", busy ? "true" : "false");
+    });
+  }
+
+  function refreshHistory() {
+    return fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        ["last-sync", "payer-record"].forEach(function (id) {
+          var part = doc.getElementById(id), here = document.getElementById(id);
+          if (part && here) here.replaceWith(document.importNode(part, true));
+        });
+        var fresh = doc.getElementById("history");
+        var current = document.getElementById("history");
+        if (fresh && current) {
+          current.replaceWith(document.importNode(fresh, true));
+          initHistory(document.getElementById("history"));
+        }
+        sync.setAttribute("data-history-loaded", "true");
+      });
+  }
+
+  function poll(url) {
+    fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+      .then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (data) {
+        renderProgress(data);
+        // The statuses this page went through, for whoever wants to know (and the tests).
+        var seen = (sync.getAttribute("data-seen") || "").split(" ").filter(Boolean);
+        if (seen[seen.length - 1] !== data.status) seen.push(data.status);
+        sync.setAttribute("data-seen", seen.join(" "));
+        if (!data.done) { window.setTimeout(function () { poll(url); }, 250); return; }
+        setBusy(false);
+        if (data.ok) refreshHistory();
+      })
+      .catch(function () {
+        // A lost poll (network hiccup, server restart) is retried, more slowly.
+        window.setTimeout(function () { poll(url); }, 2000);
+      });
+  }
+
+  if (sync) {
+    $$("form[data-fetch]", sync).forEach(function (form) {
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        setBusy(true);
+        renderProgress({ step_index: 0, done: false, status_label: "Starting", progress: "", counts: {} });
+        fetch(form.action, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "Accept": "application/json", "X-CSRFToken": $("[name=csrfmiddlewaretoken]", form).value },
+        })
+          .then(function (r) { return r.json().then(function (body) { return { status: r.status, body: body }; }); })
+          .then(function (res) {
+            if (res.status !== 202) {
+              setBusy(false);
+              renderProgress({ done: true, ok: false, step_index: 0, status: "failed", message: res.body.error || "The fetch could not start.", counts: {} });
+              return;
+            }
+            renderProgress(res.body);
+            poll(res.body.progress_url);
+          })
+          .catch(function () {
+            setBusy(false);
+            renderProgress({ done: true, ok: false, step_index: 0, status: "failed", message: "The fetch could not start: the EMR server did not answer.", counts: {} });
+          });
+      });
+    });
+    var resume = sync.getAttribute("data-progress-url");
+    if (resume) poll(resume);
+  }
+
+  initHistory(document);
+})();

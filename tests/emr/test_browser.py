@@ -1,0 +1,77 @@
+"""The EMR in real headless Chromium over a live server, on history already in the local store."""
+
+import pytest
+
+from provider.models import PayerConnection
+from tests import factories
+from tests.emr.browser import chromium, login, shot
+from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+
+def test_clinician_reads_the_history_in_the_browser(live_server):
+    connection = PayerConnection.objects.create(
+        name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
+        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1",
+    )
+    factories.clinician_create(username="jsmith", password="grace-demo")
+    history_store(connection=connection, patient_id="pat-jack", member_id="UCH100000001")
+    jack = factories.hospital_patient_create(insurer=connection, member_id="UCH100000001", payer_patient_id="pat-jack",
+                                             mrn="GH-100231")
+    factories.hospital_patient_create(family="Gonzalez", given="Maria", insurer=connection, member_id="UCH100000003")
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{live_server.url}/emr/")
+        shot(page, "local-01-login")
+        login(page, live_server.url, username="jsmith", password="grace-demo")
+        shot(page, "local-02-patients")
+
+        page.get_by_label("Name or MRN").fill("shaw")
+        page.get_by_role("button", name="Search").click()
+        page.get_by_role("link", name="Shaw, Jack").click()
+        page.wait_for_url(f"{live_server.url}/emr/patients/{jack.pk}/")
+
+        # Timeline: a dot per encounter, a row per facility; table: a row per encounter.
+        assert page.locator("svg.timeline a[data-encounter]").count() == len(ENCOUNTERS)
+        assert page.locator("svg.timeline text.facility").count() == len(FACILITIES)
+        table = page.locator("#encounters-table tbody tr")
+        assert table.count() == len(ENCOUNTERS)
+        shot(page, "local-03-patient-history")
+
+        # Sorting by date ascending puts the oldest first; filtering by facility narrows the rows.
+        page.get_by_role("button", name="Date").click()
+        assert "Mar 14, 2018" in table.first.inner_text()
+        page.get_by_label("Facility", exact=True).select_option("Lakeview Cardiology Clinic")
+        assert page.locator("#encounters-table tbody tr:not([hidden])").count() == 2
+        assert "2 of 7 encounters" in page.locator("[data-result-count]").inner_text()
+        page.get_by_label("Facility", exact=True).select_option("")
+
+        # Tabs work with the keyboard.
+        page.get_by_role("tab", name="Encounters").focus()
+        page.keyboard.press("ArrowRight")
+        assert page.get_by_role("tab", name="Claims").get_attribute("aria-selected") == "true"
+        assert page.locator("#panel-claims").is_visible() and not page.locator("#panel-encounters").is_visible()
+        page.get_by_role("tab", name="Prior authorizations").click()
+        assert "MRI lumbar spine" in page.locator("#panel-pas").inner_text()
+        shot(page, "local-04-prior-auths", full_page=False)
+        page.get_by_role("tab", name="Encounters").click()
+
+        # Open the 2019 inpatient stay from its dot on the timeline.
+        page.locator('svg.timeline a[data-encounter="enc-3"]').click()
+        page.wait_for_url(f"{live_server.url}/emr/patients/{jack.pk}/encounters/enc-3/")
+        diagnoses = page.get_by_role("region", name="Diagnoses").inner_text()
+        assert "Non-ST elevation myocardial infarction" in diagnoses
+        claim = page.get_by_role("region", name="Claim").inner_text()
+        assert "CLM-ENC-3" in claim and "Riverside Community Hospital" in claim
+        shot(page, "local-05-encounter")
+
+        # A tablet in portrait: no horizontal scrolling of the page itself.
+        page.set_viewport_size({"width": 768, "height": 1024})
+        page.goto(f"{live_server.url}/emr/patients/{jack.pk}/")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 768
+        shot(page, "local-06-tablet")
+        assert errors == []

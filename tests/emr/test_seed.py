@@ -1,0 +1,40 @@
+"""The EMR demo seed: Grace Hospital's clinicians and patients, idempotent."""
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from emr import demo
+from emr.models import Clinician, HospitalPatient
+from payer.services import demo as payer_demo
+from provider.models import PayerConnection
+
+pytestmark = pytest.mark.django_db
+
+
+def test_seed_matches_the_payers_demo():
+    # The hospital's code never imports the payer's: the shared facts are kept equal here.
+    assert demo.JACK_SHAW_MEMBER_ID == payer_demo.JACK_SHAW_MEMBER_ID
+    assert demo.GRACE_NPI == payer_demo.GRACE_HOSPITAL_NPI
+    assert demo.OAKVIEW_NPI == payer_demo.OAKVIEW_NPI
+
+
+def test_seed_emr_is_idempotent_and_links_the_connection():
+    call_command("seed_emr")
+    assert HospitalPatient.objects.filter(insurer__isnull=False).count() == 0
+    connection = PayerConnection.objects.create(
+        name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
+        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1",
+    )
+    call_command("seed_emr")
+    assert Clinician.objects.count() == len(demo.CLINICIANS)
+    assert HospitalPatient.objects.count() == len(demo.PATIENTS)
+    jack = HospitalPatient.objects.get(family="Shaw", given="Jack")
+    assert jack.organization_npi == demo.GRACE_NPI and jack.member_id == demo.JACK_SHAW_MEMBER_ID
+    assert jack.insurer == connection
+
+    client = Client()
+    assert client.post("/emr/login/", {"username": "jsmith", "password": "grace-demo"}).status_code == 302
+    listing = client.get("/emr/").content.decode()
+    assert "Shaw</strong>, Jack" in listing and "Helen" not in listing  # Helen Shaw is Oakview's patient
+    assert listing.count("<tr>") - 1 == sum(1 for p in demo.PATIENTS if p[0] == demo.GRACE_NPI)
