@@ -39,6 +39,7 @@ def isolated_runtime(tmp_path_factory) -> Iterator[dict[str, str]]:
             "processed_folder": str(broker_dir / "processed"),
             "control_folder": str(broker_dir / "control"),
             "store_processed": False,
+            "polling_interval": 0.1,
         }
     celery_app.conf.task_default_queue = queue
     celery_app.conf.broker_transport_options = overrides.get(
