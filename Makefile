@@ -31,7 +31,7 @@ demo: seed
 	@DEBUG=$${DEBUG:-1} PORT=$(PORT) BIN=$(BIN) bash -c '\
 	  export DEBUG PORT; \
 	  $$BIN/celery -A config worker --beat --loglevel=INFO --concurrency=2 \
-	      --logfile=var/worker.log & worker=$$!; \
+	      >var/worker.log 2>&1 & worker=$$!; \
 	  trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
 	  $$BIN/python manage.py demo_banner --port $$PORT; \
 	  $$BIN/python manage.py runserver --noreload 127.0.0.1:$$PORT'

@@ -1,5 +1,6 @@
 """Print where the demo runs and how to log in."""
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from payer.services.demo import ADMIN_PASSWORD, ADMIN_USERNAME, GRACE_HOSPITAL_NAME, JACK_SHAW_MEMBER_ID
@@ -14,12 +15,24 @@ class Command(BaseCommand):
     def handle(self, *args, port: int, **options) -> None:
         base = f"http://127.0.0.1:{port}"
         lines = [
+            "",
             "Provider Access demo",
             f"  Home                     {base}/",
             f"  Payer admin              {base}/admin/   (payer staff: {ADMIN_USERNAME} / {ADMIN_PASSWORD})",
-            f"  EMR ({GRACE_HOSPITAL_NAME})    {base}/emr/",
-            f"  Member opt-out           {base}/payer/opt-out/   (e.g. member {JACK_SHAW_MEMBER_ID})",
+            f"  EMR ({GRACE_HOSPITAL_NAME})     {base}/emr/",
+            f"  Member opt-out           {base}/payer/opt-out/   (e.g. member {JACK_SHAW_MEMBER_ID}, Shaw, 1961-03-14)",
             f"  Provider directory       {base}/payer/providers/",
             f"  FHIR CapabilityStatement {base}/payer/fhir/metadata",
+        ]
+        if "emr" in settings.ROLES:
+            # The demo runs every role in one process, so the EMR's demo users can be listed here.
+            from emr.demo import CLINICIANS
+
+            lines.append("  EMR logins:")
+            lines += [f"    {name:<17} {org:<24} {user} / {password}" for user, name, org, _, password in CLINICIANS]
+        lines += [
+            "  Open Jack Shaw in the EMR and press 'Fetch history from UnitedCare'.",
+            "  Worker log: var/worker.log. Ctrl-C stops the server and the worker.",
+            "",
         ]
         self.stdout.write("\n".join(lines))
