@@ -1,13 +1,15 @@
 """Benchmark the Bulk Data export engine on Postgres against a raw COPY of the same rows.
 
-    .venv/bin/python bench/export.py [--members 10000] [--small 1000] [--seed 1]
+    .venv/bin/python bench/export.py [--members 10000] [--small 1000] [--seed 1] [--repeat 3]
 
 DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pa_bench) is created and
 migrated when missing and filled with ``generate_population`` data when it holds fewer
 members than asked. Groups of ``--members`` and ``--small`` members are exported through
 the real service code (``export_job_create`` then ``export_unit_run`` for every unit)
 in a separate worker-like process whose peak RSS is measured. Then ``COPY (SELECT
-resource::text ...) TO STDOUT`` of the same rows gives the machine's limit.
+resource::text ...) TO STDOUT`` of the same rows gives the machine's limit. Each group
+runs ``--repeat`` times, export and COPY alternating; the "best" line pairs the fastest
+export with the fastest COPY (the machine is shared, so single runs are noisy).
 """
 
 import argparse
@@ -64,6 +66,7 @@ def _worker(job_pk: int, results) -> None:
 def _bench_group(*, label: str, size: int, types: list[str]) -> dict:
     import datetime
 
+    from django.db import connection
     from django.utils import timezone
 
     from payer.models import (AttributionMember, ExportJob, Member, NetworkContract, ProviderOrganization,
@@ -81,6 +84,10 @@ def _bench_group(*, label: str, size: int, types: list[str]) -> dict:
         [AttributionMember(group=group, member_id=pk, start=timezone.localdate() - datetime.timedelta(days=30),
                            source="manual", reason="benchmark") for pk in member_pks],
         ignore_conflicts=True, batch_size=2000)
+    with connection.cursor() as cursor:
+        # As autovacuum would after a bulk load: without statistics on the new rows the
+        # planner misjudges the per-unit visibility query.
+        cursor.execute("ANALYZE payer_attributionmember, payer_member")
     client, _ = SmartClient.objects.get_or_create(
         client_id=f"bench-{size}", defaults={"name": "bench", "organization": org, "jwks": {"keys": []},
                                              "scopes": "system/*.read", "max_concurrent_exports": 1000})
@@ -121,11 +128,22 @@ def _copy_limit(*, patient_ids: list[str], types: list[str]) -> dict:
     return {"elapsed": time.perf_counter() - started, "bytes": total, "rows": rows}
 
 
+def _report(label: str, result: dict, limit: dict) -> None:
+    mb = result["bytes"] / 1e6
+    copy_mbs = limit["bytes"] / 1e6 / limit["elapsed"]
+    export_mbs = mb / result["elapsed"]
+    print(f"{label:>19} {result['resources']:>10} {mb:>10.1f} {result['stored'] / 1e6:>8.1f} "
+          f"{result['elapsed']:>8.2f} {result['resources'] / result['elapsed']:>8.0f} {export_mbs:>7.1f} "
+          f"{result['peak_rss_mb']:>11.0f} | {limit['elapsed']:>7.2f} {copy_mbs:>9.1f} "
+          f"{limit['rows'] / limit['elapsed']:>10.0f} {export_mbs / copy_mbs:>6.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per group; the best of each side is reported")
     args = parser.parse_args()
 
     _database_ensure()
@@ -146,22 +164,28 @@ def main() -> None:
     types = [t for t in PATIENT_TYPES if t in stored_types]
     print(f"Database {connection.settings_dict['NAME']}: {Member.objects.count()} members, "
           f"{ClinicalResource.objects.count()} clinical resources; exporting types {', '.join(types)}")
-    print(f"{'group':>14} {'resources':>10} {'NDJSON MB':>10} {'gzip MB':>8} {'seconds':>8} {'res/s':>8} "
+    print(f"{'group':>19} {'resources':>10} {'NDJSON MB':>10} {'gzip MB':>8} {'seconds':>8} {'res/s':>8} "
           f"{'MB/s':>7} {'peak RSS MB':>11} | {'COPY s':>7} {'COPY MB/s':>9} {'COPY res/s':>10} {'ratio':>6}")
     for label, size in ((f"{args.members} members", args.members), (f"{args.small} members", args.small)):
-        result = _bench_group(label=label, size=size, types=types)
-        limit = _copy_limit(patient_ids=result["patient_ids"], types=types)
-        mb = result["bytes"] / 1e6
-        copy_mbs = limit["bytes"] / 1e6 / limit["elapsed"]
-        export_mbs = mb / result["elapsed"]
-        print(f"{label:>14} {result['resources']:>10} {mb:>10.1f} {result['stored'] / 1e6:>8.1f} "
-              f"{result['elapsed']:>8.2f} {result['resources'] / result['elapsed']:>8.0f} {export_mbs:>7.1f} "
-              f"{result['peak_rss_mb']:>11.0f} | {limit['elapsed']:>7.2f} {copy_mbs:>9.1f} "
-              f"{limit['rows'] / limit['elapsed']:>10.0f} {export_mbs / copy_mbs:>6.2f}", flush=True)
-        if result["status"] != "completed" or result["resources"] != limit["rows"]:
-            print(f"  note: job {result['status']}, {result['resources']} exported vs {limit['rows']} rows copied "
-                  "(the export also applies the 2016-01-01 date-of-service floor and transactionTime)")
-        result["job"].delete()
+        # The machine is shared: each figure is the best of --repeat runs, export and COPY
+        # alternating so both see the same background load.
+        best: dict | None = None
+        best_limit: dict | None = None
+        for attempt in range(1, args.repeat + 1):
+            result = _bench_group(label=label, size=size, types=types)
+            limit = _copy_limit(patient_ids=result["patient_ids"], types=types)
+            _report(f"{label} #{attempt}", result, limit)
+            if result["status"] != "completed" or result["resources"] != limit["rows"]:
+                print(f"  note: job {result['status']}, {result['resources']} exported vs {limit['rows']} rows copied "
+                      "(the export also applies the 2016-01-01 date-of-service floor and transactionTime)")
+            result["job"].delete()
+            result.pop("job")
+            if best is None or result["elapsed"] < best["elapsed"]:
+                best = result
+            if best_limit is None or limit["elapsed"] < best_limit["elapsed"]:
+                best_limit = limit
+            best["peak_rss_mb"] = max(best["peak_rss_mb"], result["peak_rss_mb"])
+        _report(f"{label} best", best, best_limit)
 
     # ExplanationOfBenefit is mapped from the claims system in Python, not stored JSON.
     from payer.models import Claim, PriorAuthorization

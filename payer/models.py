@@ -100,6 +100,26 @@ class ClinicalResource(models.Model):
         return f"{self.resource_type}/{self.resource_id}"
 
 
+class ResourceTombstone(models.Model):
+    """A clinical resource that was deleted: Bulk Data 2.0 lists it under ``deleted``
+    in exports whose ``_since`` precedes ``deleted_at`` (export.html, complete status)."""
+
+    resource_type = models.CharField(max_length=40)
+    resource_id = models.CharField(max_length=64)
+    # FHIR id of the Patient the resource was about (its own id for a Patient; empty for
+    # shared resources), so exports limit deletions to visible members.
+    patient_id = models.CharField(max_length=64, blank=True, default="")
+    deleted_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["patient_id", "resource_type", "deleted_at"], name="tombstone_patient_type_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.resource_id} deleted {self.deleted_at:%Y-%m-%d}"
+
+
 class Claim(models.Model):
     """A claim header as the claims platform keeps it (not FHIR)."""
 

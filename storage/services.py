@@ -115,6 +115,35 @@ class NDJSONPartWriter:
             if self._buffer_size >= CHUNK:
                 self._flush()
 
+    def write_blocks(self, blocks: Iterable[bytes]) -> None:
+        """Write blocks of whole lines (each block ends in a newline), counting lines by
+        newlines and splitting parts only at line boundaries. Blocks skip the per-line
+        work of ``write_lines``: a COPY stream is written as it arrives."""
+        for block in blocks:
+            while block:
+                room = self.max_bytes - self._size
+                if len(block) <= room:
+                    take = len(block)
+                else:
+                    cut = block.rfind(b"\n", 0, room) if room > 0 else -1
+                    if cut < 0 and self._count:
+                        self._close_part()
+                        continue
+                    # A part holds at least one line, even one longer than max_bytes.
+                    take = (cut if cut >= 0 else block.index(b"\n")) + 1
+                chunk = block[:take] if take < len(block) else block
+                self._buffer.append(chunk)
+                self._buffer_size += take
+                self._size += take
+                self._count += chunk.count(b"\n")
+                if take < len(block):
+                    self._close_part()
+                    block = block[take:]
+                else:
+                    block = b""
+                if self._buffer_size >= CHUNK:
+                    self._flush()
+
     def _flush(self) -> None:
         if not self._buffer:
             return

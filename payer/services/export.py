@@ -11,6 +11,7 @@ jobs whose units are all done.
 Bulk Data IG 2.0.0 export.html; Da Vinci PDex STU2 Provider Access; CMS-0057-F.
 """
 
+import contextlib
 import datetime
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Lookup, Q, TextField
+from django.db.models import Exists, F, Lookup, OuterRef, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.http import http_date
@@ -38,6 +39,7 @@ from payer.models import (
     ExportJob,
     ExportWorkUnit,
     PriorAuthorization,
+    ResourceTombstone,
     SmartClient,
 )
 from payer.services.access import organization_in_network, visible_members, visible_patient_ids
@@ -60,7 +62,14 @@ from storage.services import NDJSONPartWriter, export_names_delete, export_parts
 logger = logging.getLogger(__name__)
 
 ROWS_PER_FETCH = 5000
+ROWS_BLOCK_BYTES = 256 * 1024
+COPY_QUEUE_BLOCKS = 4
 ACTIVE = (ExportWorkUnit.Status.PENDING, ExportWorkUnit.Status.RUNNING)
+# A job for a few patients (PDex Provider Access: often one member) is a dozen tiny units;
+# a message each would cost more broker round trips than work. Such a job gets this many
+# tasks, and each goes on with the job's next unit (export_unit_run).
+SMALL_JOB_PATIENTS = 10
+SMALL_JOB_TASKS = 2
 
 
 def _setting(name: str) -> Any:
@@ -166,7 +175,8 @@ def export_job_create(
         ExportWorkUnit.objects.bulk_create(units, batch_size=500)
         unit_ids = list(job.units.values_list("id", flat=True))
         if unit_ids:
-            transaction.on_commit(lambda: _enqueue(unit_ids))
+            queued = unit_ids[:SMALL_JOB_TASKS] if len(member_rows) <= SMALL_JOB_PATIENTS else unit_ids
+            transaction.on_commit(lambda: _enqueue(queued))
         else:
             transaction.on_commit(lambda: export_job_finalize(job_id=job.pk))
     return job
@@ -178,7 +188,9 @@ def _units_build(*, job: ExportJob, params: ExportParams, member_rows: list[tupl
     lease_until = timezone.now() + _lease()
     units: list[ExportWorkUnit] = []
     # Types the repository holds nothing of need no unit (one indexed probe per type).
-    stored = [t for t in params.types if _type_has_rows(t)]
+    # With _since, a type whose rows were all deleted still has deletions to list.
+    stored = [t for t in params.types
+              if _type_has_rows(t) or (params.since and ResourceTombstone.objects.filter(resource_type=t).exists())]
     for sequence, start in enumerate(range(0, len(member_rows), batch_size)):
         batch = member_rows[start : start + batch_size]
         for resource_type in stored:
@@ -215,40 +227,74 @@ def _unit_claim(*, unit_id: int) -> bool:
     )
 
 
-def _part_name(unit: ExportWorkUnit, part: int) -> str:
-    return f"exports/{unit.job.job_id}/{unit.resource_type}.{unit.sequence:05d}.{part:03d}.ndjson.gz"
+def _part_name(unit: ExportWorkUnit, part: int, *, deleted: bool = False) -> str:
+    kind = ".deleted" if deleted else ""
+    return f"exports/{unit.job.job_id}/{unit.resource_type}.{unit.sequence:05d}{kind}.{part:03d}.ndjson.gz"
 
 
 class _Heartbeat:
-    """Renew the unit's lease while it runs; stop when the job was cancelled."""
+    """Renew the unit's lease while it runs; stop when the job was cancelled.
+
+    ``beat()`` renews inline, on the unit's own connection, when due. Inside
+    ``background()`` a thread renews on a connection of its own instead (a COPY holds
+    the unit's connection until it ends), and ``beat()`` only reports what it found.
+    """
 
     def __init__(self, unit: ExportWorkUnit) -> None:
         self.unit = unit
         self.interval = max(1.0, _setting("PA_EXPORT_LEASE_SECONDS") / 3)
         self.next_at = time.monotonic() + self.interval
+        self._threaded = False
+        self._abandoned = threading.Event()
+
+    def _renew(self) -> bool:
+        return bool(ExportWorkUnit.objects.filter(
+            pk=self.unit.pk, status=ExportWorkUnit.Status.RUNNING, job__status=ExportJob.Status.IN_PROGRESS
+        ).update(lease_expires_at=timezone.now() + _lease()))
 
     def beat(self) -> None:
-        if time.monotonic() < self.next_at:
+        if self._abandoned.is_set():
+            raise _UnitAbandoned
+        if self._threaded or time.monotonic() < self.next_at:
             return
         self.next_at = time.monotonic() + self.interval
-        renewed = ExportWorkUnit.objects.filter(
-            pk=self.unit.pk, status=ExportWorkUnit.Status.RUNNING, job__status=ExportJob.Status.IN_PROGRESS
-        ).update(lease_expires_at=timezone.now() + _lease())
-        if not renewed:
+        if not self._renew():
             raise _UnitAbandoned
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                while not stop.wait(self.interval):
+                    if not self._renew():
+                        self._abandoned.set()
+                        return
+            except Exception:  # the unit's own end-of-run checks still guard its result
+                logger.warning("Export unit %s: lease renewal failed", self.unit.pk, exc_info=True)
+            finally:
+                connection.close()  # this thread's own connection
+
+        thread = threading.Thread(target=run, name=f"export-lease-{self.unit.pk}", daemon=True)
+        self._threaded = True
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self._threaded = False
+            self.next_at = time.monotonic() + self.interval
 
 
 class _UnitAbandoned(Exception):
     """The job was cancelled or failed while the unit ran."""
 
 
-def _clinical_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str], heartbeat: _Heartbeat) -> Iterator[bytes]:
-    """Yield NDJSON lines of ClinicalResource rows, streamed as stored JSON text.
-
-    Postgres: ``resource::text`` through a server-side cursor (``.iterator()``), so the
-    JSON is never parsed in Python; SQLite: the stored text column. Rows are parsed only
-    when ``_elements`` or a JSON-level ``_typeFilter`` needs it.
-    """
+def _clinical_rows(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str]):
+    """Return the unit's rows as a queryset of JSON texts, the alternatives of
+    ``_typeFilter`` that must be re-checked on the parsed resource, and ``_elements``."""
     resource_type = unit.resource_type
     rows = ClinicalResource.objects.filter(resource_type=resource_type)
     postgres = connection.vendor == "postgresql"
@@ -291,6 +337,15 @@ def _clinical_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: 
     keep = elements_for(params=params, resource_type=resource_type)
     # No ORDER BY: the (patient_id, resource_type, last_updated) index drives the scan.
     texts = rows.order_by().annotate(text=Cast("resource", TextField())).values_list("text", flat=True)
+    return texts, python_filters, keep
+
+
+def _clinical_lines(*, texts, python_filters: list, keep: Any, heartbeat: "_Heartbeat") -> Iterator[bytes]:
+    """Yield NDJSON lines of ClinicalResource rows, parsed only when ``_elements`` or a
+    JSON-level ``_typeFilter`` needs it.
+
+    Postgres: ``resource::text`` through a server-side cursor; SQLite: the stored text.
+    """
     for text in _texts_stream(texts, heartbeat=heartbeat):
         if python_filters or keep is not None:
             resource = json.loads(text)
@@ -300,6 +355,83 @@ def _clinical_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: 
                 resource = resource_subset(resource=resource, keep=keep)
             text = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
         yield text.encode() + b"\n"
+
+
+# COPY in CSV format with a quote and a delimiter byte that JSON text never holds (jsonb
+# output escapes every control character, and holds no raw newline): each row comes out
+# verbatim followed by a newline, so the COPY stream already is the NDJSON.
+_COPY_NDJSON = "COPY ({query}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+
+
+class _ReaderStopped(Exception):
+    """The consumer of a COPY stream went away; end (and cancel) the COPY."""
+
+
+def _clinical_copy_blocks(*, texts, heartbeat: "_Heartbeat") -> Iterator[bytes]:
+    """Yield the NDJSON of a Postgres query of JSON texts in blocks of whole lines.
+
+    The bytes go from the server to gzip without being decoded, parsed or split into
+    rows in Python. The query's parameters are bound by psycopg (client side, as COPY
+    takes no server-side parameters), never formatted into the SQL here.
+
+    A reader thread runs the COPY while the caller compresses and writes the previous
+    block (libpq waits and zlib both release the GIL). At most ``COPY_QUEUE_BLOCKS``
+    blocks wait between them, so memory stays flat. The reader alone uses the unit's
+    connection until it is joined; the lease is renewed on another one meanwhile.
+    """
+    query, query_params = texts.query.sql_with_params()
+    statement = _COPY_NDJSON.format(query=query)
+    connection.ensure_connection()
+    raw = connection.connection
+    blocks: queue.Queue = queue.Queue(maxsize=COPY_QUEUE_BLOCKS)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while True:
+            try:
+                blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if stop.is_set():
+                    raise _ReaderStopped from None
+
+    def read() -> None:
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement, query_params) as copy:
+                pending: list = []
+                pending_size = 0
+                # Each CopyData message is one row; hand them on in blocks of ~256 KB.
+                for data in copy:
+                    pending.append(data)
+                    pending_size += len(data)
+                    if pending_size >= ROWS_BLOCK_BYTES:
+                        if stop.is_set():
+                            raise _ReaderStopped  # raised inside the COPY: psycopg cancels it
+                        put(b"".join(pending))
+                        pending.clear()
+                        pending_size = 0
+                if pending:
+                    put(b"".join(pending))
+            put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            with contextlib.suppress(_ReaderStopped):
+                put(exc)
+
+    with heartbeat.background():
+        reader = threading.Thread(target=read, name="export-copy", daemon=True)
+        reader.start()
+        try:
+            while True:
+                block = blocks.get()
+                if block is None:
+                    return
+                if isinstance(block, BaseException):
+                    raise block
+                heartbeat.beat()
+                yield block
+        finally:
+            stop.set()
+            reader.join()
 
 
 class _AnyOf(Lookup):
@@ -389,7 +521,102 @@ def _eob_lines(*, unit: ExportWorkUnit, params: ExportParams, member_pks: list[i
         yield json.dumps(eob, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def _unit_visible(*, unit: ExportWorkUnit, organization) -> tuple[list[str], list[int]]:
+    """Return the unit's patient ids and member pks the organization may still see.
+
+    One query per unit (Postgres: the ids as one array parameter, which the
+    ``patient_id`` index answers in a few milliseconds for a thousand patients).
+    """
+    if not unit.patient_ids:
+        return [], []
+    if connection.vendor == "postgresql":
+        visible = set(visible_members(organization=organization)
+                      .filter(_AnyOf(F("patient_id"), unit.patient_ids)).values_list("patient_id", flat=True))
+    else:
+        visible = visible_patient_ids(organization=organization, patient_ids=unit.patient_ids)
+    kept = [(p, pk) for p, pk in zip(unit.patient_ids, unit.member_pks, strict=True) if p in visible]
+    return [p for p, _ in kept], [pk for _, pk in kept]
+
+
+DELETED_PER_BUNDLE = 100
+
+
+def _deleted_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str]) -> Iterator[bytes]:
+    """Yield the unit's deleted-file lines: transaction Bundles of DELETE entries.
+
+    Bulk Data 2.0 export.html, complete status, ``deleted`` (req 182, 186-190): the
+    resources of the unit's type and visible patients deleted after ``_since`` and up to
+    transactionTime, each as an entry with ``request.method`` DELETE and ``request.url``
+    ``Type/id``. A resource stored again since its deletion is in ``output`` instead
+    (req 186). Content-level criteria (``_typeFilter``) cannot be applied to a resource
+    that no longer exists; a DELETE of a resource the client never received is a no-op.
+    """
+    resource_type = unit.resource_type
+    rows = ResourceTombstone.objects.filter(resource_type=resource_type, deleted_at__gt=params.since_dt())
+    if params.until_dt() is not None:
+        rows = rows.filter(deleted_at__lte=params.until_dt())
+    if resource_type in PATIENT_TYPES:
+        if not patient_ids:
+            return
+        rows = rows.filter(_AnyOf(F("patient_id"), patient_ids) if connection.vendor == "postgresql"
+                           else Q(patient_id__in=patient_ids))
+    else:
+        rows = rows.filter(patient_id="")
+    stored_again = ClinicalResource.objects.filter(resource_type=OuterRef("resource_type"), resource_id=OuterRef("resource_id"))
+    ids = rows.exclude(Exists(stored_again)).order_by("resource_id").values_list("resource_id", flat=True).distinct()
+    batch: list[str] = []
+
+    def bundle() -> bytes:
+        entries = [{"request": {"method": "DELETE", "url": f"{resource_type}/{rid}"}} for rid in batch]
+        return json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                          separators=(",", ":")).encode() + b"\n"
+
+    for resource_id in ids.iterator(chunk_size=ROWS_PER_FETCH):
+        batch.append(resource_id)
+        if len(batch) == DELETED_PER_BUNDLE:
+            yield bundle()
+            batch = []
+    if batch:
+        yield bundle()
+
+
+def _unit_write(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str], member_pks: list[int],
+                writer: NDJSONPartWriter, heartbeat: _Heartbeat) -> None:
+    """Write the unit's NDJSON through ``writer``: mapped EOBs, parsed rows when
+    ``_elements`` or a JSON-level ``_typeFilter`` needs them, else the COPY stream."""
+    if unit.resource_type == "ExplanationOfBenefit":
+        if member_pks:
+            writer.write_lines(_eob_lines(unit=unit, params=params, member_pks=member_pks, heartbeat=heartbeat))
+        return
+    if unit.resource_type in PATIENT_TYPES and not patient_ids:
+        return
+    texts, python_filters, keep = _clinical_rows(unit=unit, params=params, patient_ids=patient_ids)
+    if connection.vendor == "postgresql" and not python_filters and keep is None:
+        writer.write_blocks(_clinical_copy_blocks(texts=texts, heartbeat=heartbeat))
+    else:
+        writer.write_lines(_clinical_lines(texts=texts, python_filters=python_filters, keep=keep, heartbeat=heartbeat))
+
+
 def export_unit_run(*, unit_id: int) -> None:
+    """Run the unit if it is claimable, then the job's units no task has started yet.
+
+    Units whose message is still queued are taken here (their message then finds them
+    done), saving a round trip each; units that failed once are left to the reconciler.
+    Ends: every unit handed on is claimed, by this task or another, and never again
+    handed on.
+    """
+    job_id = ExportWorkUnit.objects.filter(pk=unit_id).values_list("job_id", flat=True).first()
+    next_id: int | None = unit_id
+    while next_id is not None:
+        _unit_run(unit_id=next_id)
+        next_id = (
+            ExportWorkUnit.objects.filter(job_id=job_id, status=ExportWorkUnit.Status.PENDING, attempts=0,
+                                          job__status=ExportJob.Status.IN_PROGRESS)
+            .order_by("pk").values_list("pk", flat=True).first()
+        )
+
+
+def _unit_run(*, unit_id: int) -> None:
     """Run one work unit if it is claimable; finish the job when it was the last one.
 
     Safe to run twice: the claim is an atomic UPDATE, parts have deterministic names,
@@ -402,48 +629,48 @@ def export_unit_run(*, unit_id: int) -> None:
     params = ExportParams.from_json(job.params)
     organization = job.client.organization
     heartbeat = _Heartbeat(unit)
-    writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part), max_bytes=_setting("PA_EXPORT_FILE_MAX_BYTES"))
+    max_bytes = _setting("PA_EXPORT_FILE_MAX_BYTES")
+    writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part), max_bytes=max_bytes)
+    deleted_writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part, deleted=True), max_bytes=max_bytes)
     try:
         # Opt-outs (and ended attributions or contracts) are re-checked now, when the
         # unit runs, not when the job was created (issue: "re-checked when each unit runs").
-        if unit.patient_ids:
-            visible = visible_patient_ids(organization=organization, patient_ids=unit.patient_ids)
-            patient_ids = [p for p in unit.patient_ids if p in visible]
-            member_pks = [pk for p, pk in zip(unit.patient_ids, unit.member_pks, strict=True) if p in visible]
-        else:
-            patient_ids, member_pks = [], []
-        if unit.resource_type == "ExplanationOfBenefit":
-            lines = _eob_lines(unit=unit, params=params, member_pks=member_pks, heartbeat=heartbeat) if member_pks else iter(())
-        elif unit.resource_type in PATIENT_TYPES and not patient_ids:
-            lines = iter(())
-        else:
-            lines = _clinical_lines(unit=unit, params=params, patient_ids=patient_ids, heartbeat=heartbeat)
-        writer.write_lines(lines)
+        patient_ids, member_pks = _unit_visible(unit=unit, organization=organization)
+        _unit_write(unit=unit, params=params, patient_ids=patient_ids, member_pks=member_pks,
+                    writer=writer, heartbeat=heartbeat)
         parts = writer.close()
+        if params.since and unit.resource_type != "ExplanationOfBenefit":
+            deleted_writer.write_lines(_deleted_lines(unit=unit, params=params, patient_ids=patient_ids))
+        deleted_parts = deleted_writer.close()
     except _UnitAbandoned:
         writer.abort()
-        export_names_delete(names=[p.name for p in writer.parts])
+        deleted_writer.abort()
+        export_names_delete(names=[p.name for p in writer.parts + deleted_writer.parts])
         return
     except Exception as exc:
         writer.abort()
+        deleted_writer.abort()
         _unit_fail(unit=unit, error=f"{type(exc).__name__}: {exc}")
         raise
     export_parts_prune(name_for=lambda part: _part_name(unit, part), first=len(parts))
+    export_parts_prune(name_for=lambda part: _part_name(unit, part, deleted=True), first=len(deleted_parts))
 
     with transaction.atomic():
         locked = ExportWorkUnit.objects.select_for_update().select_related("job").filter(pk=unit.pk).first()
         if locked is None or locked.job.status != ExportJob.Status.IN_PROGRESS:
             # Cancelled (DELETE) while running: the files must go too.
-            transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts]))
+            transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts + deleted_parts]))
             return
         if locked.status == ExportWorkUnit.Status.DONE:
             return  # Another run of the same unit finished first; its rows stand.
         ExportFile.objects.filter(unit=locked).delete()
-        ExportFile.objects.bulk_create(
-            ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type=unit.resource_type,
-                       kind=ExportFile.Kind.OUTPUT, **file_row_fields(part))
-            for part in parts
-        )
+        ExportFile.objects.bulk_create([
+            *(ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type=unit.resource_type,
+                         kind=ExportFile.Kind.OUTPUT, **file_row_fields(part)) for part in parts),
+            # Bulk Data 2.0: deleted files hold transaction Bundles; the manifest types them "Bundle".
+            *(ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type="Bundle",
+                         kind=ExportFile.Kind.DELETED, **file_row_fields(part)) for part in deleted_parts),
+        ])
         locked.status = ExportWorkUnit.Status.DONE
         locked.count = sum(part.count for part in parts)
         locked.exported_patient_ids = patient_ids
@@ -634,7 +861,7 @@ def export_manifest(*, job: ExportJob, file_url_base: str) -> dict[str, Any]:
         "error": [item(f) for f in files if f.kind == ExportFile.Kind.ERROR],
     }
     if params.since:
-        # Req 182/183: this repository keeps no deletion history, so no file lists any.
+        # Req 179-190: resources deleted after _since, from ResourceTombstone (per unit).
         manifest["deleted"] = [item(f) for f in files if f.kind == ExportFile.Kind.DELETED]
     if job.operation == "davinci-data-export" and params.export_type:
         manifest["extension"] = {"exportType": params.export_type}

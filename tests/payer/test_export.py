@@ -541,3 +541,87 @@ def test_files_are_split_at_the_configured_size(live_server, start_worker):
     assert all(f.size <= 4000 for f in ExportFile.objects.all())
     ids = [o["id"] for o in _resources(manifest, pop["token"])["Observation"]]
     assert len(ids) == len(set(ids)) == 50
+
+
+def test_since_lists_deleted_resources_as_transaction_bundles(live_server, celery_worker):
+    # Bulk Data req 179-190: with _since, "deleted" lists files of transaction Bundles whose
+    # entries DELETE the resources removed after _since, limited like "output" to visible
+    # members and the requested, granted types.
+    from fhir.resources.R4B.bundle import Bundle
+
+    from payer.models import ClinicalResource, ResourceTombstone
+    from payer.services.clinical import clinical_resource_delete
+
+    pop = _population(members=2, encounters=3, observations=1)
+    kept, leaving = pop["members"]
+    outsider = member_create()
+    outsider_encounter = clinical_resource_create(resource_type="Encounter", patient_id=outsider.patient_id)
+
+    def encounter_ids(member) -> list[str]:
+        return sorted(ClinicalResource.objects.filter(resource_type="Encounter", patient_id=member.patient_id)
+                      .values_list("resource_id", flat=True))
+
+    before_since, gone, again = encounter_ids(kept)
+    clinical_resource_delete(resource_type="Encounter", resource_id=before_since)
+    since = timezone.now()
+    time.sleep(0.01)
+    tombstone = clinical_resource_delete(resource_type="Encounter", resource_id=gone)
+    assert tombstone.patient_id == kept.patient_id and tombstone.deleted_at > since
+    assert not ClinicalResource.objects.filter(resource_type="Encounter", resource_id=gone).exists()
+    assert clinical_resource_delete(resource_type="Encounter", resource_id=gone) is None  # already gone
+    # Deleted, then stored again: it belongs in "output", never in "deleted" (req 186).
+    clinical_resource_delete(resource_type="Encounter", resource_id=again)
+    clinical_resource_create(resource_type="Encounter", resource_id=again, patient_id=kept.patient_id,
+                             date=timezone.now() - datetime.timedelta(days=3))
+    # Not exported: another type, an unattributed member, a member who opted out.
+    observation = ClinicalResource.objects.get(resource_type="Observation", patient_id=kept.patient_id)
+    clinical_resource_delete(resource_type="Observation", resource_id=observation.resource_id)
+    clinical_resource_delete(resource_type="Encounter", resource_id=outsider_encounter.resource_id)
+    clinical_resource_delete(resource_type="Encounter", resource_id=encounter_ids(leaving)[0])
+    opt_out_create(member=leaving)
+    clinical_resource_delete(resource_type="Patient", resource_id=kept.patient_id)
+    assert ResourceTombstone.objects.count() == 7
+
+    manifest = _run(live_server, pop["token"], f"Group/{pop['group_id']}/$export", celery_worker,
+                    params={"_type": "Patient,Encounter", "_since": since.isoformat()})
+    assert manifest["deleted"], manifest
+    for item in manifest["deleted"]:
+        assert item["type"] == "Bundle" and item["url"].startswith(live_server.url + "/storage/files/")  # req 181
+    bundles = _resources(manifest, pop["token"], kind="deleted")["Bundle"]
+    deleted_urls = []
+    for bundle in bundles:
+        Bundle.model_validate(bundle)
+        assert bundle["type"] == "transaction"  # req 187
+        assert bundle["entry"]  # req 188
+        for entry in bundle["entry"]:
+            assert entry["request"]["method"] == "DELETE"  # req 189/190
+            deleted_urls.append(entry["request"]["url"])
+    assert sorted(deleted_urls) == sorted([f"Encounter/{gone}", f"Patient/{kept.patient_id}"])
+    output = _resources(manifest, pop["token"])
+    assert [e["id"] for e in output["Encounter"]] == [again]  # req 186: stored again, so in output
+    assert "Patient" not in output
+
+    # Without _since the manifest lists no deletions (req 184).
+    manifest = _run(live_server, pop["token"], f"Group/{pop['group_id']}/$export", celery_worker,
+                    params={"_type": "Encounter"})
+    assert "deleted" not in manifest
+
+
+def test_stored_json_is_exported_verbatim_whatever_its_characters(live_server, celery_worker):
+    # On Postgres the rows stream through COPY (CSV with \x01 quote, \x02 delimiter): text
+    # holding quotes, backslashes, escaped control characters, delimiters of other formats
+    # and non-ASCII must come out as stored, one resource per line (req 209: NDJSON).
+    pop = _population(members=1, encounters=0, observations=0)
+    patient_id = pop["members"][0].patient_id
+    tricky = 'say "hi" \\ back\\slash\ttab\nnew\rline \x01\x02\x7f, ; | 😀 Zoë \u2028 {"k": [1]}'
+    stored = clinical_resource_create(resource_type="Observation", patient_id=patient_id, resource={
+        "resourceType": "Observation", "status": "final", "code": {"text": tricky},
+        "subject": {"reference": f"Patient/{patient_id}"}, "note": [{"text": "\\N"}, {"text": "\\."}]})
+    manifest = _run(live_server, pop["token"], "Patient/$export", celery_worker, params={"_type": "Observation"})
+    (item,) = manifest["output"]
+    response = requests.get(item["url"], headers=_auth(pop["token"]), timeout=30)
+    lines = response.content.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 2
+    exported = json.loads(lines[0])
+    Observation.model_validate(exported)
+    assert exported == stored.resource

@@ -150,3 +150,24 @@ def test_part_writer_overwrites_deterministic_names(tmp_path):
     assert sorted(p.name for p in tmp_path.joinpath("job").iterdir()) == [
         f"Observation.{n}.ndjson.gz" for n in range(5)]
     assert gzip.decompress(tmp_path.joinpath("job/Observation.0.ndjson.gz").read_bytes()) == b'{"n":0000000000}\n'
+
+
+def test_part_writer_blocks_split_only_at_line_boundaries(tmp_path):
+    # The COPY path hands whole-line blocks of any size; parts stay under max_bytes, split
+    # between lines, and a line longer than max_bytes gets a part of its own.
+    from django.core.files.storage import FileSystemStorage
+
+    storage = FileSystemStorage(location=tmp_path)
+    lines = [f'{{"n":{i},"pad":"{"x" * (i % 7)}"}}\n'.encode() for i in range(200)]
+    long_line = b'{"long":"' + b"y" * 300 + b'"}\n'
+    blocks = [b"".join(lines[:37]), b"".join(lines[37:38]), long_line, b"".join(lines[38:])]
+    writer = NDJSONPartWriter(name_for=lambda n: f"job/Observation.{n}.ndjson.gz", max_bytes=100, storage=storage)
+    writer.write_blocks(blocks)
+    parts = writer.close()
+    contents = [gzip.decompress(storage.open(p.name).read()) for p in parts]
+    assert b"".join(contents) == b"".join(blocks)
+    for part, content in zip(parts, contents, strict=True):
+        assert content.endswith(b"\n") and part.count == content.count(b"\n") and part.size == len(content)
+        assert part.size <= 100 or part.count == 1
+    assert long_line in contents
+    assert sum(p.count for p in parts) == 201
