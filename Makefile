@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/fetch_latency.py
 
 clean:
 	rm -rf var

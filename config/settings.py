@@ -201,6 +201,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Without a broker event loop (the filesystem transport) a countdown task can start up to
+# this late; the default second would be most of a small fetch's latency.
+CELERY_WORKER_TIMER_PRECISION = 0.1
 CELERY_BEAT_SCHEDULE: dict = {}
 if "payer" in ROLES:
     CELERY_BEAT_SCHEDULE |= {

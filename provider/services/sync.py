@@ -27,7 +27,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -50,6 +50,14 @@ ACTIVE = (SyncJob.Status.PENDING, SyncJob.Status.KICKED_OFF, SyncJob.Status.DOWN
 # How long a claimed step or file may run before another task may take it over.
 STEP_LEASE = timedelta(minutes=2)
 FILE_LEASE = timedelta(minutes=30)
+# The first status request, before the server has said anything (no Retry-After yet).
+# Bulk Data 2.0 leaves its timing to the client; later polls follow Retry-After (req 126)
+# or back off (req 124). A one-member export on a server with idle workers is ready in
+# well under a second, and the EMR's clinician is waiting for it.
+FIRST_POLL_SECONDS = 0.5
+# How many tasks start on a manifest's files at most (each goes on with the job's next
+# file until none is left); more workers than this sit idle on one job.
+FILE_TASKS = 4
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -58,10 +66,14 @@ def _setting(name: str, default: Any) -> Any:
 
 @dataclass
 class SyncStep:
-    """What a job step asks for next: run again after ``delay`` seconds, and/or fetch these files."""
+    """What a job step asks for next: run again after ``delay`` seconds, and/or fetch these files.
+
+    ``new_files``: the files are a manifest's, none started yet, largest first.
+    """
 
     delay: float | None = None
     file_ids: list[int] = field(default_factory=list)
+    new_files: bool = False
 
 
 # --- Starting, cancelling, reading progress ------------------------------------------
@@ -290,7 +302,7 @@ def _kick_off(job: SyncJob) -> SyncStep:
         operation=operation,
     )
     return _again(
-        job, poll_delay(attempt=0, retry_after=None, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120)),
+        job, _setting("PA_SYNC_FIRST_POLL_SECONDS", FIRST_POLL_SECONDS),
         status=SyncJob.Status.KICKED_OFF, status_url=status_url, kicked_off_at=timezone.now(), operation=operation,
         export_type=export_type, transient_errors=0, progress="Accepted by the payer",
     )
@@ -340,10 +352,31 @@ def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
             return SyncStep()
         _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time,
                 status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None, transient_errors=0)
-    return SyncStep(file_ids=list(job.files.values_list("pk", flat=True)))
+    return SyncStep(file_ids=list(job.files.order_by(*LARGEST_FIRST).values_list("pk", flat=True)), new_files=True)
 
 
 # --- Files -------------------------------------------------------------------------------
+
+# The biggest files first, so that parallel tasks end together (longest processing time first).
+LARGEST_FIRST = (F("expected_count").desc(nulls_last=True), "pk")
+
+
+def sync_file_next(*, job_id: int) -> int | None:
+    """Return the job's next file no task has started yet (largest first), or None.
+
+    Files that were tried already are left to their own task: one rescheduled with
+    ``countdown`` after a transient error, or the ``sync_jobs_resume`` sweep.
+    """
+    now = timezone.now()
+    return (
+        SyncFile.objects.filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), job_id=job_id, status=SyncFile.Status.PENDING,
+            attempts=0, job__status__in=[SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING],
+        )
+        .order_by(*LARGEST_FIRST)
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def _claim_file(file: SyncFile) -> bool:
@@ -379,18 +412,20 @@ def sync_file_step(*, file_id: int) -> float | None:
     try:
         if file.status == SyncFile.Status.PENDING:
             delay = _file_download(file)
-            if delay is not None or file.status == SyncFile.Status.FAILED:
+            if delay is not None:
                 return delay
-            if not job.files.filter(status=SyncFile.Status.PENDING).exists():
+            if file.status != SyncFile.Status.FAILED and not job.files.filter(status=SyncFile.Status.PENDING).exists():
                 SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
                     status=SyncJob.Status.INGESTING, progress="Storing records", updated_at=timezone.now()
                 )
         job.refresh_from_db(fields=["status"])
         if job.status == SyncJob.Status.CANCELLED:
             return None
-        _file_ingest(file)
+        if file.status != SyncFile.Status.FAILED:
+            _file_ingest(file)
     finally:
         SyncFile.objects.filter(pk=file.pk).update(claimed_until=None)
+    # Also after a failed download: it may have been the job's last file.
     sync_job_finish_if_done(job_id=job.pk)
     return None
 
@@ -533,18 +568,34 @@ def sync_job_advance(*, job_id: int) -> None:
     step = sync_job_step(job_id=job_id)
     if step.delay is not None:
         transaction.on_commit(lambda: sync_job_advance_task.apply_async((job_id,), countdown=step.delay))
-    for file_id in step.file_ids:
-        # One task per file: downloads run in parallel, bounded by the workers' concurrency.
+    # A manifest's files: a few tasks, each going on with the job's next file (see
+    # sync_file_advance), rather than a task and a broker round trip per file. A resumed
+    # job's files each get their own task: some may wait on a countdown.
+    file_ids = step.file_ids[: _setting("PA_SYNC_FILE_TASKS", FILE_TASKS)] if step.new_files else step.file_ids
+    for file_id in file_ids:
         transaction.on_commit(lambda file_id=file_id: sync_file_advance_task.delay(file_id))
 
 
 def sync_file_advance(*, file_id: int) -> None:
-    """Download and ingest one file; on a transient failure, try again later with ``countdown``."""
+    """Download and ingest the file, then the job's other files no task has started yet,
+    one after another; retry a transient failure later with ``countdown``.
+
+    Several of these run side by side on one job; each file's claim keeps them apart.
+    """
     from provider.tasks import sync_file_advance_task
 
-    delay = sync_file_step(file_id=file_id)
-    if delay is not None:
-        transaction.on_commit(lambda: sync_file_advance_task.apply_async((file_id,), countdown=delay))
+    job_id = SyncFile.objects.filter(pk=file_id).values_list("job_id", flat=True).first()
+    next_id: int | None = file_id
+    # Ends: each file handed on is claimed, by this task or another, or settled, and so
+    # is never handed on again. (Downloading the next file on a thread meanwhile was
+    # slower: its gzip decoding and line counts hold the GIL the validation needs.)
+    while next_id is not None:
+        delay = sync_file_step(file_id=next_id)
+        if delay is not None:
+            transaction.on_commit(
+                lambda retry_id=next_id, delay=delay: sync_file_advance_task.apply_async((retry_id,), countdown=delay)
+            )
+        next_id = sync_file_next(job_id=job_id) if job_id else None
 
 
 def sync_jobs_resume(*, stale_after: timedelta = timedelta(minutes=5)) -> int:
