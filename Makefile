@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+VAR := $(or $(PA_VAR_DIR),var)
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install migrate seed demo test bench clean
+.PHONY: install migrate seed demo test bench clean chromium
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +24,7 @@ seed: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py add_payer_connection --name unitedcare \
 	    --display-name "UnitedCare Health" --fhir-base-url http://127.0.0.1:$(PORT)/payer/fhir \
-	    --client-id grace-hospital-ehr --private-key-path var/keys/grace-hospital-ehr.pem \
+	    --client-id grace-hospital-ehr --private-key-path $(VAR)/keys/grace-hospital-ehr.pem \
 	    --key-id grace-hospital-ehr-rs384
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_emr
 
@@ -31,15 +33,22 @@ demo: seed
 	@DEBUG=$${DEBUG:-1} PORT=$(PORT) BIN=$(BIN) bash -c '\
 	  export DEBUG PORT; \
 	  $$BIN/celery -A config worker --beat --loglevel=INFO --concurrency=2 \
-	      >var/worker.log 2>&1 & worker=$$!; \
+	      >$(VAR)/worker.log 2>&1 & worker=$$!; \
 	  trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
 	  $$BIN/python manage.py demo_banner --port $$PORT; \
 	  $$BIN/python manage.py runserver --noreload 127.0.0.1:$$PORT'
 
-test: install
+# The browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+chromium:
+	@test -x $(CHROMIUM) || { echo "Installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "The browser tests need $(CHROMIUM): run 'apt-get install chromium' as root."; exit 1; }
+
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
+	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py

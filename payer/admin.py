@@ -3,15 +3,47 @@
 Admin classes are thin: actions and save_model call services.
 """
 
-from django.contrib import admin  # noqa: F401
+import json
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin import helpers as admin_helpers
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone as _tz
+from django.utils.html import format_html
+
+from payer.models import (
+    AttributionGroup,
+    AttributionMember,
+    AuditEvent,
+    Claim,
+    ClaimDiagnosis,
+    ClaimLine,
+    ClinicalResource,
+    Member,
+    NetworkContract,
+    OptOutEvent,
+    PriorAuthorization,
+    ProviderOrganization,
+    ProviderPractitioner,
+    SmartClient,
+)
+from payer.services.attribution import (
+    attribution_group_ensure,
+    attribution_member_add,
+    attribution_member_end,
+    attribution_refresh,
+)
+from payer.services.audit import audit_record
+from payer.services.auth import client_register, jwks_validate, scope_parse
+from payer.services.opt_out import opt_out_record
 
 
 # --- SMART clients and the audit trail (SMART Backend Services; CMS-0057-F audit) ---------
-from django import forms  # noqa: E402
-from django.core.exceptions import ValidationError  # noqa: E402
-
-from payer.models import AuditEvent, SmartClient  # noqa: E402
-from payer.services.auth import client_register, jwks_validate, scope_parse  # noqa: E402
 
 
 class SmartClientForm(forms.ModelForm):
@@ -84,24 +116,6 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 
 # --- Members, opt-outs and attribution lists (CMS-0057-F opt-out; PDex / ATR attribution) ----
-from django import forms  # noqa: E402, F811
-from django.contrib.admin import helpers as admin_helpers  # noqa: E402
-from django.core.exceptions import PermissionDenied, ValidationError  # noqa: E402, F811
-from django.http import HttpResponseNotAllowed  # noqa: E402
-from django.shortcuts import redirect  # noqa: E402
-from django.urls import path  # noqa: E402
-from django.template.response import TemplateResponse  # noqa: E402
-from django.utils import timezone as _tz  # noqa: E402
-
-from payer.models import AttributionGroup, AttributionMember, Member, OptOutEvent  # noqa: E402
-from payer.services.attribution import (  # noqa: E402
-    attribution_group_ensure,
-    attribution_member_add,
-    attribution_member_end,
-    attribution_refresh,
-)
-from payer.services.audit import audit_record  # noqa: E402
-from payer.services.opt_out import opt_out_record  # noqa: E402
 
 
 class OptOutChangeForm(forms.Form):
@@ -385,20 +399,6 @@ class AttributionMemberAdmin(admin.ModelAdmin):
 
 
 # --- Systems of record: provider directory, contracts, clinical repository, claims -------
-import json  # noqa: E402
-
-from django.utils.html import format_html  # noqa: E402
-
-from payer.models import (  # noqa: E402
-    Claim,
-    ClaimDiagnosis,
-    ClaimLine,
-    ClinicalResource,
-    NetworkContract,
-    PriorAuthorization,
-    ProviderOrganization,
-    ProviderPractitioner,
-)
 
 
 class ProviderPractitionerInline(admin.TabularInline):

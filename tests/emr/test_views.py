@@ -144,7 +144,7 @@ def test_resource_text_is_escaped_and_narrative_never_rendered(smith, jack, conn
             "type": [{"text": f"Visit {script}"}],
             "subject": {"reference": "Patient/pat-jack"},
             "period": {"start": "2022-02-02T10:00:00Z"},
-            "reasonCode": [{"text": f"Reason <img src=x onerror=alert(1)>"}],
+            "reasonCode": [{"text": "Reason <img src=x onerror=alert(1)>"}],
             "location": [{"location": {"display": f"Clinic {script}"}}],
         },
     )

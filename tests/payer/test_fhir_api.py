@@ -5,7 +5,6 @@ is not attributed, opted out, or whose organization's contract ended is never re
 """
 
 import datetime
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests

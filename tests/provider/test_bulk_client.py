@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from provider.bulk_client import BulkDataClient, CountMismatch, TransientError, poll_delay, retry_after_seconds
-from tests.provider.bulk_fixtures import CLIENT_ID, fake_payer, key_file, rsa_keys  # noqa: F401 (fixtures)
+from tests.provider.bulk_data import CLIENT_ID
 from tests.provider.fake_payer import FakePayer, key_pair
 
 

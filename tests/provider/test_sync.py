@@ -9,7 +9,7 @@ from django.core.management.base import CommandError
 from provider.models import IngestIssue, LocalResource, PayerConnection, SyncFile, SyncJob
 from provider.services.connections import payer_connection_create
 from provider.services.sync import NO_DATA_MESSAGE, sync_job_cancel, sync_job_progress, sync_job_run_inline, sync_job_start, sync_job_step
-from tests.provider.bulk_fixtures import CLIENT_ID, encounter, fake_payer, key_file, rsa_keys  # noqa: F401 (fixtures)
+from tests.provider.bulk_data import CLIENT_ID, encounter
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from provider.models import LocalResource, SyncJob
 from provider.services.connections import payer_connection_create
 from provider.services.sync import sync_job_progress, sync_job_start, sync_jobs_resume
 from tests.conftest import wait_for
-from tests.provider.bulk_fixtures import CLIENT_ID, fake_payer, key_file, rsa_keys  # noqa: F401 (fixtures)
+from tests.provider.bulk_data import CLIENT_ID
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
