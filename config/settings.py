@@ -213,6 +213,8 @@ if "payer" in ROLES:
         # message), and purge expired files and jobs (payer/services/export.py).
         "export-reconcile": {"task": "payer.tasks.export_reconcile_task", "schedule": 60},
         "export-purge": {"task": "payer.tasks.export_purge_task", "schedule": 15 * 60},
+        # Expired access tokens are refused anyway; drop their rows (payer/services/auth.py).
+        "access-tokens-purge": {"task": "payer.tasks.access_tokens_purge_task", "schedule": 60 * 60},
     }
 if "provider" in ROLES:
     # Provider sync jobs whose worker died: resume them from the saved status URL.

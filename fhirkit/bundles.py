@@ -39,16 +39,18 @@ def count_parse(value: str | None, *, default: int = 50, maximum: int = 1000) ->
     """
     if value is None or value == "":
         return default
-    if not value.isdigit():
+    # str.isdigit() accepts "²" and other digits int() refuses: ASCII digits only.
+    if not (value.isascii() and value.isdigit()):
         raise search_error("_count", f"{value!r} is not a non-negative integer.")
-    return min(int(value), maximum)
+    # A huge value is capped without int(): Python refuses to parse over 4300 digits.
+    return maximum if len(value) > 12 else min(int(value), maximum)
 
 
 def offset_parse(value: str | None, *, name: str = "_offset") -> int:
     """Return the paging offset carried in the ``next``/``previous`` links."""
     if value is None or value == "":
         return 0
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise search_error(name, f"{value!r} is not a valid page offset.")
     return int(value)
 

@@ -39,7 +39,7 @@ from payer.services.attribution import (
     attribution_refresh,
 )
 from payer.services.audit import audit_record
-from payer.services.auth import client_register, jwks_validate, scope_parse
+from payer.services.auth import client_register, jwks_url_allowed, jwks_validate, scope_parse
 from payer.services.opt_out import opt_out_record
 
 
@@ -58,6 +58,12 @@ class SmartClientForm(forms.ModelForm):
         if jwks:
             jwks_validate(jwks=jwks)
         return jwks or None
+
+    def clean_jwks_url(self):
+        url = self.cleaned_data.get("jwks_url", "")
+        if url and not jwks_url_allowed(url=url):
+            raise ValidationError("The JWKS URL must be an https:// URL (SMART: TLS).")
+        return url
 
     def clean_scopes(self):
         scopes = self.cleaned_data.get("scopes", "").split()

@@ -24,5 +24,9 @@ class BearerTokenAuthentication(BaseAuthentication):
         return token.client, token
 
     def authenticate_header(self, request) -> str:
-        # RFC 6750 section 3: a 401 carries WWW-Authenticate naming the scheme.
-        return 'Bearer realm="payer", error="invalid_token"'
+        # RFC 6750 section 3: a 401 carries WWW-Authenticate naming the scheme. Section 3.1:
+        # a request that lacked credentials gets no error code; a bad token is invalid_token.
+        header = get_authorization_header(request).split()
+        if header and header[0].lower() == b"bearer":
+            return 'Bearer realm="payer", error="invalid_token"'
+        return 'Bearer realm="payer"'

@@ -5,6 +5,7 @@ import dataclasses
 from celery import shared_task
 
 from payer.services.attribution import attribution_refresh
+from payer.services.auth import access_tokens_purge
 
 
 @shared_task(acks_late=True)
@@ -31,3 +32,8 @@ def export_reconcile_task() -> dict:
 @shared_task(acks_late=True)
 def export_purge_task() -> int:
     return export_services.export_purge()
+
+
+@shared_task
+def access_tokens_purge_task() -> int:
+    return access_tokens_purge()

@@ -273,5 +273,27 @@ def decompressed_bytes_iter(*, handle: IO[bytes], start: int, end: int) -> Itera
         handle.close()
 
 
+def lines_iter(*, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield the newline-terminated lines of a byte stream (a last unterminated line too)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line:
+                yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def gzip_iter(*, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield ``chunks`` gzip-compressed on the fly, at the level stored files use."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        if data := compressor.compress(chunk):
+            yield data
+    yield compressor.flush()
+
+
 def file_row_fields(part: WrittenPart) -> dict[str, Any]:
     return {"name": part.name, "count": part.count, "size": part.size, "stored_size": part.stored_size}

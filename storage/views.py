@@ -4,6 +4,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from fhirkit.outcome import FHIR_NDJSON, FHIRError
+from payer.services import export as export_services
 from payer.services.audit import audit_record
 from payer.views.base import PayerFHIRView
 from storage import services
@@ -19,6 +20,9 @@ class ExportFileView(PayerFHIRView):
     ``Content-Encoding: gzip`` when accepted, else decompressed on the fly. Single byte
     ranges (RFC 9110 14) let a client resume an interrupted download.
     """
+
+    audit_action = "download"
+    supported_formats = PayerFHIRView.supported_formats | {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 
     def perform_content_negotiation(self, request, force=False):
         # A missing Accept, or Accept: application/fhir+ndjson (req 205), is fine; errors
@@ -38,6 +42,9 @@ class ExportFileView(PayerFHIRView):
             raise FHIRError("No such file, or it has expired.", status=404, code="not-found")
 
         gzip_ok = services.accepts_gzip(header=request.headers.get("Accept-Encoding", ""))
+        hidden = export_services.export_file_hidden_patients(export_file=export_file, organization=client.organization)
+        if hidden:
+            return self._withheld(request, export_file=export_file, hidden=hidden, gzip_ok=gzip_ok, now=now)
         length = export_file.stored_size if gzip_ok else export_file.size
         try:
             byte_range = services.byte_range_parse(header=request.headers.get("Range", ""), length=length)
@@ -66,4 +73,41 @@ class ExportFileView(PayerFHIRView):
             response["Content-Encoding"] = "gzip"
         if byte_range:
             response["Content-Range"] = f"bytes {start}-{end}/{length}"
+        return response
+
+    def _withheld(self, request, *, export_file: ExportFile, hidden: set[str], gzip_ok: bool, now) -> StreamingHttpResponse:
+        """Serve the file without the lines of patients the client may no longer see.
+
+        Issue 3 (CMS-0057-F): an opt-out, or an ended attribution or contract, applies from
+        the moment it is saved, also to files written before it. The filtered body has no
+        known length and its byte offsets differ from the stored file's, so Range is ignored
+        (RFC 9110 14.2 allows it): 200 with the whole filtered file, and no validators that
+        would let a client splice it with an earlier partial download.
+        """
+        client = request.user
+        ExportFile.objects.filter(pk=export_file.pk).update(last_download_at=now)
+        audit_record(action="download", outcome="denied", client=client, request=request, status_code=200,
+                     patient_ids=hidden, resource_types=[export_file.resource_type],
+                     detail=f"file {export_file.name}: lines of patients no longer visible (opt-out, attribution "
+                            f"or contract ended) withheld")
+        released = sorted(set(export_file.unit.exported_patient_ids) - hidden)
+        if released:
+            audit_record(action="download", outcome="success", client=client, request=request, status_code=200,
+                         patient_ids=released, resource_types=[export_file.resource_type],
+                         detail=f"file {export_file.name} (filtered)")
+        if released:
+            handle = services.export_file_open(export_file=export_file)
+            stored = services.decompressed_bytes_iter(handle=handle, start=0, end=max(export_file.size - 1, 0))
+            body = export_services.export_lines_withhold(
+                lines=services.lines_iter(chunks=stored), export_file=export_file, hidden=hidden)
+        else:
+            body = iter(())  # nobody left to release (say, the contract ended): the file is not read
+        if gzip_ok:
+            body = services.gzip_iter(chunks=body)
+        response = StreamingHttpResponse(body, status=200, content_type=FHIR_NDJSON)
+        response["Accept-Ranges"] = "none"
+        response["Vary"] = "Accept-Encoding"
+        response["Cache-Control"] = "no-store"
+        if gzip_ok:
+            response["Content-Encoding"] = "gzip"
         return response

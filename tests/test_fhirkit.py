@@ -46,3 +46,24 @@ def test_not_a_resource_is_reported_not_raised(resource, code):
 
 def test_valid_resource_has_no_issues():
     assert resource_validate({"resourceType": "Patient", "id": "p1", "gender": "male"}) == []
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1²", "-1", "x"])
+def test_count_and_offset_accept_ascii_digits_only(value):
+    # str.isdigit() is True for "²", which int() refuses: that was a 500.
+    from fhirkit.bundles import count_parse, offset_parse
+    from fhirkit.outcome import FHIRError
+
+    with pytest.raises(FHIRError) as count_error:
+        count_parse(value)
+    with pytest.raises(FHIRError) as offset_error:
+        offset_parse(value)
+    assert count_error.value.status == offset_error.value.status == 400
+
+
+def test_count_is_capped_even_past_the_integer_digit_limit():
+    from fhirkit.bundles import count_parse, offset_parse
+
+    assert count_parse("7") == 7 and count_parse("5000", maximum=1000) == 1000
+    assert count_parse("9" * 5000, maximum=1000) == 1000
+    assert offset_parse("12") == 12

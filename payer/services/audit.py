@@ -28,6 +28,11 @@ def _request_path(request: Any) -> str:
     return path[:500]
 
 
+def _clean(text: str) -> str:
+    # Postgres text cannot hold NUL: a request carrying one must still leave its audit entry.
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 def _remote_addr(request: Any) -> str | None:
     addr = request.META.get("REMOTE_ADDR") or None
     return addr
@@ -63,14 +68,14 @@ def audit_record(
         request_path = _request_path(request)
         remote_addr = _remote_addr(request)
     return AuditEvent.objects.create(
-        action=action[:40],
+        action=_clean(action)[:40],
         outcome=outcome,
-        client_id=client_id,
+        client_id=_clean(client_id),
         organization_npi=organization_npi,
-        patient_ids=sorted(set(patient_ids)),
-        resource_types=sorted(set(resource_types)),
-        request_path=request_path,
+        patient_ids=sorted({_clean(p) for p in patient_ids}),
+        resource_types=sorted({_clean(t) for t in resource_types}),
+        request_path=_clean(request_path)[:500],
         status_code=status_code,
-        detail=detail[:500],
+        detail=_clean(detail)[:500],
         remote_addr=remote_addr,
     )

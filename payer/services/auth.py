@@ -10,6 +10,7 @@ from typing import Any
 
 import jwt
 import requests
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -39,6 +40,15 @@ def access_token_issue(*, client: SmartClient, scopes: list[str]) -> tuple[str, 
         expires_at=now + ACCESS_TOKEN_LIFETIME,
     )
     return raw, token
+
+
+def access_tokens_purge(*, now: datetime.datetime | None = None) -> int:
+    """Delete access tokens that expired; return how many went.
+
+    An expired token is refused anyway (``access_token_resolve``); its row only grows the table.
+    """
+    deleted, _ = AccessToken.objects.filter(expires_at__lt=now or timezone.now()).delete()
+    return deleted
 
 
 def access_token_resolve(*, raw_token: str) -> AccessToken | None:
@@ -189,8 +199,8 @@ def client_register(
         raise ValidationError("Give exactly one of a JWKS or a JWKS URL.")
     if jwks is not None:
         jwks_validate(jwks=jwks)
-    if jwks_url and not jwks_url.startswith(("https://", "http://")):
-        raise ValidationError("The JWKS URL must be an http(s) URL.")
+    if jwks_url and not jwks_url_allowed(url=jwks_url):
+        raise ValidationError("The JWKS URL must be an https:// URL (plain http only with DEBUG on).")
     scope_list = _scope_list(scopes)
     bad = [s for s in scope_list if scope_parse(s) is None]
     if bad or not scope_list:
@@ -215,6 +225,7 @@ _ALG_KTY = {"RS384": "RSA", "ES384": "EC"}
 ASSERTION_MAX_LIFETIME = 300
 CLOCK_SKEW = 30
 JWKS_CACHE_SECONDS = 300
+JWKS_REFETCH_SECONDS = 30
 JWKS_FETCH_TIMEOUT = 5
 JWKS_MAX_BYTES = 64 * 1024
 
@@ -255,11 +266,22 @@ class TokenGrant:
         }
 
 
+def jwks_url_allowed(*, url: str) -> bool:
+    """Return True when keys may be fetched from ``url``: https, or plain http with DEBUG on.
+
+    SMART App Launch 2.x: all exchanges SHALL use TLS; a JWKS read over plain http could
+    be swapped in transit for an attacker's keys.
+    """
+    return url.startswith("https://") or (settings.DEBUG and url.startswith("http://"))
+
+
 def jwks_fetch(*, url: str, refresh: bool = False) -> list[dict[str, Any]]:
     """Return the keys served at ``url`` (a client's registered JWKS URL), cached for a few minutes.
 
     Only ever called with the URL registered for the client, never one taken from a request.
     """
+    if not jwks_url_allowed(url=url):
+        raise TokenError("invalid_client", "The client's JWKS URL is not an https:// URL.")
     cache_key = "payer:jwks:" + hashlib.sha256(url.encode()).hexdigest()
     if not refresh:
         cached = cache.get(cache_key)
@@ -292,8 +314,11 @@ def _client_key(*, client: SmartClient, kid: str, alg: str) -> Any:
 
     if client.jwks_url:
         found = matching(jwks_fetch(url=client.jwks_url))
-        if not found:
-            # The client may have rotated its keys since we cached them.
+        # The client may have rotated its keys since we cached them: read them again, but at
+        # most once per URL every JWKS_REFETCH_SECONDS, so assertions naming made-up kids
+        # cannot make us hammer the client's server.
+        refetch_key = "payer:jwks-refetch:" + hashlib.sha256(client.jwks_url.encode()).hexdigest()
+        if not found and cache.add(refetch_key, 1, JWKS_REFETCH_SECONDS):
             found = matching(jwks_fetch(url=client.jwks_url, refresh=True))
     else:
         found = matching((client.jwks or {}).get("keys", []))
@@ -318,6 +343,9 @@ def client_assertion_verify(*, assertion: str, token_url: str) -> SmartClient:
         unverified = jwt.decode(assertion, options={"verify_signature": False})
     except jwt.PyJWTError:
         raise TokenError("invalid_client", "The client assertion is not a well-formed JWT.") from None
+    if _holds_nul(header) or _holds_nul(unverified):
+        # Postgres text cannot hold NUL, and no client_id, kid or jti has one.
+        raise TokenError("invalid_client", "The client assertion holds a NUL character.")
     alg = header.get("alg")
     if alg not in ASSERTION_ALGORITHMS:
         raise TokenError("invalid_client", f"Assertion alg must be one of {', '.join(ASSERTION_ALGORITHMS)}.")
@@ -363,6 +391,17 @@ def client_assertion_verify(*, assertion: str, token_url: str) -> SmartClient:
         raise TokenError("invalid_client", "The assertion jti must be a string of at most 255 characters.", client=client)
     _assertion_jti_record(client=client, jti=jti, exp=exp)
     return client
+
+
+def _holds_nul(value: Any) -> bool:
+    """Return True when a string anywhere in the decoded JSON ``value`` holds a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _assertion_jti_record(*, client: SmartClient, jti: str, exp: float) -> None:

@@ -709,8 +709,18 @@ def _unit_fail(*, unit: ExportWorkUnit, error: str) -> None:
 def export_job_finalize(*, job_id: int) -> None:
     """Complete a job whose units are all done: error file, expiry, PDex lastTransmitted."""
     with transaction.atomic():
-        job = ExportJob.objects.select_for_update().filter(pk=job_id, status=ExportJob.Status.IN_PROGRESS).first()
+        job = (ExportJob.objects.select_for_update().select_related("client__organization")
+               .filter(pk=job_id, status=ExportJob.Status.IN_PROGRESS).first())
         if job is None or job.units.exclude(status=ExportWorkUnit.Status.DONE).exists():
+            return
+        if rerun := _units_with_hidden_patients(job=job):
+            # Issue 3: "An opt-out applies from the moment it is saved: ... any export still
+            # running must not release that member's data." Units that finished before an
+            # opt-out (or an ended attribution or contract) run again without the member;
+            # the job completes when they are done, with counts that match the files.
+            ExportWorkUnit.objects.filter(pk__in=rerun, status=ExportWorkUnit.Status.DONE).update(
+                status=ExportWorkUnit.Status.PENDING, lease_expires_at=timezone.now() + _lease())
+            transaction.on_commit(lambda: _enqueue(rerun))
             return
         now = timezone.now()
         expires_at = now + datetime.timedelta(hours=_setting("PA_EXPORT_EXPIRY_HOURS"))
@@ -740,6 +750,17 @@ def export_job_finalize(*, job_id: int) -> None:
                 AttributionMember.objects.filter(
                     group_id=job.group_id, member__patient_id__in=sent_list[start : start + 500]
                 ).update(last_transmitted=job.transaction_time)
+
+
+def _units_with_hidden_patients(*, job: ExportJob) -> list[int]:
+    """Return the ids of the job's done units that wrote a patient the client may no longer see."""
+    exported = [(pk, ids) for pk, ids in job.units.filter(status=ExportWorkUnit.Status.DONE)
+                .values_list("pk", "exported_patient_ids") if ids]
+    patients = {patient_id for _, ids in exported for patient_id in ids}
+    if not patients:
+        return []
+    hidden = patients - visible_patient_ids(organization=job.client.organization, patient_ids=patients)
+    return [pk for pk, ids in exported if hidden.intersection(ids)]
 
 
 def export_reconcile() -> dict[str, int]:
@@ -813,6 +834,71 @@ def export_purge(*, now: datetime.datetime | None = None) -> int:
         job.delete()
         purged += 1
     return purged
+
+
+# --- Files written before an opt-out --------------------------------------------------------
+
+# Where a resource of the patient compartment names its patient (R4 CompartmentDefinition
+# Patient: subject, patient, beneficiary for the types this payer exports).
+_PATIENT_REFERENCE_FIELDS = ("subject", "patient", "beneficiary")
+
+
+def export_file_hidden_patients(*, export_file: ExportFile, organization) -> set[str]:
+    """Return the patients whose data the file holds and ``organization`` may no longer see.
+
+    A file written before an opt-out (or before an attribution or contract ended) still
+    holds that member's lines; issue 3: an opt-out "applies from the moment it is saved".
+    """
+    patient_ids = export_file.unit.exported_patient_ids if export_file.unit_id else []
+    if not patient_ids:
+        return set()
+    return set(patient_ids) - visible_patient_ids(organization=organization, patient_ids=patient_ids)
+
+
+def _referenced_patient(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    for field in _PATIENT_REFERENCE_FIELDS:
+        value = resource.get(field)
+        reference = value.get("reference") if isinstance(value, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            return reference[len("Patient/"):]
+    return None
+
+
+def export_lines_withhold(*, lines: Iterator[bytes], export_file: ExportFile, hidden: set[str]) -> Iterator[bytes]:
+    """Yield the file's NDJSON lines minus those of the ``hidden`` patients.
+
+    Output lines are dropped when their patient reference names a hidden patient, or when
+    the repository stores them as that patient's (a resource that names its patient some
+    other way). Deleted-file Bundles lose the DELETE entries of the hidden patients'
+    resources. Only this rare path parses lines; memory stays flat.
+    """
+    # Read now, not when the response streams: a view's generator outlives its queries.
+    resource_type = export_file.unit.resource_type
+    hidden_ids = set(ClinicalResource.objects.filter(resource_type=resource_type, patient_id__in=hidden)
+                     .values_list("resource_id", flat=True))
+    if export_file.kind == ExportFile.Kind.DELETED:
+        hidden_ids |= set(ResourceTombstone.objects.filter(resource_type=resource_type, patient_id__in=hidden)
+                          .values_list("resource_id", flat=True))
+    return _lines_withheld(lines=lines, deleted=export_file.kind == ExportFile.Kind.DELETED,
+                           hidden=hidden, hidden_ids=hidden_ids)
+
+
+def _lines_withheld(*, lines: Iterator[bytes], deleted: bool, hidden: set[str], hidden_ids: set[str]) -> Iterator[bytes]:
+    for line in lines:
+        resource = json.loads(line)
+        if deleted:
+            entries = resource.get("entry") or []
+            kept = [e for e in entries
+                    if str((e.get("request") or {}).get("url", "")).rpartition("/")[2] not in hidden_ids]
+            if not kept:
+                continue
+            if len(kept) != len(entries):
+                line = json.dumps({**resource, "entry": kept}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        elif _referenced_patient(resource) in hidden or resource.get("id") in hidden_ids:
+            continue
+        yield line if line.endswith(b"\n") else line + b"\n"
 
 
 # --- Status and manifest ---------------------------------------------------------------------

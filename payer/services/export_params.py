@@ -319,6 +319,16 @@ def export_params_parse(
     the scopes do not grant) unless ``lenient``.
     """
     issues = _Issues(lenient)
+    # No FHIR value holds a NUL, and Postgres text or jsonb cannot store one (the job keeps
+    # its parameters): a parameter holding one is malformed (ignored when lenient).
+    clean: dict[str, list[str]] = {}
+    for name, values in raw.items():
+        if "\x00" in name or any("\x00" in value for value in values):
+            issues.add(f"Parameter {name.replace(chr(0), '')!r} holds a NUL character.",
+                       expression=name.replace("\x00", ""))
+            continue
+        clean[name] = values
+    raw = clean
     known = PDEX_PARAMS if operation == "davinci-data-export" else EXPORT_PARAMS
     for name in raw:
         if name not in known:

@@ -68,6 +68,13 @@ PAGE_PARAM = "_offset"
 
 _COMMON_PARAMS = ("_id", "_lastUpdated", "_count", PAGE_PARAM)
 _EXTRA_PARAMS = {"Patient": ("identifier",), "Encounter": ("patient", "date")}
+GROUP_SEARCH_PARAMS = ("_id", "identifier", "name")
+# R4 search.html: the type of each search parameter this server supports (for the
+# CapabilityStatement). ``_count`` and ``_offset`` are result and paging parameters.
+SEARCH_PARAM_TYPES = {
+    "_id": "token", "_lastUpdated": "date", "patient": "reference", "identifier": "token",
+    "date": "date", "name": "string",
+}
 
 PDEX_PROVIDER_GROUP = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-provider-group"
 PDEX_ATTRIBUTION_CS = "http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMemberAttributionCS"
@@ -352,7 +359,7 @@ def group_search(
     *, organization: ProviderOrganization, params: Mapping[str, list[str]], base_url: str, prefer: str = ""
 ) -> SearchResult:
     """Search the caller's own Groups by ``_id``, ``identifier`` or ``name``."""
-    ignored = unknown_params_check(params.keys(), allowed=("_id", "identifier", "name"), prefer=prefer)
+    ignored = unknown_params_check(params.keys(), allowed=GROUP_SEARCH_PARAMS, prefer=prefer)
     params = {name: values for name, values in params.items() if name not in ignored}
     groups = groups_for(organization=organization)
     for value in params.get("_id", []):

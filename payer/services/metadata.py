@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from payer.services.fhir import GROUP_SEARCH_PARAMS, SEARCH_PARAM_TYPES, allowed_search_params
+
 # Bulk Data req 1: a conforming server lists this in CapabilityStatement.instantiates.
 BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 PDEX_PROVIDER_ACCESS_CAPABILITY = "http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-provider-access-server"
@@ -34,9 +36,10 @@ def _search_param(name: str, type_: str) -> dict[str, str]:
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
-    params = [_search_param("_id", "token"), _search_param("_lastUpdated", "date")]
-    if resource_type in PATIENT_DATA_TYPES:
-        params.append(_search_param("patient", "reference"))
+    # The parameters the search service accepts for the type, so the statement never
+    # drifts from what the API does.
+    names = GROUP_SEARCH_PARAMS if resource_type == "Group" else allowed_search_params(resource_type)
+    params = [_search_param(name, SEARCH_PARAM_TYPES[name]) for name in names if name in SEARCH_PARAM_TYPES]
     resource: dict[str, Any] = {
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "search-type"}],

@@ -2,7 +2,7 @@
 
 ``population_generate`` builds members one at a time (payer/services/synthetic.py) and
 writes them in ``bulk_create`` batches, so memory stays flat however many members are
-asked for. Member ids ``UCG<seed:04d><n:08d>`` never collide with the demo's ``UCH1...``
+asked for. Member ids ``UCG<seed:04d>-<n:08d>`` never collide with the demo's ``UCH1...``
 nor with another seed's.
 """
 
@@ -149,7 +149,20 @@ def _patient(b: RecordBuilder) -> dict:
 # --- Population --------------------------------------------------------------------------
 
 def population_member_id(*, seed: int, n: int) -> str:
-    return f"UCG{seed % 10000:04d}{n:08d}"
+    """Return the member id of the ``n``-th generated member of ``seed``: ``UCG<seed>-<n>``.
+
+    The whole seed is in the id and the dash ends it, so no two seeds share an id or a
+    prefix (seed 10003 once wrote the ids of seed 3). At most 40 characters (Member.member_id)
+    and, lowercased into ``pat-...``, a valid FHIR id (R4 datatypes.html#id).
+    """
+    if seed < 0 or len(str(seed)) > 20:
+        raise ValueError("The seed must be a non-negative integer of at most 20 digits.")
+    return f"{population_prefix(seed=seed)}{n:08d}"
+
+
+def population_prefix(*, seed: int) -> str:
+    """Return the prefix every member id of ``seed`` starts with, and no other seed's."""
+    return f"UCG{seed:04d}-"
 
 
 def provider_pool_load(*, grace_npi: str) -> ProviderPool:
@@ -189,7 +202,8 @@ def population_generate(*, members: int, seed: int, today: date, grace_npi: str,
 
     Refuses to run twice for the same seed (the member ids would collide).
     """
-    if Member.objects.filter(member_id__startswith=population_member_id(seed=seed, n=0)[:7]).exists():
+    population_member_id(seed=seed, n=0)  # refuses a seed that would not fit
+    if Member.objects.filter(member_id__startswith=population_prefix(seed=seed)).exists():
         raise ValueError(f"A population with seed {seed} is already in the database; use another seed.")
     pool = provider_pool_load(grace_npi=grace_npi)
     result = PopulationResult()

@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -31,6 +32,8 @@ def token_url(request: HttpRequest) -> str:
     return absolute_url(request, reverse("payer:token"))
 
 
+# The assertion is a credential: keep it out of Django's error reports.
+@method_decorator(sensitive_post_parameters("client_assertion"), name="dispatch")
 @method_decorator(csrf_exempt, name="dispatch")
 class TokenView(View):
     """``POST /payer/auth/token``: client_credentials with a private_key_jwt assertion.

@@ -39,6 +39,7 @@ class _FHIRJSONBodyParser(JSONParser):
 
 
 class _KickOffView(PayerFHIRView):
+    audit_action = "export"
     level = ExportJob.Level.SYSTEM
     operation = "export"
     parser_classes = [_FHIRJSONBodyParser, JSONParser]
@@ -115,7 +116,23 @@ class GroupDavinciExportView(_KickOffView):
 class ExportStatusView(PayerFHIRView):
     """Bulk Data status request (GET) and cancel (DELETE) on the Content-Location URL."""
 
+    audit_action = "export-status"
+
+    def _denied(self, request, job_id: str, error: FHIRError, *, action: str) -> None:
+        # Issue 3: every denial is audited: another client's, expired or cancelled job (404),
+        # polling faster than Retry-After asks (429).
+        audit_record(action=action, outcome="denied" if error.status in (403, 404, 429) else "error",
+                     client=request.user, request=request, status_code=error.status,
+                     detail=f"job {job_id}: {error.issues[0]['diagnostics']}")
+
     def get(self, request, job_id: str):
+        try:
+            return self._status(request, job_id)
+        except FHIRError as error:
+            self._denied(request, job_id, error, action="export-status")
+            raise
+
+    def _status(self, request, job_id: str):
         job = export_services.export_job_get(job_id=job_id, client=request.user)
         if job.status == ExportJob.Status.IN_PROGRESS:
             retry_after = export_services.export_poll_check(job=job)
@@ -132,7 +149,11 @@ class ExportStatusView(PayerFHIRView):
                             headers={"Expires": export_services.export_expires_header(job=job)})
 
     def delete(self, request, job_id: str):
-        job = export_services.export_job_cancel(job_id=job_id, client=request.user)
+        try:
+            job = export_services.export_job_cancel(job_id=job_id, client=request.user)
+        except FHIRError as error:
+            self._denied(request, job_id, error, action="export-cancel")
+            raise
         audit_record(action="export-cancel", outcome="success", client=request.user, request=request,
                      status_code=202, detail=f"job {job.job_id}")
         # Req 306/307: 202 Accepted, with an OperationOutcome.

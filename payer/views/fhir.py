@@ -49,10 +49,13 @@ class _AuditedFHIRView(PayerFHIRView):
         # SMART scopes: the token must grant this type for this interaction (v1 .read, v2 r / s).
         interaction = "search" if self.audit_action == "search" else "read"
         if not scope_grants(scopes=request.auth.scopes, resource_type=resource_type, interaction=interaction):
+            needed = f"system/{resource_type}.{'s' if interaction == 'search' else 'r'}"
             raise FHIRError(
                 f"The access token's scopes do not allow {interaction} of {resource_type}.",
                 status=403,
                 code="forbidden",
+                # RFC 6750 section 3.1: a token lacking the scope gets insufficient_scope.
+                headers={"WWW-Authenticate": f'Bearer realm="payer", error="insufficient_scope", scope="{needed}"'},
             )
 
     def _handle(self, request, resource_type: str, run):
@@ -69,6 +72,11 @@ class _AuditedFHIRView(PayerFHIRView):
                 patient_ids=getattr(error, "patient_ids", ()),
                 detail=str(error)[:500],
             )
+            raise
+        except Exception as exc:
+            # A 500 must leave its audit entry too (issue 3: every access and its outcome).
+            self._audit(request, outcome="error", resource_type=resource_type, status_code=500,
+                        detail=f"Internal error: {type(exc).__name__}")
             raise
 
 

@@ -1,6 +1,7 @@
 """SMART Backend Services authorization server, discovery, CapabilityStatement and audit, over real HTTP."""
 
 import base64
+import datetime
 import hashlib
 import hmac
 import http.server
@@ -16,6 +17,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
@@ -346,7 +348,10 @@ class _JWKSServer:
 
 
 @pytest.fixture
-def jwks_server() -> Iterator[_JWKSServer]:
+def jwks_server(settings) -> Iterator[_JWKSServer]:
+    # A plain-http JWKS URL is only accepted with DEBUG on (SMART: TLS); the local test
+    # server speaks http.
+    settings.DEBUG = True
     server = _JWKSServer(jwks_for(shared_rsa_key(), KID))
     yield server
     server.close()
@@ -393,7 +398,8 @@ def test_foreign_jku_is_refused_and_never_fetched(token_url, org, jwks_server):
         attacker.close()
 
 
-def test_unreachable_jwks_url_is_invalid_client(token_url, org):
+def test_unreachable_jwks_url_is_invalid_client(token_url, org, settings):
+    settings.DEBUG = True  # a plain-http URL
     client = client_register(organization=org, jwks_url="http://127.0.0.1:9/jwks.json", scopes="system/*.read")
     assertion = client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=KID)
     assert_refused(post_token(token_url, assertion), "invalid_client")
@@ -551,3 +557,87 @@ def test_issued_token_opens_a_protected_fhir_endpoint(token_url, base, client):
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert response.json()["resourceType"] == "OperationOutcome"
+
+
+# --- NUL characters, TLS for JWKS URLs, refetch limit, secrets in error reports, purge -------
+
+
+@pytest.mark.parametrize("claims", [{"iss": "a\x00b", "sub": "a\x00b"}, {"jti": "x\x00y"}])
+def test_nul_in_assertion_claims_is_invalid_client_and_audited(token_url, client, claims):
+    # Postgres text holds no NUL: such a claim once reached the client lookup (iss) or the
+    # UsedAssertion insert (jti) and answered an unaudited 500.
+    if "iss" not in claims:
+        claims = {**claims, "iss": client.client_id, "sub": client.client_id}
+    assertion = client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=KID, **claims)
+    assert_refused(post_token(token_url, assertion), "invalid_client")
+    assert "NUL" in AuditEvent.objects.order_by("-id").first().detail
+    assert not UsedAssertion.objects.exists()
+
+
+def test_plain_http_jwks_url_is_refused_unless_debug(token_url, org, jwks_server, settings):
+    # SMART App Launch 2.x: TLS for every exchange; keys read over plain http could be swapped.
+    settings.DEBUG = False
+    with pytest.raises(ValidationError):
+        client_register(organization=org, jwks_url=jwks_server.url, scopes="system/*.read")
+    https = client_register(organization=org, jwks_url="https://ehr.example.org/jwks.json", scopes="system/*.read")
+    # A client registered earlier with an http URL (or while DEBUG was on) gets no token,
+    # and its URL is never fetched.
+    legacy = SmartClient.objects.create(client_id="legacy", name="Legacy", organization=org,
+                                        jwks_url=jwks_server.url, scopes="system/*.read")
+    assertion = client_assertion(shared_rsa_key(), client_id=legacy.client_id, aud=token_url, kid=KID)
+    assert_refused(post_token(token_url, assertion), "invalid_client")
+    assert jwks_server.hits == 0
+    assert https.jwks_url.startswith("https://")
+
+
+def test_unknown_kid_refetches_the_jwks_at_most_once_per_interval(token_url, org, jwks_server):
+    client = client_register(organization=org, jwks_url=jwks_server.url, scopes="system/*.read")
+    assert post_token(token_url, client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=KID)).status_code == 200
+    assert jwks_server.hits == 1
+    for n in range(5):  # made-up kids: one refetch, then refused from the cache
+        assertion = client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=f"made-up-{n}")
+        assert_refused(post_token(token_url, assertion), "invalid_client")
+    assert jwks_server.hits == 2
+    # Once the interval has passed (the marker expired), a rotated key is picked up again.
+    cache.delete("payer:jwks-refetch:" + hashlib.sha256(jwks_server.url.encode()).hexdigest())
+    new_key = make_ec_key()
+    jwks_server.jwks = jwks_for(new_key, "rotated")
+    assert post_token(token_url, client_assertion(new_key, client_id=client.client_id, aud=token_url, kid="rotated")).status_code == 200
+    assert jwks_server.hits == 3
+
+
+def test_token_view_keeps_the_assertion_out_of_error_reports(rf, client, token_url):
+    from django.views.debug import SafeExceptionReporterFilter
+
+    from payer.views.auth import TokenView
+
+    assertion = client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=KID)
+    request = rf.post("/payer/auth/token", {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+                                            "client_assertion": assertion, "scope": "system/*.read"})
+    TokenView.as_view()(request)
+    shown = SafeExceptionReporterFilter().get_post_parameters(request)
+    assert shown["client_assertion"] != assertion and "*" in shown["client_assertion"]
+    assert shown["grant_type"] == "client_credentials"
+
+
+def test_expired_access_tokens_are_purged_by_the_beat_task(client, settings):
+    from payer.models import AccessToken
+    from payer.services.auth import access_token_issue
+    from payer.tasks import access_tokens_purge_task
+
+    _, live = access_token_issue(client=client, scopes=["system/*.read"])
+    _, old = access_token_issue(client=client, scopes=["system/*.read"])
+    AccessToken.objects.filter(pk=old.pk).update(expires_at=old.issued_at - datetime.timedelta(seconds=1))
+    assert access_tokens_purge_task() == 1
+    assert list(AccessToken.objects.values_list("pk", flat=True)) == [live.pk]
+    assert any(entry["task"] == "payer.tasks.access_tokens_purge_task" for entry in settings.CELERY_BEAT_SCHEDULE.values())
+
+
+def test_capability_statement_lists_every_supported_search_parameter(base):
+    rest = requests.get(f"{base}/payer/fhir/metadata", timeout=10).json()["rest"][0]
+    params = {r["type"]: {p["name"]: p["type"] for p in r["searchParam"]} for r in rest["resource"]}
+    assert params["Patient"] == {"_id": "token", "_lastUpdated": "date", "identifier": "token"}
+    assert params["Encounter"] == {"_id": "token", "_lastUpdated": "date", "patient": "reference", "date": "date"}
+    assert params["Group"] == {"_id": "token", "identifier": "token", "name": "string"}
+    assert params["Observation"]["patient"] == "reference" and params["ExplanationOfBenefit"]["patient"] == "reference"
+    assert "patient" not in params["Practitioner"]

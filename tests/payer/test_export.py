@@ -4,6 +4,7 @@ Requirement numbers refer to /work/shared/spec/bulkdata-2.0-requirements.tsv.
 """
 
 import datetime
+import gzip
 import json
 import time
 from typing import Any
@@ -625,3 +626,110 @@ def test_stored_json_is_exported_verbatim_whatever_its_characters(live_server, c
     exported = json.loads(lines[0])
     Observation.model_validate(exported)
     assert exported == stored.resource
+
+
+def _mentions(rows: list[dict[str, Any]], patient_id: str) -> bool:
+    return any(row.get("id") == patient_id or json.dumps(row).find(f'"Patient/{patient_id}"') >= 0 for row in rows)
+
+
+def test_opt_out_between_units_reruns_the_units_that_already_ran(live_server, start_worker, settings):
+    # Issue 3 (CMS-0057-F): "An opt-out applies from the moment it is saved: ... any export
+    # still running must not release that member's data." Units that finished before the
+    # opt-out run again without the member, so files and manifest counts leave them out.
+    settings.PA_EXPORT_BATCH_PATIENTS = 1
+    pop = _population(members=2)
+    token = pop["token"]
+    kick = _kick_off(live_server, token, f"Group/{pop['group_id']}/$export", params={"_type": "Patient,Encounter,Observation"})
+    assert kick.status_code == 202
+    job = ExportJob.objects.get()
+    leaving, staying = sorted(pop["members"], key=lambda m: m.patient_id)
+    from payer.services.export import _unit_run
+
+    # The leaving member's units finish first (run here, as a worker runs them) ...
+    first = [u for u in job.units.all() if leaving.patient_id in u.patient_ids]
+    for unit in first:
+        _unit_run(unit_id=unit.pk)
+    assert all(u.status == ExportWorkUnit.Status.DONE and u.count for u in job.units.filter(pk__in=[u.pk for u in first]))
+    opt_out_create(member=leaving)  # ... then the member opts out, before the job completes.
+    worker = start_worker()
+    done = _wait_complete(kick.headers["Content-Location"], token, worker=worker)
+    assert done.status_code == 200, done.text
+    data = _resources(done.json(), token)  # checks every manifest count against its file
+    for rows in data.values():
+        assert not _mentions(rows, leaving.patient_id)
+    assert [p["id"] for p in data["Patient"]] == [staying.patient_id] and len(data["Encounter"]) == 2
+    rerun = job.units.filter(pk__in=[u.pk for u in first])
+    assert all(u.attempts == 2 and u.count == 0 and u.exported_patient_ids == [] for u in rerun)
+
+
+def test_opt_out_after_completion_withholds_the_members_lines_at_download(live_server, celery_worker):
+    # Issue 3: the opt-out also reaches files written before it. Their download leaves the
+    # member's lines out, the denial is audited, and Range is ignored (200, whole filtered body).
+    pop = _population(members=2, encounters=2, observations=1)
+    token = pop["token"]
+    leaving, staying = pop["members"]
+    kick = _kick_off(live_server, token, f"Group/{pop['group_id']}/$export", params={"_type": "Patient,Encounter,Observation"})
+    manifest = _wait_complete(kick.headers["Content-Location"], token, worker=celery_worker).json()
+    assert _mentions(_resources(manifest, token)["Encounter"], leaving.patient_id)
+    opt_out_create(member=leaving)
+
+    for item in manifest["output"]:
+        plain = requests.get(item["url"], headers=_auth(token, **{"Accept-Encoding": "identity", "Range": "bytes=0-9"}), timeout=30)
+        assert plain.status_code == 200 and "Content-Range" not in plain.headers
+        assert plain.headers["Content-Type"].startswith("application/fhir+ndjson")
+        rows = [json.loads(line) for line in plain.content.splitlines()]
+        assert rows and not _mentions(rows, leaving.patient_id) and _mentions(rows, staying.patient_id)
+        for row in rows:
+            MODELS[row["resourceType"]].model_validate(row)
+        packed = requests.get(item["url"], headers=_auth(token, **{"Accept-Encoding": "gzip"}), stream=True, timeout=30)
+        assert packed.status_code == 200 and packed.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(packed.raw.read(decode_content=False)) == plain.content
+    denials = AuditEvent.objects.filter(action="download", outcome="denied")
+    assert denials.count() == 2 * len(manifest["output"])
+    assert all(event.patient_ids == [leaving.patient_id] and event.status_code == 200 for event in denials)
+    released = AuditEvent.objects.filter(action="download", outcome="success", detail__endswith="(filtered)")
+    assert all(event.patient_ids == [staying.patient_id] for event in released) and released.exists()
+
+    # A contract that ended releases nothing more from the files.
+    from payer.models import NetworkContract
+
+    NetworkContract.objects.filter(organization=pop["org"]).update(end=timezone.localdate() - datetime.timedelta(days=1))
+    for item in manifest["output"]:
+        emptied = requests.get(item["url"], headers=_auth(token), timeout=30)
+        assert emptied.status_code == 200 and emptied.content == b""
+
+
+def test_nul_in_kick_off_parameters_is_400_and_audited(live_server, transactional_db):
+    # Postgres jsonb holds no NUL (the job stores its parameters): once a 500.
+    pop = _population(members=1)
+    path = f"Group/{pop['group_id']}/$export"
+    got = _kick_off(live_server, pop["token"], path, params={"_typeFilter": "Encounter?status=\x00"})
+    assert got.status_code == 400 and OperationOutcome.model_validate(got.json()).issue[0].code == "invalid"
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_typeFilter", "valueString": "Encounter?status=a\x00"}]}
+    posted = _kick_off(live_server, pop["token"], path, method="POST", body=body)
+    assert posted.status_code == 400 and OperationOutcome.model_validate(posted.json()).issue[0].code == "invalid"
+    lenient = _kick_off(live_server, pop["token"], path, method="POST", body=body,
+                        headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=lenient"})
+    assert lenient.status_code == 202, lenient.text
+    assert "NUL" in ExportJob.objects.get().issues[0]["diagnostics"]
+    assert AuditEvent.objects.filter(action="export", outcome="error", status_code=400).count() == 2
+
+
+def test_status_denials_are_audited(live_server, transactional_db):
+    # Issue 3: every denial leaves an audit entry: another client's job, a cancelled one
+    # (404), polling faster than asked (429).
+    pop = _population(members=1)
+    kick = _kick_off(live_server, pop["token"], "$export")  # no worker: stays in progress
+    status_url = kick.headers["Content-Location"]
+    job_id = status_url.rsplit("/", 1)[1]
+    assert requests.get(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 202
+    assert requests.get(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 429
+    stranger = bearer_token_for(organization_create(name="Other Clinic"))
+    assert requests.get(status_url, headers=_auth(stranger), timeout=30).status_code == 404
+    assert requests.delete(status_url, headers=_auth(stranger), timeout=30).status_code == 404
+    assert requests.delete(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 202
+    assert requests.get(status_url, headers=_auth(pop["token"]), timeout=30).status_code == 404
+    denied = AuditEvent.objects.filter(outcome="denied", action__in=["export-status", "export-cancel"])
+    assert sorted((e.action, e.status_code) for e in denied) == [
+        ("export-cancel", 404), ("export-status", 404), ("export-status", 404), ("export-status", 429)]
+    assert all(job_id in e.detail for e in denied)

@@ -354,3 +354,55 @@ def test_explanation_of_benefit_from_claims(world):
     outcome(get(f"{world.base}/ExplanationOfBenefit/{bob_eob}", world.token_a), 404, "not-found")
     assert bundle(get(f"{world.base}/ExplanationOfBenefit", world.token_a))["total"] == 1
     assert last_audit(action="search", outcome="success").resource_types == ["ExplanationOfBenefit"]
+
+
+def test_nul_in_search_parameters_is_400_and_audited(world):
+    # Postgres text holds no NUL: these once answered an unaudited 500.
+    for path, params in (
+        ("Group", {"name": "\x00"}),
+        ("Patient", {"identifier": "\x00"}),
+        ("Encounter", {"_count": "x\x00"}),
+        ("Encounter", {"sub\x00ject": "x"}),
+    ):
+        outcome(get(f"{world.base}/{path}", world.token_a, params), 400, "invalid")
+    events = AuditEvent.objects.filter(outcome="error", status_code=400, client_id__gt="")
+    assert events.count() == 4
+    assert all("\x00" not in e.request_path and "\\x00" in e.request_path for e in events)
+
+
+def test_non_ascii_digits_in_count_and_offset_are_400(world):
+    for params in ({"_count": "²"}, {"_offset": "²"}, {"_count": "٣"}):
+        outcome(get(f"{world.base}/Encounter", world.token_a, params), 400, "invalid")
+    assert bundle(get(f"{world.base}/Encounter", world.token_a, {"_count": "9" * 5000}))["total"] == 1
+
+
+def test_unsupported_format_is_406_and_json_formats_are_fine(world):
+    # R4 http.html#mime-type: _format=xml from a JSON-only server is 406.
+    for value in ("xml", "application/fhir+xml", "text/turtle"):
+        for url in (f"{world.base}/Encounter", f"{world.base}/Group", f"{world.base}/Patient/{world.jack.patient_id}"):
+            outcome(get(url, world.token_a, {"_format": value}), 406, "not-supported")
+    for value in ("json", "application/json", "application/fhir+json", "application/fhir+json; fhirVersion=4.0"):
+        assert bundle(get(f"{world.base}/Encounter", world.token_a, {"_format": value}))["total"] == 1
+    assert AuditEvent.objects.filter(status_code=406).count() == 9
+
+
+def test_www_authenticate_names_an_error_only_for_a_bad_token(world):
+    # RFC 6750 section 3.1: no error code when the request had no credentials.
+    assert get(f"{world.base}/Encounter", None).headers["WWW-Authenticate"] == 'Bearer realm="payer"'
+    bad = get(f"{world.base}/Encounter", "not-a-token")
+    assert bad.headers["WWW-Authenticate"] == 'Bearer realm="payer", error="invalid_token"'
+    narrow = bearer_token_for(world.org_a, scopes="system/Patient.read")
+    denied = get(f"{world.base}/Encounter", narrow)
+    outcome(denied, 403, "forbidden")
+    assert 'error="insufficient_scope"' in denied.headers["WWW-Authenticate"]
+
+
+def test_an_internal_error_is_audited(world):
+    from payer.models import ClinicalResource
+
+    # A stored row that is not a JSON object breaks rendering: the 500 still leaves an audit entry.
+    broken = ClinicalResource.objects.create(resource_type="Encounter", resource_id="broken", patient_id=world.jack.patient_id,
+                                             last_updated=timezone.now(), resource=["not", "an", "object"])
+    outcome(get(f"{world.base}/Encounter/{broken.resource_id}", world.token_a), 500, "exception")
+    event = last_audit(action="read", status_code=500)
+    assert event.outcome == "error" and event.resource_types == ["Encounter"]

@@ -72,3 +72,19 @@ def test_every_generated_resource_and_eob_validates_and_nothing_collides_with_th
     assert Claim.objects.filter(member__in=members, billing_npi=GRACE_HOSPITAL_NPI).exists()
     with pytest.raises(CommandError):
         call_command("generate_population", "--members", "2", "--seed", "3", stdout=io.StringIO())
+
+
+def test_seeds_that_agree_modulo_10000_do_not_collide():
+    # The ids once held seed % 10000: seed 10003 wrote seed 3's ids (and was refused).
+    providers_seed()
+    population_generate(members=2, seed=3, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI)
+    population_generate(members=2, seed=10003, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI)
+    ids = sorted(Member.objects.filter(member_id__startswith="UCG").values_list("member_id", flat=True))
+    assert ids == ["UCG0003-00000001", "UCG0003-00000002", "UCG10003-00000001", "UCG10003-00000002"]
+    from fhirkit.bundles import FHIR_ID_RE
+    from payer.services.population import population_member_id
+
+    longest = population_member_id(seed=10**20 - 1, n=99_999_999)
+    assert len(longest) <= 40 and FHIR_ID_RE.match(f"pat-{longest.lower()}")
+    with pytest.raises(ValueError):
+        population_member_id(seed=10**20, n=1)
