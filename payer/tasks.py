@@ -4,6 +4,7 @@ import dataclasses
 
 from celery import shared_task
 
+from payer.services import export as export_services
 from payer.services.attribution import attribution_refresh
 from payer.services.auth import access_tokens_purge
 
@@ -15,8 +16,6 @@ def attribution_refresh_task() -> dict:
 
 
 # --- Bulk Data exports (payer/services/export.py) ---------------------------------------
-from payer.services import export as export_services  # noqa: E402
-
 
 @shared_task(acks_late=True, max_retries=5, autoretry_for=(OSError,), retry_backoff=True)
 def export_unit_run_task(unit_id: int) -> None:
