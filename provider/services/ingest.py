@@ -9,26 +9,36 @@ How it scales: validation with fhir.resources is pure Python and bound to one co
 a big file is cut into chunks of whole lines with ``ndjson_chunk_plan`` and each chunk is
 ingested by its own task (``ndjson_ingest_chunk``) on as many workers as there are.
 Every write is an idempotent upsert, so chunks may run in any order, in parallel, or twice.
-Inside one worker, database writes run on a second thread while the next batch is
-validated (Postgres does its part on another core), so ingest with full validation runs at
-nearly the validation-only rate.
+
+Inside one worker, validation is the ceiling and the worker does little else: lines are
+parsed with orjson (the same parse the validation-only baseline of ``bench/ingest.py``
+times) and the structure checks are one regular-expression scan of the line's text.
+Everything after the checks (indexed columns, search tokens, COPY text, the database
+client) runs in a forked helper process (``_Writer``), and Postgres works on its own, so
+on a machine with cores to spare a worker ingests at about the validation-only rate.
+Postgres side: first loads COPY straight into the table (no per-id look-up), later ones
+look ids up and upsert through a staging table, and bulk writes commit with
+``synchronous_commit = off`` (see ``_upsert_postgres`` for why that loses nothing).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import json
+import multiprocessing
+import multiprocessing.connection
+import os
 import logging
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 from django.db import connections, transaction
 from django.db.utils import DEFAULT_DB_ALIAS
 from django.utils import timezone
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhirkit.outcome import operation_outcome, outcome_issue
@@ -39,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 ValidationLevel = Literal["full", "structure"]
 
-BATCH_SIZE = 1000
+BATCH_SIZE = 2000
 
 # R4 datatypes.html#id
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -50,9 +60,22 @@ _REFERENCE_RE = re.compile(
     r"|urn:(?:uuid|oid):\S+|#\S*)"
 )
 
-# Finds every "reference" element in a line's raw JSON text at C speed. Inside a JSON
-# string a quote is escaped, so the pattern cannot match string content.
-_REFERENCE_IN_TEXT_RE = re.compile(r'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# Finds, in a line's raw JSON text and at C speed, the first "reference" element whose value
+# is not plainly well-formed: one search per line instead of a walk of the resource. Inside
+# a JSON string a quote is escaped, so the pattern cannot match string content. A value
+# with escapes (or anything else it does not accept) is only a suspect: the resource is
+# then walked to decide (``_references_check``).
+_REFERENCE_TEXT_CHAR = r'[^"\\\s]'
+_REFERENCE_SUSPECT_RE = re.compile(
+    r'"reference"\s*:\s*"(?!(?:'
+    rf"(?:https?://{_REFERENCE_TEXT_CHAR}+/)?[A-Z][A-Za-z]{{1,63}}/[A-Za-z0-9\-.]{{1,64}}"
+    r"(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+    rf"|urn:(?:uuid|oid):{_REFERENCE_TEXT_CHAR}+|#{_REFERENCE_TEXT_CHAR}*"
+    r')")'
+)
+# PostgreSQL jsonb cannot hold U+0000 ("unsupported Unicode escape sequence"): such a line
+# would fail its whole COPY batch, so it is refused on its own (on SQLite too, alike).
+_NUL_ESCAPE_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass
@@ -134,10 +157,25 @@ _TOKEN_ELEMENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
 _DATE_RE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(T.*)?")
 
 
+_INSTANTS: dict[str, datetime.datetime | None] = {}
+
+
 def fhir_instant_parse(value: Any) -> datetime.datetime | None:
     """Return the start of a FHIR date/dateTime/instant as an aware datetime (UTC if no zone)."""
-    if not isinstance(value, str):
+    if value.__class__ is not str:
         return None
+    # An export repeats its dates (a lastUpdated per load, a day per visit): remember the
+    # recent ones, within a bound so that memory stays flat.
+    parsed = _INSTANTS.get(value, _INSTANTS)
+    if parsed is not _INSTANTS:
+        return parsed  # type: ignore[return-value]
+    if len(_INSTANTS) >= 4096:
+        _INSTANTS.clear()
+    parsed = _INSTANTS[value] = _fhir_instant_parse(value)
+    return parsed
+
+
+def _fhir_instant_parse(value: str) -> datetime.datetime | None:
     match = _DATE_RE.fullmatch(value)
     if not match:
         return None
@@ -154,7 +192,9 @@ def fhir_instant_parse(value: Any) -> datetime.datetime | None:
 def token_word_encode(text: str) -> str:
     """Return ``text`` as it appears inside one search_tokens word."""
     # Tokens are space-delimited; R4 code values may hold single inner spaces.
-    return text.replace("%", "%25").replace(" ", "%20")
+    if "%" in text or " " in text:
+        return text.replace("%", "%25").replace(" ", "%20")
+    return text
 
 
 def search_tokens_extract(resource: dict[str, Any]) -> str:
@@ -163,10 +203,12 @@ def search_tokens_extract(resource: dict[str, Any]) -> str:
     resource_type = resource["resourceType"]
     for name, element, kind in _TOKEN_ELEMENTS.get(resource_type, ()):
         value = resource.get(element)
-        items = value if isinstance(value, list) else [value] if value is not None else []
+        if value is None:
+            continue
+        items = value if value.__class__ is list else (value,)
         codings: list[tuple[Any, Any]] = []
         for item in items:
-            if not isinstance(item, dict):
+            if item.__class__ is not dict:
                 continue
             if kind == "Identifier":
                 codings.append((item.get("system"), item.get("value")))
@@ -174,14 +216,15 @@ def search_tokens_extract(resource: dict[str, Any]) -> str:
                 codings.append((item.get("system"), item.get("code")))
             else:
                 for coding in item.get("coding") or ():
-                    if isinstance(coding, dict):
+                    if coding.__class__ is dict:
                         codings.append((coding.get("system"), coding.get("code")))
         for system, code in codings:
-            if not isinstance(code, str) or not code:
+            if code.__class__ is not str or not code:
                 continue
-            words.append(f"{name}={token_word_encode(code)}")
-            if isinstance(system, str):
-                words.append(f"{name}={token_word_encode(system)}|{token_word_encode(code)}")
+            code = token_word_encode(code)
+            words.append(f"{name}={code}")
+            if system.__class__ is str:
+                words.append(f"{name}={token_word_encode(system)}|{code}")
     if resource_type == "Patient":
         # R4 Patient search "name": any part of any name (family, given, prefix, suffix, text).
         for human_name in resource.get("name") or ():
@@ -198,11 +241,15 @@ def search_tokens_extract(resource: dict[str, Any]) -> str:
 
 
 def _reference_id(reference: Any, resource_type: str) -> str:
-    if not isinstance(reference, dict):
+    if reference.__class__ is not dict:
         return ""
     text = reference.get("reference")
-    if not isinstance(text, str):
+    if text.__class__ is not str:
         return ""
+    # The usual relative "Patient/123" first, without splitting.
+    prefix = f"{resource_type}/"
+    if text.startswith(prefix) and text.find("/", len(prefix)) < 0:
+        return text[len(prefix):]
     parts = text.split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
@@ -225,17 +272,32 @@ def columns_extract(resource: dict[str, Any]) -> tuple[str, datetime.datetime | 
                     break
     date = None
     for path in _DATE_PATHS.get(resource_type, ()):
-        value: Any = resource
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        date = fhir_instant_parse(value)
-        if date is not None:
-            break
+        value: Any = resource.get(path[0])
+        if len(path) > 1:
+            value = value.get(path[1]) if value.__class__ is dict else None
+        if value is not None:
+            date = fhir_instant_parse(value)
+            if date is not None:
+                break
     status = resource.get("status")
-    return patient_id, date, status if isinstance(status, str) else ""
+    return patient_id, date, status if status.__class__ is str else ""
 
 
 # --- checks -------------------------------------------------------------------------------
+
+
+def ndjson_line_parse(line: bytes) -> Any:
+    """Return the JSON value of one NDJSON line; raise LineError if it is not JSON.
+
+    orjson parses several times faster than the json module, and it refuses what jsonb
+    would refuse later (invalid UTF-8, lone surrogates, numbers out of range), so such a
+    line is rejected on its own instead of failing its batch.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise LineError([outcome_issue(code="structure", diagnostics=f"The line is not JSON: {error}.")]) from None
+
 
 _KNOWN_TYPES: dict[str, bool] = {}
 
@@ -324,14 +386,15 @@ def resource_check(
             ]
         )
     issues: list[dict[str, Any]] = []
-    if text is None or not all(
-        _REFERENCE_RE.fullmatch(json.loads(f'"{value}"') if "\\" in value else value)
-        for value in _REFERENCE_IN_TEXT_RE.findall(text)
-    ):
-        # Walk the resource only to say where a malformed reference is (rare).
+    if text is None or _REFERENCE_SUSPECT_RE.search(text):
+        # Walk the resource only when its text holds a suspect reference (rare).
         _references_check(resource, resource_type, issues)
     if issues:
         raise LineError(issues)
+    if text is not None and "\\u0000" in text and _NUL_ESCAPE_RE.search(text):
+        raise LineError(
+            [outcome_issue(code="not-supported", diagnostics="The resource holds a U+0000 character, which cannot be stored.")]
+        )
     if validation_level == "full":
         issues = resource_validate(resource)
         if issues:
@@ -344,6 +407,7 @@ _COLUMNS = (
     "resource_type", "resource_id", "version_id", "last_updated", "patient_id", "date", "status",
     "search_tokens", "resource", "connection_id", "sync_job_id", "export_time", "ingested_at",
 )
+_DATETIME_INDEXES = tuple(_COLUMNS.index(name) for name in ("last_updated", "date", "export_time", "ingested_at"))
 _UPDATE_SET = ", ".join(f"{column} = EXCLUDED.{column}" for column in _COLUMNS[2:])
 
 # A later version replaces an earlier one, an earlier one never replaces a later one, and
@@ -381,7 +445,9 @@ def _sort_key(row: tuple) -> tuple:
 
 def _rows_dedupe(rows: list[tuple]) -> list[tuple]:
     # One INSERT ... ON CONFLICT may not touch a row twice: keep the latest version of
-    # each (type, id) in the batch.
+    # each (type, id) in the batch. Most batches repeat no key.
+    if len({(row[0], row[1]) for row in rows}) == len(rows):
+        return rows
     latest: dict[tuple[str, str], tuple] = {}
     for row in rows:
         key = (row[0], row[1])
@@ -404,11 +470,22 @@ def _copy_field(value: Any) -> str:
     return str(value)
 
 
+_COPY_NULL = "\\N"
+
+
+def _copy_escapes(text: str) -> bool:
+    # Four substring scans run at memchr speed; a regular expression over the ~1 KB of a
+    # resource's JSON is some thirty times slower.
+    return "\\" in text or "\t" in text or "\n" in text or "\r" in text
+
+
 def _copy_data(rows: list[tuple]) -> str:
     # COPY's text format written by hand: several times cheaper than write_row per row,
-    # which matters because this runs beside validation under the same GIL.
-    # The provenance columns are the same for the whole batch: format them once per value.
+    # which matters because this runs beside validation under the same GIL. Escaping is
+    # rare and the provenance columns are the same for the whole batch: they are
+    # formatted once, and so is each repeated timestamp.
     tails: dict[tuple, str] = {}
+    stamps: dict[datetime.datetime | None, str] = {None: _COPY_NULL}
     lines = []
     for row in rows:
         tail_key = row[9:]
@@ -416,39 +493,72 @@ def _copy_data(rows: list[tuple]) -> str:
         if tail is None:
             tail = tails[tail_key] = "\t".join(map(_copy_field, tail_key))
         # resource_type and resource_id passed resource_check: no characters to escape.
+        version_id, patient_id, status, tokens, text = row[2], row[4], row[6], row[7], row[8]
+        if _copy_escapes(f"{version_id}{patient_id}{status}{tokens}"):
+            version_id, patient_id, status, tokens = map(_copy_field, (version_id, patient_id, status, tokens))
+        if _copy_escapes(text):
+            text = _copy_field(text)
+        last_updated = stamps.get(row[3])
+        if last_updated is None:
+            last_updated = stamps[row[3]] = row[3].isoformat()
+        date = stamps.get(row[5])
+        if date is None:
+            date = stamps[row[5]] = row[5].isoformat()
         lines.append(
-            f"{row[0]}\t{row[1]}\t{_copy_field(row[2])}\t{_copy_field(row[3])}\t{_copy_field(row[4])}\t"
-            f"{_copy_field(row[5])}\t{_copy_field(row[6])}\t{_copy_field(row[7])}\t{_copy_field(row[8])}\t{tail}\n"
+            f"{row[0]}\t{row[1]}\t{version_id}\t{last_updated}\t{patient_id}\t{date}\t{status}\t{tokens}\t{text}\t{tail}\n"
         )
     return "".join(lines)
 
 
-def _upsert_postgres(cursor, rows: list[tuple]) -> int:
+def _copy_new(cursor, rows: list[tuple]) -> bool:
+    """COPY ``rows`` straight into the table; return False, storing none, if one is there."""
     import psycopg  # only on Postgres
+
+    # In key order the unique index takes the batch in a few runs of neighbouring pages.
+    rows = sorted(rows)
+    try:
+        with transaction.atomic(using=cursor.db.alias):
+            with cursor.cursor.copy(f"COPY {_TABLE} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+                copy.write(_copy_data(rows))
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
+def _upsert_postgres(cursor, rows: list[tuple], *, optimistic: bool) -> tuple[int, bool]:
 
     columns = ", ".join(_COLUMNS)
     raw = cursor.cursor  # the psycopg cursor under Django's wrapper
+    # A bulk load commits asynchronously (PostgreSQL wal-async-commit): a crash may lose
+    # the last batches' commits, never corrupt them, and the sync job only marks a file
+    # ingested in a later, synchronous commit, which flushes the WAL of every batch before
+    # it; a file cut short is ingested again, idempotently. SET LOCAL ends with the batch.
+    cursor.execute("SET LOCAL synchronous_commit = off")
+    # Resources not stored yet (a first sync) go straight in with COPY: one pass instead
+    # of staging plus INSERT ... SELECT, and without looking each id up first (at a
+    # million rows the look-ups cost as much again as the unique index's own). After a
+    # batch that held stored resources (an incremental sync), look them up first.
+    if optimistic and _copy_new(cursor, rows):
+        return len(rows), False
     ids_by_type: dict[str, list[str]] = {}
     for row in rows:
         ids_by_type.setdefault(row[0], []).append(row[1])
     existing: set[tuple[str, str]] = set()
     for resource_type, ids in ids_by_type.items():
+        # One text parameter split by the server: cheaper to send than an array of 1,000
+        # strings. Ids passed resource_check, so they hold no space.
         cursor.execute(
-            f"SELECT resource_id FROM {_TABLE} WHERE resource_type = %s AND resource_id = ANY(%s)", [resource_type, ids]
+            f"SELECT resource_id FROM {_TABLE} WHERE resource_type = %s AND resource_id = ANY(string_to_array(%s, ' '))",
+            [resource_type, " ".join(ids)],
         )
         existing.update((resource_type, resource_id) for (resource_id,) in cursor.fetchall())
     new = [row for row in rows if (row[0], row[1]) not in existing]
     known = [row for row in rows if (row[0], row[1]) in existing] if existing else []
     written = 0
     if new:
-        # Resources not stored yet (a first sync) go straight in with COPY: one pass
-        # instead of staging plus INSERT ... SELECT.
-        try:
-            with transaction.atomic(using=cursor.db.alias):
-                with raw.copy(f"COPY {_TABLE} ({columns}) FROM STDIN") as copy:
-                    copy.write(_copy_data(new))
+        if _copy_new(cursor, new):
             written += len(new)
-        except psycopg.errors.UniqueViolation:
+        else:
             # Another worker stored one of them in the meantime: upsert them all.
             known = rows
     if known:
@@ -469,7 +579,7 @@ def _upsert_postgres(cursor, rows: list[tuple]) -> int:
             f"ON CONFLICT (resource_type, resource_id) DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_POSTGRES}"
         )
         written += cursor.rowcount
-    return written
+    return written, bool(existing)
 
 
 def _upsert_sqlite(cursor, rows: list[tuple]) -> int:
@@ -479,67 +589,189 @@ def _upsert_sqlite(cursor, rows: list[tuple]) -> int:
         f"INSERT INTO {_TABLE} AS t ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
         f"ON CONFLICT (resource_type, resource_id) DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_SQLITE}"
     )
+    # Store timestamps as the ORM does (naive UTC text), so that its lookups match them.
+    adapt = cursor.db.ops.adapt_datetimefield_value
     for row in rows:
+        row = list(row)
+        for index in _DATETIME_INDEXES:
+            row[index] = adapt(row[index])
         cursor.execute(sql, row)
         written += cursor.rowcount
     return written
 
 
-def _rows_write(rows: list[tuple], *, using: str) -> int:
-    """Upsert ``rows`` in one transaction; return how many rows were inserted or replaced."""
+def _rows_write(rows: list[tuple], *, using: str, optimistic: bool = True) -> tuple[int, bool]:
+    """Upsert ``rows`` in one transaction.
+
+    Return how many rows were inserted or replaced, and whether some were stored already
+    (then the next batch had better not be ``optimistic``: see ``_upsert_postgres``).
+    """
     rows = _rows_dedupe(rows)
     db = connections[using]
     with transaction.atomic(using=using), db.cursor() as cursor:
         if db.vendor == "postgresql":
-            return _upsert_postgres(cursor, rows)
-        return _upsert_sqlite(cursor, rows)
+            return _upsert_postgres(cursor, rows, optimistic=optimistic)
+        return _upsert_sqlite(cursor, rows), True
+
+
+def _rows_build(items: list[tuple[Any, bytes]], *, provenance: tuple) -> list[tuple]:
+    """Return the table rows of checked resources: (parsed resource or None, its line)."""
+    rows = []
+    for resource, line in items:
+        if resource is None:
+            resource = orjson.loads(line)
+        meta = resource.get("meta")
+        if meta.__class__ is not dict:
+            meta = {}
+        version_id = meta.get("versionId")
+        patient_id, date, status = columns_extract(resource)
+        rows.append(
+            (
+                resource["resourceType"],
+                resource["id"],
+                version_id[:64] if version_id.__class__ is str else "",
+                fhir_instant_parse(meta.get("lastUpdated")),
+                patient_id[:64],
+                date,
+                status[:40],
+                search_tokens_extract(resource),
+                # The original JSON, not a re-serialisation (STYLE.md "FHIR").
+                line.decode(),
+                *provenance,
+            )
+        )
+    return rows
 
 
 class _Writer:
-    """Write batches, on a second thread when that is safe.
+    """Turn checked lines into rows and upsert them, in a helper process when that pays.
 
-    The thread (its own database connection) upserts one batch while the caller validates
-    the next; at most one batch waits, so memory stays flat. Inside an outer transaction
-    (a test, or a caller's atomic block) a second connection would not see it, so batches
-    are then written on the caller's connection.
+    fhir.resources validation is pure Python and holds the GIL, so anything else the
+    worker does per resource (columns, search tokens, COPY text, the database client) comes
+    straight off the validation rate; a thread does not help. Once a file proves larger
+    than one batch, a forked helper process does all of it: the worker only sends each
+    batch's checked lines down a pipe and goes on validating, while the helper and
+    Postgres work on other cores. At most one batch is in the helper while the next is
+    built, so memory stays flat. Small files, SQLite, and callers inside a transaction
+    (which a second connection could not see) write on the caller's connection.
     """
 
-    def __init__(self, *, using: str, background: bool | None) -> None:
+    def __init__(self, *, using: str, background: bool | None, provenance: tuple) -> None:
         self.using = using
+        self.provenance = provenance
         db = connections[using]
         if background is None:
-            background = db.vendor == "postgresql" and not db.in_atomic_block
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1) if background else None
-        self.pending: concurrent.futures.Future | None = None
+            background = db.vendor == "postgresql" and not db.in_atomic_block and hasattr(os, "fork")
+        self.background = background
+        self.pipe: multiprocessing.connection.Connection | None = None
+        self.pid = 0
+        self.pending = 0
         self.written = 0
+        self.stored_seen = False
 
-    def _write_in_thread(self, rows: list[tuple]) -> int:
-        try:
-            return _rows_write(rows, using=self.using)
-        except Exception:
-            # A broken connection must not be reused by the next batch.
-            connections[self.using].close()
-            raise
+    # Batches sent to the helper and not yet written: one being written, one being built.
+    IN_FLIGHT = 2
 
-    def submit(self, rows: list[tuple]) -> None:
-        if self.executor is None:
-            self.written += _rows_write(rows, using=self.using)
+    def submit(self, items: list[tuple[Any, bytes]], *, more: bool) -> None:
+        """Write one batch; ``more`` says whether further batches follow."""
+        # Never inside a transaction: the helper's connection could not see it, and closing
+        # the caller's connection (``_start``) would end it.
+        if self.pipe is None and self.background and more and not connections[self.using].in_atomic_block:
+            self._start()
+        if self.pipe is None:
+            written, self.stored_seen = _rows_write(
+                _rows_build(items, provenance=self.provenance), using=self.using, optimistic=not self.stored_seen
+            )
+            self.written += written
             return
-        self.wait()
-        self.pending = self.executor.submit(self._write_in_thread, rows)
+        while self.pending >= self.IN_FLIGHT:
+            self._receive()
+        self.pipe.send_bytes(b"\n".join(line for _, line in items))
+        self.pending += 1
 
-    def wait(self) -> None:
-        if self.pending is not None:
-            future, self.pending = self.pending, None
-            self.written += future.result()
+    def _receive(self) -> None:
+        try:
+            outcome, value = self.pipe.recv()
+        except EOFError:
+            raise RuntimeError("The ingest writer process ended unexpectedly.") from None
+        self.pending -= 1
+        if outcome == "error":
+            self.pending = 0
+            raise value
+        self.written += value
 
     def close(self) -> None:
+        if self.pipe is None:
+            return
         try:
-            self.wait()
+            while self.pending:
+                self._receive()
         finally:
-            if self.executor is not None:
-                self.executor.submit(lambda: connections[self.using].close()).result()
-                self.executor.shutdown()
+            self.pipe.close()  # the helper reads EOF and exits
+            self.pipe = None
+            os.waitpid(self.pid, 0)
+
+    def _start(self) -> None:
+        # The helper must not share the caller's database session: close it (we are
+        # outside any transaction; Django reconnects on next use) so that neither process
+        # inherits a live one.
+        connections[self.using].close()
+        parent_end, child_end = multiprocessing.Pipe()
+        pid = os.fork()
+        if pid == 0:  # the helper
+            parent_end.close()
+            _writer_serve(child_end, using=self.using, provenance=self.provenance)
+        child_end.close()
+        self.pipe, self.pid = parent_end, pid
+
+
+def _writer_serve(pipe: multiprocessing.connection.Connection, *, using: str, provenance: tuple) -> NoReturn:
+    """Upsert the batches that arrive on ``pipe`` until it closes; answer each with its count.
+
+    The rows of the next batch are built while a thread waits on Postgres for the last.
+    """
+    status = 0
+    database = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    writing: concurrent.futures.Future | None = None
+    stored_seen = False
+
+    def answer() -> None:
+        nonlocal stored_seen
+        written, stored_seen = writing.result()
+        pipe.send(("ok", written))
+
+    try:
+        while True:
+            if writing is not None and not pipe.poll():
+                # Nothing to build meanwhile, and the caller may be waiting for this answer.
+                answer()
+                writing = None
+            try:
+                data = pipe.recv_bytes()
+            except EOFError:
+                data = None
+            rows = _rows_build([(None, line) for line in data.split(b"\n")], provenance=provenance) if data else []
+            if writing is not None:
+                answer()
+                writing = None
+            if data is None:
+                break
+            writing = database.submit(_rows_write, rows, using=using, optimistic=not stored_seen)
+    except Exception as error:
+        status = 1
+        try:
+            pipe.send(("error", error))
+        except Exception:  # an exception that does not pickle, or a closed pipe
+            try:
+                pipe.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
+            except Exception:
+                pass
+    finally:
+        try:
+            database.submit(connections[using].close).result()
+        finally:
+            # Skip the parent's atexit handlers and buffers: they are not this process's.
+            os._exit(status)
 
 
 def _issues_write(issues: list[IngestIssue]) -> None:
@@ -586,14 +818,12 @@ def ndjson_ingest(
     using = DEFAULT_DB_ALIAS
     result = IngestResult()
     by_type: Counter[str] = Counter()
-    connection_id = connection.pk if connection else None
-    sync_job_id = sync_job.pk if sync_job else None
-    ingested_at = timezone.now()
-    rows: list[tuple] = []
+    provenance = (connection.pk if connection else None, sync_job.pk if sync_job else None, export_time, timezone.now())
+    batch: list[tuple[Any, bytes]] = []
     issues: list[IngestIssue] = []
-    writer = _Writer(using=using, background=background_writes)
+    writer = _Writer(using=using, background=background_writes, provenance=provenance)
     line_number = first_line - 1
-    loads = json.loads
+    parse, check = ndjson_line_parse, resource_check
     try:
         for raw in _lines_read(stream, start_byte=start_byte, end_byte=end_byte):
             line_number += 1
@@ -602,14 +832,9 @@ def ndjson_ingest(
                 continue
             result.lines += 1
             try:
-                try:
-                    text = stripped.decode()
-                    resource = loads(text)
-                except ValueError as error:  # JSONDecodeError and bad UTF-8 alike
-                    raise LineError(
-                        [outcome_issue(code="structure", diagnostics=f"The line is not JSON: {error}.")]
-                    ) from None
-                resource_check(resource, expected_type=expected_type, validation_level=validation_level, text=text)
+                resource = parse(stripped)
+                # orjson has checked that the line is UTF-8.
+                check(resource, expected_type=expected_type, validation_level=validation_level, text=stripped.decode())
             except LineError as error:
                 result.errors += 1
                 issues.append(
@@ -624,35 +849,15 @@ def ndjson_ingest(
                     _issues_write(issues)
                     issues = []
                 continue
-            resource_type = resource["resourceType"]
-            meta = resource.get("meta")
-            meta = meta if isinstance(meta, dict) else {}
-            version_id = meta.get("versionId")
-            patient_id, date, status = columns_extract(resource)
-            rows.append(
-                (
-                    resource_type,
-                    resource["id"],
-                    version_id[:64] if isinstance(version_id, str) else "",
-                    fhir_instant_parse(meta.get("lastUpdated")),
-                    patient_id[:64],
-                    date,
-                    status[:40],
-                    search_tokens_extract(resource),
-                    # The original JSON, not a re-serialisation (STYLE.md "FHIR").
-                    text,
-                    connection_id,
-                    sync_job_id,
-                    export_time,
-                    ingested_at,
-                )
-            )
-            by_type[resource_type] += 1
-            if len(rows) >= batch_size:
-                writer.submit(rows)
-                rows = []
-        if rows:
-            writer.submit(rows)
+            by_type[resource["resourceType"]] += 1
+            # A helper process parses the line again itself: drop the parsed resource now.
+            batch.append((None if writer.background else resource, stripped))
+            if len(batch) >= batch_size:
+                writer.submit(batch, more=True)
+                batch = []
+        if batch:
+            writer.submit(batch, more=False)
+        writer.close()
         if issues:
             _issues_write(issues)
     finally:
@@ -766,10 +971,7 @@ def deleted_apply(
             continue
         result.lines += 1
         try:
-            try:
-                bundle = json.loads(text)
-            except ValueError as error:
-                raise LineError([outcome_issue(code="structure", diagnostics=f"The line is not JSON: {error}.")]) from None
+            bundle = ndjson_line_parse(text)
             if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
                 raise LineError(
                     [outcome_issue(code="invalid", diagnostics="A deleted file holds Bundles.", expression=["resourceType"])]

@@ -232,17 +232,39 @@ def test_deleted_file_removes_the_listed_resources_of_that_payer_only(payer):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_ingest_outside_a_transaction_writes_on_a_second_thread(payer):
-    # Outside an atomic block (a Celery task) on Postgres, batches are written by a second
-    # thread while the next is validated; on SQLite on the caller's thread. Same result.
+def test_ingest_outside_a_transaction_writes_in_a_helper_process(payer):
+    # Outside an atomic block (a Celery task) on Postgres, a file longer than one batch is
+    # written by a forked helper process while the caller validates; on SQLite on the
+    # caller's connection. Same result, and the caller's connection still works after.
+    job = SyncJob.objects.create(connection=payer, level=SyncJob.Level.GROUP, scope_key="group:g1")
     lines = [fx.encounter(f"e{n}") for n in range(1, 26)] + ["bad"]
 
-    result = ingest(fx.ndjson(*lines), connection=payer, batch_size=4)
+    result = ingest(fx.ndjson(*lines), connection=payer, sync_job=job, batch_size=4)
 
     assert (result.stored, result.errors) == (25, 1)
-    assert LocalResource.objects.count() == 25
+    assert LocalResource.objects.filter(connection=payer, sync_job=job, export_time=EXPORT_TIME).count() == 25
+    assert LocalResource.objects.get(resource_id="e25").resource == fx.encounter("e25")
+    assert IngestIssue.objects.get().line_number == 26
     again = ingest(fx.ndjson(*lines), connection=payer, batch_size=4)
     assert (again.stored, again.unchanged) == (0, 25)
+    # Batches mixing stored and new resources: the new ones are added, the rest left as is.
+    mixed = ingest(fx.ndjson(*[fx.encounter(f"e{n}") for n in range(20, 31)]), connection=payer, batch_size=4)
+    assert (mixed.stored, mixed.unchanged) == (5, 6)
+    assert LocalResource.objects.count() == 30
+
+
+def test_a_character_jsonb_cannot_hold_fails_its_line_not_the_batch(payer):
+    nul = fx.encounter("e-nul")
+    nul["type"][0]["text"] = "a\x00b"
+    escaped_slash = json.dumps(fx.encounter("e-slash")).replace("Patient/jack", "Patient\\/jack")
+    lines = [fx.encounter("e1"), nul, escaped_slash, '{"resourceType": "Encounter", "id": "x\\ud800"}']
+
+    result = ingest(fx.ndjson(*lines), connection=payer, file_name="odd.ndjson")
+
+    assert (result.stored, result.errors) == (2, 2)
+    assert set(LocalResource.objects.values_list("resource_id", flat=True)) == {"e1", "e-slash"}
+    codes = [issue.outcome["issue"][0]["code"] for issue in IngestIssue.objects.filter(file_name="odd.ndjson")]
+    assert codes == ["not-supported", "structure"]
 
 
 def test_json_with_backslashes_tabs_and_unicode_round_trips(payer):
