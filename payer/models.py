@@ -407,6 +407,9 @@ class ExportJob(models.Model):
     transaction_time = models.DateTimeField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.IN_PROGRESS, db_index=True)
     error = models.CharField(max_length=500, blank=True)
+    # A failed job whose failure may pass (storage or database out of reach): its status
+    # answers with the OperationOutcome issue code ``transient`` (Bulk Data export.html).
+    error_transient = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)

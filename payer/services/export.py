@@ -12,6 +12,7 @@ Bulk Data IG 2.0.0 export.html; Da Vinci PDex STU2 Provider Access; CMS-0057-F.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, F, Lookup, OuterRef, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -46,6 +47,7 @@ from payer.services.access import organization_in_network, visible_members, visi
 from payer.services.auth import scope_granted_types
 from payer.services.export_params import (
     PATIENT_TYPES,
+    PROVENANCE_RELEVANT,
     SERVICE_DATE_FLOOR,
     SHARED_TYPES,
     SUPPORTED_TYPES,
@@ -227,8 +229,8 @@ def _unit_claim(*, unit_id: int) -> bool:
     )
 
 
-def _part_name(unit: ExportWorkUnit, part: int, *, deleted: bool = False) -> str:
-    kind = ".deleted" if deleted else ""
+def _part_name(unit: ExportWorkUnit, part: int, *, deleted: bool = False, error: bool = False) -> str:
+    kind = ".deleted" if deleted else ".error" if error else ""
     return f"exports/{unit.job.job_id}/{unit.resource_type}.{unit.sequence:05d}{kind}.{part:03d}.ndjson.gz"
 
 
@@ -295,7 +297,16 @@ class _UnitAbandoned(Exception):
 def _clinical_rows(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str]):
     """Return the unit's rows as a queryset of JSON texts, the alternatives of
     ``_typeFilter`` that must be re-checked on the parsed resource, and ``_elements``."""
-    resource_type = unit.resource_type
+    rows, python_filters = _clinical_queryset(resource_type=unit.resource_type, params=params, patient_ids=patient_ids)
+    keep = elements_for(params=params, resource_type=unit.resource_type)
+    # No ORDER BY: the (patient_id, resource_type, last_updated) index drives the scan.
+    texts = rows.order_by().annotate(text=Cast("resource", TextField())).values_list("text", flat=True)
+    return texts, python_filters, keep
+
+
+def _clinical_queryset(*, resource_type: str, params: ExportParams, patient_ids: list[str]):
+    """Return the ClinicalResource rows of ``resource_type`` and ``patient_ids`` that the
+    job exports, and the ``_typeFilter`` alternatives to re-check on each parsed row."""
     rows = ClinicalResource.objects.filter(resource_type=resource_type)
     postgres = connection.vendor == "postgresql"
     # Postgres: one array parameter instead of a thousand IN (...) parameters.
@@ -334,27 +345,141 @@ def _clinical_rows(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: l
         else:
             # Each alternative must be re-checked whole on the parsed row.
             python_filters = alternatives
-    keep = elements_for(params=params, resource_type=resource_type)
-    # No ORDER BY: the (patient_id, resource_type, last_updated) index drives the scan.
+    return rows, python_filters
+
+
+PROVENANCE_CHUNK = 1000
+
+
+def _provenance_exported_targets(*, params: ExportParams, patient_ids: list[str], member_pks: list[int],
+                                 references: set[str]) -> set[str]:
+    """Return those of ``references`` (``Type/id``) that the job exports (this batch's
+    patients; ``_since``, ``_until``, ``_typeFilter`` and the service-date floor applied)."""
+    by_type: dict[str, set[str]] = {}
+    for reference in references:
+        resource_type, _, resource_id = reference.partition("/")
+        by_type.setdefault(resource_type, set()).add(resource_id)
+    exported: set[str] = set()
+    for resource_type, ids in by_type.items():
+        if resource_type == "ExplanationOfBenefit":
+            # Mapped from the claims system, not stored: the EOBs of the batch's members.
+            eob_ids = {eob.get("id") for eob in _eob_resources(params=params, member_pks=member_pks)}
+            exported |= {f"{resource_type}/{i}" for i in ids & eob_ids}
+            continue
+        rows, python_filters = _clinical_queryset(resource_type=resource_type, params=params, patient_ids=patient_ids)
+        rows = rows.filter(resource_id__in=sorted(ids)).order_by()
+        if python_filters:
+            found = {resource_id for resource_id, resource in rows.values_list("resource_id", "resource")
+                     if any(resource_matches(resource=resource, criteria=c) for c in python_filters)}
+        else:
+            found = set(rows.values_list("resource_id", flat=True))
+        exported |= {f"{resource_type}/{i}" for i in found}
+    return exported
+
+
+def _provenance_recorded(resource: dict[str, Any]) -> str:
+    value = resource.get("recorded") or (resource.get("meta") or {}).get("lastUpdated") or ""
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.astimezone(datetime.UTC).isoformat()
+
+
+def _associated_provenance_lines(*, params: ExportParams, patient_ids: list[str], member_pks: list[int],
+                                 heartbeat: "_Heartbeat") -> Iterator[bytes]:
+    """Yield the batch's Provenance exported as associated data (includeAssociatedData).
+
+    Bulk Data 2.0 export.html#query-parameters, req 97-99: Provenance associated with the
+    non-Provenance resources being returned, so only those whose ``target`` names an
+    exported resource. RelevantProvenanceResources: every such Provenance;
+    LatestProvenanceResources: for each exported resource its most recent Provenance
+    (by ``recorded``), and no other (req 98). Two passes over the batch's Provenance: the
+    first finds which to send (memory grows with their ids, not their bodies), the second
+    streams them.
+    """
+    target_types = set(params.types) - {"Provenance"}
+    rows, _ = _clinical_queryset(resource_type="Provenance", params=dataclasses.replace(params, since=None, type_filters={}),
+                                 patient_ids=patient_ids)
     texts = rows.order_by().annotate(text=Cast("resource", TextField())).values_list("text", flat=True)
-    return texts, python_filters, keep
+    chosen: set[str] = set()
+    latest: dict[str, tuple[str, str]] = {}  # target -> (recorded, Provenance id)
+    chunk: list[tuple[str, str, list[str]]] = []
+
+    def settle() -> None:
+        references = {ref for _, _, refs in chunk for ref in refs}
+        exported = _provenance_exported_targets(params=params, patient_ids=patient_ids, member_pks=member_pks,
+                                                references=references) if references else set()
+        for provenance_id, recorded, refs in chunk:
+            for ref in refs:
+                if ref not in exported:
+                    continue
+                if params.provenance == PROVENANCE_RELEVANT:
+                    chosen.add(provenance_id)
+                elif ref not in latest or (recorded, provenance_id) > latest[ref]:
+                    latest[ref] = (recorded, provenance_id)
+        chunk.clear()
+
+    for text in _texts_stream(texts, heartbeat=heartbeat):
+        resource = json.loads(text)
+        if not isinstance(resource, dict):
+            continue  # not a resource: nothing it could be associated with
+        refs = [ref for target in resource.get("target") or [] if isinstance(target, dict)
+                and isinstance(ref := target.get("reference"), str) and ref.partition("/")[0] in target_types]
+        if refs:
+            chunk.append((str(resource.get("id")), _provenance_recorded(resource), refs))
+        if len(chunk) >= PROVENANCE_CHUNK:
+            settle()
+    settle()
+    chosen |= {provenance_id for _, provenance_id in latest.values()}
+    latest.clear()
+    if not chosen:
+        return
+    keep = elements_for(params=params, resource_type="Provenance")
+    for text in _texts_stream(texts, heartbeat=heartbeat):
+        resource = json.loads(text)
+        if isinstance(resource, dict) and str(resource.get("id")) in chosen:
+            if keep is not None:
+                resource = resource_subset(resource=resource, keep=keep)
+            yield json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def _clinical_lines(*, texts, python_filters: list, keep: Any, heartbeat: "_Heartbeat") -> Iterator[bytes]:
-    """Yield NDJSON lines of ClinicalResource rows, parsed only when ``_elements`` or a
-    JSON-level ``_typeFilter`` needs it.
+def _clinical_lines(*, rows, resource_type: str, python_filters: list, keep: Any, heartbeat: "_Heartbeat",
+                    errors: NDJSONPartWriter) -> Iterator[bytes]:
+    """Yield NDJSON lines of ClinicalResource rows (``(resource_id, text)``), parsed only
+    when ``_elements`` or a JSON-level ``_typeFilter`` needs it.
+
+    A stored row that cannot be processed (not a JSON object) is left out and reported in
+    ``errors`` as an OperationOutcome: Bulk Data req 142/143, the export still succeeds
+    (200) and the manifest's ``error`` files say what went wrong.
 
     Postgres: ``resource::text`` through a server-side cursor; SQLite: the stored text.
     """
-    for text in _texts_stream(texts, heartbeat=heartbeat):
+    for resource_id, text in _texts_stream(rows, heartbeat=heartbeat, flat=False):
         if python_filters or keep is not None:
-            resource = json.loads(text)
-            if python_filters and not any(resource_matches(resource=resource, criteria=c) for c in python_filters):
+            try:
+                resource = json.loads(text)
+                if not isinstance(resource, dict):
+                    raise TypeError(f"the stored resource is a JSON {type(resource).__name__}, not an object")
+                if python_filters and not any(resource_matches(resource=resource, criteria=c) for c in python_filters):
+                    continue
+                if keep is not None:
+                    resource = resource_subset(resource=resource, keep=keep)
+            except (ValueError, TypeError, AttributeError) as exc:
+                errors.write_lines([_resource_error_line(resource_type=resource_type, resource_id=resource_id, error=exc)])
                 continue
-            if keep is not None:
-                resource = resource_subset(resource=resource, keep=keep)
             text = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
         yield text.encode() + b"\n"
+
+
+def _resource_error_line(*, resource_type: str, resource_id: str, error: Exception) -> bytes:
+    """Return an error-file line: an OperationOutcome for one resource that was not exported."""
+    outcome = operation_outcome([outcome_issue(
+        code="processing", diagnostics=f"{resource_type}/{resource_id} was not exported: {error}",
+        expression=[resource_type])])
+    return json.dumps(outcome, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 # COPY in CSV format with a quote and a delimiter byte that JSON text never holds (jsonb
@@ -445,8 +570,9 @@ class _AnyOf(Lookup):
         return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
 
 
-def _texts_stream(texts, *, heartbeat: "_Heartbeat") -> Iterator[str]:
-    """Yield the stored JSON text of each row, ``ROWS_PER_FETCH`` rows per round trip.
+def _texts_stream(texts, *, heartbeat: "_Heartbeat", flat: bool = True) -> Iterator[Any]:
+    """Yield the stored JSON text of each row (the row's tuple unless ``flat``),
+    ``ROWS_PER_FETCH`` rows per round trip.
 
     Postgres: a server-side cursor inside a transaction (a cursor WITH HOLD, which
     Django's ``.iterator()`` uses in autocommit mode, would materialize the whole result
@@ -487,8 +613,8 @@ def _texts_stream(texts, *, heartbeat: "_Heartbeat") -> Iterator[str]:
                 if not rows:
                     break
                 heartbeat.beat()
-                for (text,) in rows:
-                    yield text
+                for row in rows:
+                    yield row[0] if flat else row
         finally:
             stop.set()
             while reader.is_alive():
@@ -501,13 +627,21 @@ def _texts_stream(texts, *, heartbeat: "_Heartbeat") -> Iterator[str]:
 
 def _eob_lines(*, unit: ExportWorkUnit, params: ExportParams, member_pks: list[int], heartbeat: _Heartbeat) -> Iterator[bytes]:
     """Yield NDJSON lines of ExplanationOfBenefit mapped from the claims system."""
-    since, until = params.since_dt(), params.until_dt()
-    alternatives = params.type_filters.get("ExplanationOfBenefit") or []
     keep = elements_for(params=params, resource_type="ExplanationOfBenefit")
-    floor = SERVICE_DATE_FLOOR.date().isoformat()
-    for count, eob in enumerate(eobs_for_members(member_ids=member_pks, since=since, until=until), 1):
+    for count, eob in enumerate(_eob_resources(params=params, member_pks=member_pks), 1):
         if count % ROWS_PER_FETCH == 0:
             heartbeat.beat()
+        if keep is not None:
+            eob = resource_subset(resource=eob, keep=keep)
+        yield json.dumps(eob, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _eob_resources(*, params: ExportParams, member_pks: list[int]) -> Iterator[dict[str, Any]]:
+    """Yield the ExplanationOfBenefit the job exports for ``member_pks``."""
+    since, until = params.since_dt(), params.until_dt()
+    alternatives = params.type_filters.get("ExplanationOfBenefit") or []
+    floor = SERVICE_DATE_FLOOR.date().isoformat()
+    for eob in eobs_for_members(member_ids=member_pks, since=since, until=until):
         last_updated = (eob.get("meta") or {}).get("lastUpdated")
         if since is not None and last_updated and datetime.datetime.fromisoformat(last_updated) <= since:
             continue  # mapping bounds _since inclusively; Bulk Data req 59 says "after".
@@ -516,9 +650,7 @@ def _eob_lines(*, unit: ExportWorkUnit, params: ExportParams, member_pks: list[i
             continue  # CMS-0057-F: dates of service from 2016-01-01 on.
         if alternatives and not any(resource_matches(resource=eob, criteria=c) for c in alternatives):
             continue
-        if keep is not None:
-            eob = resource_subset(resource=eob, keep=keep)
-        yield json.dumps(eob, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        yield eob
 
 
 def _unit_visible(*, unit: ExportWorkUnit, organization) -> tuple[list[str], list[int]]:
@@ -581,7 +713,7 @@ def _deleted_lines(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: l
 
 
 def _unit_write(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list[str], member_pks: list[int],
-                writer: NDJSONPartWriter, heartbeat: _Heartbeat) -> None:
+                writer: NDJSONPartWriter, errors: NDJSONPartWriter, heartbeat: _Heartbeat) -> None:
     """Write the unit's NDJSON through ``writer``: mapped EOBs, parsed rows when
     ``_elements`` or a JSON-level ``_typeFilter`` needs them, else the COPY stream."""
     if unit.resource_type == "ExplanationOfBenefit":
@@ -590,11 +722,17 @@ def _unit_write(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list
         return
     if unit.resource_type in PATIENT_TYPES and not patient_ids:
         return
+    if unit.resource_type == "Provenance" and params.provenance:
+        writer.write_lines(_associated_provenance_lines(params=params, patient_ids=patient_ids, member_pks=member_pks,
+                                                        heartbeat=heartbeat))
+        return
     texts, python_filters, keep = _clinical_rows(unit=unit, params=params, patient_ids=patient_ids)
     if connection.vendor == "postgresql" and not python_filters and keep is None:
         writer.write_blocks(_clinical_copy_blocks(texts=texts, heartbeat=heartbeat))
     else:
-        writer.write_lines(_clinical_lines(texts=texts, python_filters=python_filters, keep=keep, heartbeat=heartbeat))
+        rows = texts.values_list("resource_id", "text")
+        writer.write_lines(_clinical_lines(rows=rows, resource_type=unit.resource_type, python_filters=python_filters,
+                                           keep=keep, heartbeat=heartbeat, errors=errors))
 
 
 def export_unit_run(*, unit_id: int) -> None:
@@ -632,34 +770,38 @@ def _unit_run(*, unit_id: int) -> None:
     max_bytes = _setting("PA_EXPORT_FILE_MAX_BYTES")
     writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part), max_bytes=max_bytes)
     deleted_writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part, deleted=True), max_bytes=max_bytes)
+    error_writer = NDJSONPartWriter(name_for=lambda part: _part_name(unit, part, error=True), max_bytes=max_bytes)
+    writers = (writer, deleted_writer, error_writer)
     try:
         # Opt-outs (and ended attributions or contracts) are re-checked now, when the
         # unit runs, not when the job was created (issue: "re-checked when each unit runs").
         patient_ids, member_pks = _unit_visible(unit=unit, organization=organization)
         _unit_write(unit=unit, params=params, patient_ids=patient_ids, member_pks=member_pks,
-                    writer=writer, heartbeat=heartbeat)
+                    writer=writer, errors=error_writer, heartbeat=heartbeat)
         parts = writer.close()
         if params.since and unit.resource_type != "ExplanationOfBenefit":
             deleted_writer.write_lines(_deleted_lines(unit=unit, params=params, patient_ids=patient_ids))
         deleted_parts = deleted_writer.close()
+        error_parts = error_writer.close()
     except _UnitAbandoned:
-        writer.abort()
-        deleted_writer.abort()
-        export_names_delete(names=[p.name for p in writer.parts + deleted_writer.parts])
+        for each in writers:
+            each.abort()
+        export_names_delete(names=[p.name for each in writers for p in each.parts])
         return
     except Exception as exc:
-        writer.abort()
-        deleted_writer.abort()
-        _unit_fail(unit=unit, error=f"{type(exc).__name__}: {exc}")
+        for each in writers:
+            each.abort()
+        _unit_fail(unit=unit, error=exc)
         raise
     export_parts_prune(name_for=lambda part: _part_name(unit, part), first=len(parts))
     export_parts_prune(name_for=lambda part: _part_name(unit, part, deleted=True), first=len(deleted_parts))
+    export_parts_prune(name_for=lambda part: _part_name(unit, part, error=True), first=len(error_parts))
 
     with transaction.atomic():
         locked = ExportWorkUnit.objects.select_for_update().select_related("job").filter(pk=unit.pk).first()
         if locked is None or locked.job.status != ExportJob.Status.IN_PROGRESS:
             # Cancelled (DELETE) while running: the files must go too.
-            transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts + deleted_parts]))
+            transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts + deleted_parts + error_parts]))
             return
         if locked.status == ExportWorkUnit.Status.DONE:
             return  # Another run of the same unit finished first; its rows stand.
@@ -670,6 +812,9 @@ def _unit_run(*, unit_id: int) -> None:
             # Bulk Data 2.0: deleted files hold transaction Bundles; the manifest types them "Bundle".
             *(ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type="Bundle",
                          kind=ExportFile.Kind.DELETED, **file_row_fields(part)) for part in deleted_parts),
+            # Req 142: resources that failed to export, as OperationOutcome NDJSON.
+            *(ExportFile(file_id=secrets.token_urlsafe(24), job=job, unit=locked, resource_type="OperationOutcome",
+                         kind=ExportFile.Kind.ERROR, **file_row_fields(part)) for part in error_parts),
         ])
         locked.status = ExportWorkUnit.Status.DONE
         locked.count = sum(part.count for part in parts)
@@ -686,19 +831,36 @@ def _unit_run(*, unit_id: int) -> None:
         export_job_finalize(job_id=job.pk)
 
 
-def _unit_fail(*, unit: ExportWorkUnit, error: str) -> None:
+def _error_is_transient(error: BaseException) -> bool:
+    """Return True when the same work may well succeed later: storage or database out of
+    reach, a disk full, a network error of the object store."""
+    if isinstance(error, OSError | OperationalError | InterfaceError):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # django-storages' S3 backend not installed
+        return False
+    return isinstance(error, BotoCoreError | ClientError)
+
+
+def _unit_fail(*, unit: ExportWorkUnit, error: BaseException) -> None:
     """Record a failed run: back to pending for the reconciler, or failed for good."""
-    logger.warning("Export unit %s failed: %s", unit.pk, error)
+    text = f"{type(error).__name__}: {error}"
+    logger.warning("Export unit %s failed: %s", unit.pk, text)
     final = unit.attempts >= _setting("PA_EXPORT_MAX_ATTEMPTS")  # attempts counts this run
     ExportWorkUnit.objects.filter(pk=unit.pk).update(
         status=ExportWorkUnit.Status.FAILED if final else ExportWorkUnit.Status.PENDING,
         lease_expires_at=timezone.now() + _lease(),
-        error=error[:500],
+        error=text[:500],
     )
     if final:
         now = timezone.now()
+        transient = _error_is_transient(error)
+        reason = ("storage or database unavailable; a new export may succeed later" if transient
+                  else "an internal error")
         ExportJob.objects.filter(pk=unit.job_id, status=ExportJob.Status.IN_PROGRESS).update(
-            status=ExportJob.Status.FAILED, error="An export work unit failed repeatedly.", completed_at=now,
+            status=ExportJob.Status.FAILED, error=f"An export work unit failed repeatedly: {reason}.",
+            error_transient=transient, completed_at=now,
             expires_at=now + datetime.timedelta(hours=_setting("PA_EXPORT_EXPIRY_HOURS")),
         )
 

@@ -14,7 +14,7 @@ import datetime
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from django.db.models import Q
 from django.utils import timezone
@@ -50,9 +50,11 @@ SUPPORTED_TYPES = PATIENT_TYPES + SHARED_TYPES
 
 OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 
-# Bulk Data 2.0 includeAssociatedData; both Provenance presets return the Provenance of
-# the exported patients (this repository keeps only the latest version of a resource).
+# Bulk Data 2.0 includeAssociatedData (req 92-99): the Provenance whose targets are among
+# the non-Provenance resources exported; Relevant: all of them, Latest: for each exported
+# resource only its most recent one (by Provenance.recorded).
 ASSOCIATED_DATA = {"LatestProvenanceResources", "RelevantProvenanceResources"}
+PROVENANCE_LATEST, PROVENANCE_RELEVANT = "latest", "relevant"
 
 PDEX_EXPORT_TYPES = {
     "hl7.fhir.us.davinci-pdex#provider-download",
@@ -96,10 +98,16 @@ SUBSETTED_TAG = {
     "display": "subsetted",
 }
 
-# _typeFilter: the search parameters of the payer FHIR API. "column" parameters become
-# SQL on indexed columns of ClinicalResource; "json" ones are checked on the parsed row.
+# _typeFilter (issue 4: "at least the search parameters the payer FHIR API supports for
+# each type"): every parameter of payer/services/fhir.py (``_id``, ``_lastUpdated``;
+# ``identifier`` on Patient; ``patient`` on the other types of the patient compartment;
+# ``date`` on Encounter) and more. "column" parameters become SQL on indexed columns of
+# ClinicalResource; the others are checked on the parsed row.
 COMMON_SEARCH = {"_lastUpdated": "date", "_id": "token"}
+# Types of the patient compartment searchable by ``patient`` (all but Patient itself).
+PATIENT_SEARCH = {"patient": "reference"}
 TYPE_SEARCH: dict[str, dict[str, str]] = {
+    "Patient": {"identifier": "token"},
     "Encounter": {"date": "date", "status": "token", "type": "token", "class": "token"},
     "Observation": {"date": "date", "status": "token", "category": "token", "code": "token"},
     "Condition": {"category": "token", "code": "token", "clinical-status": "token", "onset-date": "date"},
@@ -119,7 +127,8 @@ TYPE_SEARCH: dict[str, dict[str, str]] = {
 }
 # Parameters answered from indexed ClinicalResource columns (the rest look at the JSON).
 # ``date`` is the column holding each type's clinical date (see ClinicalResource.date).
-COLUMN_PARAMS = {"_lastUpdated": "last_updated", "_id": "resource_id", "status": "status", "date": "date"}
+COLUMN_PARAMS = {"_lastUpdated": "last_updated", "_id": "resource_id", "status": "status", "date": "date",
+                 "patient": "patient_id"}
 # JSON paths of the other parameters (first match wins; lists are walked).
 JSON_PATHS: dict[str, tuple[str, ...]] = {
     "category": ("category",),
@@ -139,7 +148,11 @@ JSON_PATHS: dict[str, tuple[str, ...]] = {
     "_lastUpdated": ("meta.lastUpdated",),
     "_id": ("id",),
     "date": ("date",),
+    "identifier": ("identifier",),
+    # R4 CompartmentDefinition Patient: where each exported type names its patient.
+    "patient": ("patient", "subject", "beneficiary"),
 }
+REFERENCE_PARAMS = {"patient"}
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _ELEMENT_NAME = re.compile(r"^[a-z][A-Za-z0-9]*(\[x\])?$")
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]+$")
@@ -159,6 +172,9 @@ class ExportParams:
     elements: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     patients: list[str] | None = None
     include_associated: list[str] = dataclasses.field(default_factory=list)
+    # PROVENANCE_LATEST or PROVENANCE_RELEVANT when Provenance is exported as associated
+    # data of the other types, not as a type of its own; None otherwise.
+    provenance: str | None = None
     export_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -235,9 +251,13 @@ def _split(values: Iterable[str]) -> list[str]:
 
 
 def _parse_instant(value: str, *, name: str, issues: _Issues) -> datetime.datetime | None:
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)) is not None:
-        parsed = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None and (day := parse_date(value)) is not None:
+            parsed = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+    except ValueError:
+        # Well formed but no such day or time (2020-13-45, 2020-02-30): malformed, not a 500.
+        parsed = None
     if parsed is None or timezone.is_naive(parsed):
         issues.add(f"{name} must be a FHIR instant with a time zone, got {value!r}.", expression=name)
         return None
@@ -245,38 +265,92 @@ def _parse_instant(value: str, *, name: str, issues: _Issues) -> datetime.dateti
 
 
 def _date_range(value: str) -> tuple[datetime.datetime, datetime.datetime] | None:
-    """Return [start, end) of a FHIR date/dateTime search value at its precision."""
+    """Return [start, end) of a FHIR date/dateTime search value at its precision, or None
+    when it is not a date: malformed, no such day (2020-13-45), or an end past year 9999."""
+    try:
+        return _date_range_unchecked(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+_END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+def _month_start(year: int, month: int) -> datetime.datetime:
+    # The end of 9999 (or of its December) is past datetime's range: the end of time.
+    if year > 9999:
+        return _END_OF_TIME
+    return datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
+
+
+def _after(start: datetime.datetime, delta: datetime.timedelta) -> datetime.datetime:
+    try:
+        return start + delta
+    except OverflowError:
+        return _END_OF_TIME
+
+
+def _date_range_unchecked(value: str) -> tuple[datetime.datetime, datetime.datetime] | None:
     if re.fullmatch(r"\d{4}", value):
         year = int(value)
-        return (datetime.datetime(year, 1, 1, tzinfo=datetime.UTC), datetime.datetime(year + 1, 1, 1, tzinfo=datetime.UTC))
+        return _month_start(year, 1), _month_start(year + 1, 1)
     if re.fullmatch(r"\d{4}-\d{2}", value):
         year, month = map(int, value.split("-"))
-        start = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
-        end = datetime.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=datetime.UTC)
-        return start, end
+        return _month_start(year, month), _month_start(year + (month == 12), month % 12 + 1)
     if (day := parse_date(value)) is not None and len(value) == 10:
         start = datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
-        return start, start + datetime.timedelta(days=1)
+        return start, _after(start, datetime.timedelta(days=1))
     parsed = parse_datetime(value)
     if parsed is None:
         return None
     if timezone.is_naive(parsed):
         parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed, parsed + datetime.timedelta(seconds=1)
+    return parsed, _after(parsed, datetime.timedelta(seconds=1))
+
+
+def supported_search_params(resource_type: str) -> dict[str, str]:
+    """Return the ``_typeFilter`` search parameters of ``resource_type`` and their types."""
+    compartment = PATIENT_SEARCH if resource_type in PATIENT_TYPES and resource_type != "Patient" else {}
+    return {**COMMON_SEARCH, **compartment, **TYPE_SEARCH.get(resource_type, {})}
+
+
+def _query_pairs(text: str) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """Split ``Type?query`` into (type, query, [(name, value), ...]), decoding once.
+
+    Bulk Data 2.0 export.html#_typefilter: the value is a FHIR search query, URL-encoded
+    as a whole in the kick-off URL; Django has already undone that encoding. The query's
+    own names and values are percent-decoded once more (a ``|`` sent as ``%7C``), never
+    form-decoded: a ``+`` stays a ``+`` (a time zone offset such as ``+02:00``). A client
+    that encoded the whole query twice (``Type%3Fparam%3Dvalue``) gets one decoding of it.
+    """
+    resource_type, mark, query = text.partition("?")
+    decode = unquote
+    if not mark and "%3f" in text.lower():
+        resource_type, mark, query = unquote(text).partition("?")
+        decode = str  # already decoded once above: never twice
+    if not mark or not query:
+        return None
+    pairs = []
+    for pair in query.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            pairs.append((decode(name), decode(value)))
+    return resource_type, query, pairs
 
 
 def _parse_type_filter(text: str, *, types: list[str], issues: _Issues) -> tuple[str, list[list[str]]] | None:
     """Parse one ``Type?param=value&...`` into (type, [[param, prefix, value], ...])."""
-    resource_type, mark, query = unquote(text).partition("?")
-    if not mark or not query:
+    split = _query_pairs(text)
+    if split is None:
         issues.add(f"_typeFilter {text!r} must look like Type?param=value.", expression="_typeFilter")
         return None
+    resource_type, _query, pairs = split
     if resource_type not in SUPPORTED_TYPES:
         issues.add(f"_typeFilter names an unsupported resource type {resource_type!r}.", code="not-supported", expression="_typeFilter")
         return None
-    supported = {**COMMON_SEARCH, **TYPE_SEARCH.get(resource_type, {})}
+    supported = supported_search_params(resource_type)
     criteria: list[list[str]] = []
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    for name, value in pairs:
         base, _, modifier = name.partition(":")
         if base in {"_include", "_revinclude", "_sort", "_count", "_elements", "_summary"}:
             # Bulk Data req 104: search result parameters SHALL NOT be used in _typeFilter.
@@ -299,6 +373,16 @@ def _parse_type_filter(text: str, *, types: list[str], issues: _Issues) -> tuple
                 issues.add(f"_typeFilter {name}={value} is not a supported date search.", expression="_typeFilter")
                 return None
             criteria.append([base, prefix, rest])
+        elif supported[base] == "reference":
+            # R4 search.html#reference: [Type/]id; only Patient references name a patient.
+            ids = []
+            for reference in value.split(","):
+                kind, slash, patient_id = reference.strip().rpartition("/")
+                if (slash and kind != "Patient") or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient_id):
+                    issues.add(f"_typeFilter {name}={value} is not a Patient reference.", expression="_typeFilter")
+                    return None
+                ids.append(patient_id)
+            criteria.append([base, "", ",".join(ids)])
         else:
             criteria.append([base, "", value])
     return resource_type, criteria
@@ -408,8 +492,15 @@ def export_params_parse(
                        expression="includeAssociatedData")
             continue
         params.include_associated.append(value)
-    if params.include_associated and "Provenance" not in types and "Provenance" in granted_types:
-        types.append("Provenance")
+    if params.include_associated and "Provenance" not in requested:
+        # Req 96: conflicting values get the least restrictive (Relevant returns more).
+        # Req 98: with Latest no other Provenance is returned, also when _type is omitted
+        # (which otherwise exports all Provenance, req 109-112). A _type that names
+        # Provenance asks for every Provenance: the least restrictive reading again.
+        relevant = "RelevantProvenanceResources" in params.include_associated
+        params.provenance = PROVENANCE_RELEVANT if relevant else PROVENANCE_LATEST
+        if "Provenance" not in types and "Provenance" in granted_types:
+            types.append("Provenance")
 
     # PDex STU2 $davinci-data-export exportType; provider-delta needs _since.
     if operation == "davinci-data-export":
@@ -451,6 +542,8 @@ def type_filter_q(*, criteria: list[list[str]]) -> tuple[Q, list[list[str]]]:
                 "le": Q(**{f"{column}__lt": end}),
                 "lt": Q(**{f"{column}__lt": start}),
             }[prefix]
+        elif name in REFERENCE_PARAMS:
+            q &= Q(**{f"{column}__in": value.split(",")})
         else:
             alternatives = Q()
             for token in value.split(","):
@@ -475,7 +568,13 @@ def _token_matches(candidate: Any, token: str) -> bool:
     system, bar, code = token.rpartition("|")
     codings: list[Any]
     if isinstance(candidate, dict):
-        codings = candidate.get("coding", [candidate]) if "coding" in candidate else [candidate]
+        if "coding" in candidate:
+            codings = candidate["coding"]
+        elif "value" in candidate and "code" not in candidate:
+            # An Identifier: system|value.
+            codings = [{"system": candidate.get("system"), "code": candidate.get("value")}]
+        else:
+            codings = [candidate]
     else:
         return not bar and str(candidate) == code
     for coding in codings:
@@ -509,7 +608,11 @@ def resource_matches(*, resource: Mapping[str, Any], criteria: list[list[str]]) 
     """Return True when the parsed resource meets every criterion (one _typeFilter)."""
     for name, prefix, value in criteria:
         candidates = [v for path in JSON_PATHS.get(name, (name,)) for v in _values_at(resource, path)]
-        if prefix:
+        if name in REFERENCE_PARAMS:
+            wanted = {f"Patient/{patient_id}" for patient_id in value.split(",")}
+            if not any(isinstance(c, dict) and c.get("reference") in wanted for c in candidates):
+                return False
+        elif prefix:
             if not any(_date_matches(c, prefix, value) for c in candidates):
                 return False
         elif not any(_token_matches(c, token) for c in candidates for token in value.split(",")):

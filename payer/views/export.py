@@ -63,9 +63,9 @@ class _KickOffView(PayerFHIRView):
                 if group is None:
                     raise FHIRError(f"Group/{group_id} not found.", status=404, code="not-found")
             if not respond_async:
-                # Bulk Data 2.0 kick-off: Prefer: respond-async is required of the client.
-                if not lenient:
-                    raise FHIRError("The kick-off request needs the header Prefer: respond-async.", code="required")
+                # Bulk Data 2.0 kick-off (req 45/46): Prefer: respond-async is required of
+                # the client; handling=lenient relaxes the parameters, never the header.
+                raise FHIRError("The kick-off request needs the header Prefer: respond-async.", code="required")
             request_url = request.build_absolute_uri() if request.method == "GET" else request.build_absolute_uri(request.path)
             if settings.PA_BASE_URL:
                 request_url = _absolute(request, request.get_full_path() if request.method == "GET" else request.path)
@@ -136,13 +136,19 @@ class ExportStatusView(PayerFHIRView):
         job = export_services.export_job_get(job_id=job_id, client=request.user)
         if job.status == ExportJob.Status.IN_PROGRESS:
             retry_after = export_services.export_poll_check(job=job)
-            # Req 132/133: 202 with X-Progress; Retry-After (req 125).
-            return HttpResponse(status=202, headers={"Retry-After": str(retry_after),
-                                                     "X-Progress": export_services.export_progress(job=job)})
+            # Req 132/133: 202 with X-Progress; Retry-After (req 125). Bulk Data 2.0
+            # export.html#response---in-progress-status gives the 202 no body, so it gets
+            # no Content-Type either (Django's default text/html would describe nothing).
+            response = HttpResponse(status=202, headers={"Retry-After": str(retry_after),
+                                                         "X-Progress": export_services.export_progress(job=job)})
+            del response["Content-Type"]
+            return response
         if job.status == ExportJob.Status.FAILED:
-            # Req 131/136/137: an OperationOutcome; ``exception`` (not transient): the job
-            # itself failed, retrying the poll will not help.
-            raise FHIRError(f"The export failed: {job.error or 'unknown error'}", status=500, code="exception")
+            # Req 131/136/137: 5xx with an OperationOutcome. ``transient`` when the cause may
+            # pass (storage or database out of reach: a new kick-off later may succeed),
+            # else ``exception``.
+            raise FHIRError(f"The export failed: {job.error or 'unknown error'}", status=500,
+                            code="transient" if job.error_transient else "exception")
         manifest = export_services.export_manifest(job=job, file_url_base=_absolute(request, "/storage/files/"))
         # Req 144-147: 200, application/json, Expires.
         return HttpResponse(json.dumps(manifest), status=200, content_type="application/json",

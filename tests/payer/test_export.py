@@ -80,8 +80,10 @@ def _wait_complete(status_url: str, token: str, *, timeout: float = 60, worker=N
         response = requests.get(status_url, headers=_auth(token, Accept="application/json"), timeout=30)
         if response.status_code != 202:
             return response
-        # Req 132/133/125: in progress is 202 with X-Progress and Retry-After.
+        # Req 132/133/125: in progress is 202 with X-Progress and Retry-After; no body,
+        # so no (misleading text/html) Content-Type.
         assert response.headers["X-Progress"] and len(response.headers["X-Progress"]) < 100
+        assert response.content == b"" and "Content-Type" not in response.headers
         time.sleep(float(response.headers["Retry-After"]))
     pytest.fail(f"export did not complete; worker log:\n{worker.log() if worker else ''}")
 
@@ -112,6 +114,8 @@ def test_group_export_end_to_end(live_server, celery_worker):
     clinical_resource_create(resource_type="Patient", resource_id=outsider.patient_id)
     clinical_resource_create(resource_type="Encounter", patient_id=outsider.patient_id)
 
+    # Bulk Data req 29: GET kick-off; req 250: [base]/Group/[id]/$export; req 224/249/227:
+    # the asynchronous request pattern (202 + Content-Location, polling, manifest).
     kick = _kick_off(live_server, pop["token"], f"Group/{pop['group_id']}/$export")
     # Req 300/301: 202 with an absolute Content-Location.
     assert kick.status_code == 202, kick.text
@@ -126,19 +130,24 @@ def test_group_export_end_to_end(live_server, celery_worker):
     expires = datetime.datetime.strptime(done.headers["Expires"], "%a, %d %b %Y %H:%M:%S GMT")
     assert 23 <= (expires - datetime.datetime.utcnow()).total_seconds() / 3600 <= 24.1
     manifest = done.json()
-    # Req 150-168: required fields.
+    # Req 150-168: required fields. Bulk Data req 147: a JSON body with metadata and links.
     job = ExportJob.objects.get()
     assert manifest["transactionTime"] == job.transaction_time.isoformat().replace("+00:00", "Z")
     assert manifest["request"] == f"{live_server.url}/payer/fhir/Group/{pop['group_id']}/$export"
     assert manifest["requiresAccessToken"] is True
-    assert manifest["error"] == []
+    # Bulk Data req 191/192: "error" is required, an array (empty: nothing went wrong).
+    assert isinstance(manifest["error"], list) and manifest["error"] == []
     assert "deleted" not in manifest  # no _since
     for item in manifest["output"]:
         assert item["url"].startswith(live_server.url + "/storage/files/")  # req 175: absolute
         assert isinstance(item["count"], int)
 
+    # Bulk Data req 148/204: every file is accessible with GET at the advertised URL.
     data = _resources(manifest, pop["token"])
     wanted = {m.patient_id for m in pop["members"]}
+    # Bulk Data req 27/226: only resources the client is authorized for (its attributed
+    # members; the outsider's data never goes out). Req 63: _type omitted, every
+    # supported type with data is exported.
     assert {p["id"] for p in data["Patient"]} == wanted
     assert len(data["Encounter"]) == 4 and len(data["Observation"]) == 2
     assert all(e["subject"]["reference"].removeprefix("Patient/") in wanted for e in data["Encounter"])
@@ -154,6 +163,7 @@ def test_eob_export_has_no_financial_data_and_respects_service_date_floor(live_s
     member = pop["members"][0]
     claim_create(member=member)
     claim_create(member=member, service_end=datetime.date(2015, 6, 1))  # before 2016: CMS-0057-F
+    # Bulk Data req 273: [base]/Patient/$export; req 225/272: asynchronous request pattern.
     kick = _kick_off(live_server, pop["token"], "Patient/$export", params={"_type": "ExplanationOfBenefit"})
     manifest = _wait_complete(kick.headers["Content-Location"], pop["token"], worker=celery_worker).json()
     eobs = _resources(manifest, pop["token"])["ExplanationOfBenefit"]
@@ -234,6 +244,7 @@ def test_opt_out_saved_after_kick_off_keeps_member_out(live_server, start_worker
 def test_delete_cancels_the_job_and_removes_its_files(live_server, celery_worker):
     # Req 305-307, 119-122: DELETE answers 202; later polls answer 404 + OperationOutcome.
     pop = _population(members=1)
+    # Bulk Data req 223/229: system level $export by the asynchronous request pattern.
     kick = _kick_off(live_server, pop["token"], "$export")
     status_url = kick.headers["Content-Location"]
     manifest = _wait_complete(status_url, pop["token"], worker=celery_worker).json()
@@ -285,6 +296,8 @@ def test_concurrent_job_limit_and_polling_too_fast_get_429(live_server, transact
     status_url = first.headers["Content-Location"]
     poll = requests.get(status_url, headers=_auth(pop["token"]), timeout=30)
     assert poll.status_code == 202 and poll.headers["Retry-After"] == "1"  # small job: 1 s
+    # Bulk Data 2.0 in-progress status: 202, no body, hence no Content-Type.
+    assert poll.content == b"" and "Content-Type" not in poll.headers
     assert poll.headers["X-Progress"].startswith("0%")
     too_fast = requests.get(status_url, headers=_auth(pop["token"]), timeout=30)
     assert too_fast.status_code == 429 and int(too_fast.headers["Retry-After"]) >= 1
@@ -428,9 +441,11 @@ def test_kick_off_parameters(live_server, celery_worker):
     assert {item["type"] for item in manifest["output"]} == {"Patient", "Encounter"}
 
     # _since (req 59) filters on last update; the manifest then has "deleted" (req 182/183).
-    manifest = _run(live_server, token, group, celery_worker, params={"_type": "Encounter", "_since": "2023-01-01T00:00:00Z"})
-    assert sorted(e["id"] for e in _resources(manifest, token)["Encounter"]) == sorted(f"new-{m.patient_id}" for m in pop["members"])
-    assert manifest["deleted"] == []
+    # Bulk Data req 53/254: _since at the group level; req 234: at the system level.
+    for path in (group, "$export"):
+        manifest = _run(live_server, token, path, celery_worker, params={"_type": "Encounter", "_since": "2023-01-01T00:00:00Z"})
+        assert sorted(e["id"] for e in _resources(manifest, token)["Encounter"]) == sorted(f"new-{m.patient_id}" for m in pop["members"])
+        assert manifest["deleted"] == []
 
     # _until (Bulk Data STU3 addition): resources changed up to that instant.
     manifest = _run(live_server, token, group, celery_worker, params={"_type": "Encounter", "_until": "2021-01-01T00:00:00Z"})
@@ -467,9 +482,14 @@ def test_kick_off_parameters(live_server, celery_worker):
                     params={"_type": "Encounter", "includeAssociatedData": "RelevantProvenanceResources"})
     assert len(_resources(manifest, token)["Provenance"]) == 2
 
-    # _outputFormat: the full and abbreviated NDJSON types (req 51/52).
+    # _outputFormat: the full and abbreviated NDJSON types (req 51/52). Bulk Data req 251:
+    # supported at the group level, req 231 at the system level, req 274 at the patient level.
     for output_format in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
         manifest = _run(live_server, token, group, celery_worker, params={"_type": "Patient", "_outputFormat": output_format})
+        assert len(_resources(manifest, token)["Patient"]) == 2
+    for path in ("$export", "Patient/$export"):
+        manifest = _run(live_server, token, path, celery_worker,
+                        params={"_type": "Patient", "_outputFormat": "application/fhir+ndjson"})
         assert len(_resources(manifest, token)["Patient"]) == 2
 
     # Prefer: handling=lenient (req 72, 197): bad parameters are ignored and listed in error.
@@ -490,6 +510,14 @@ def test_kick_off_parameters(live_server, celery_worker):
         ({"_since": "yesterday"}, 400, "invalid"),
         ({"_since": "2024-01-01T00:00:00"}, 400, "invalid"),  # an instant needs a time zone
         ({"_since": "2024-02-01T00:00:00Z", "_until": "2024-01-01T00:00:00Z"}, 400, "invalid"),
+        # Well formed, but no such day: once a ValueError and a 500.
+        ({"_since": "2020-13-45T00:00:00Z"}, 400, "invalid"),
+        ({"_since": "2020-02-30"}, 400, "invalid"),
+        ({"_until": "2021-02-29T10:00:00Z"}, 400, "invalid"),
+        ({"_typeFilter": "Encounter?date=ge2020-13-45"}, 400, "invalid"),
+        ({"_typeFilter": "Encounter?date=2021-02-29"}, 400, "invalid"),
+        ({"_typeFilter": "Encounter?patient=Group/1"}, 400, "invalid"),
+        ({"_typeFilter": "Patient?patient=Patient/1"}, 400, "not-supported"),
         ({"_typeFilter": "Observation?_sort=date"}, 400, "invalid"),  # req 104
         ({"_typeFilter": "Observation?value-quantity=5"}, 400, "not-supported"),  # req 105
         ({"_typeFilter": "Observation"}, 400, "invalid"),
@@ -517,16 +545,23 @@ def test_kick_off_headers_and_scopes(live_server, transactional_db):
     missing_prefer = _kick_off(live_server, pop["token"], path, headers={"Accept": "application/fhir+json"})
     assert missing_prefer.status_code == 400
     OperationOutcome.model_validate(missing_prefer.json())
+    # handling=lenient relaxes parameters, not the header: still 400 without respond-async.
+    lenient_only = _kick_off(live_server, pop["token"], path,
+                             headers={"Accept": "application/fhir+json", "Prefer": "handling=lenient"})
+    assert lenient_only.status_code == 400, lenient_only.text
+    assert OperationOutcome.model_validate(lenient_only.json()).issue[0].code == "required"
+    assert not ExportJob.objects.exists()
     # A missing Accept is processed as application/fhir+json (req 44); an unsupported one is 406.
     assert _kick_off(live_server, pop["token"], path, headers={"Prefer": "respond-async"}).status_code == 202
     assert _kick_off(live_server, pop["token"], path, headers={"Prefer": "respond-async", "Accept": "text/html"}).status_code == 406
-    # Req 9: only types the scopes grant; asking for others is 403.
+    # Req 9, Bulk Data req 27/226: only types the scopes grant; asking for others is 403.
     narrow = bearer_token_for(pop["org"], scopes="system/Encounter.read")
     forbidden = _kick_off(live_server, narrow, path, params={"_type": "Patient"})
     assert forbidden.status_code == 403
     assert OperationOutcome.model_validate(forbidden.json()).issue[0].code == "forbidden"
     assert _kick_off(live_server, narrow, path).status_code == 202
     job = ExportJob.objects.filter(scopes="system/Encounter.read").get()
+    # Bulk Data req 63: _type omitted, all supported types within the client's authorization.
     assert job.params["types"] == ["Encounter"]
     # System level takes no patient parameter.
     assert _kick_off(live_server, pop["token"], "$export", params={"patient": f"Patient/{pop['members'][0].patient_id}"}).status_code == 400
@@ -733,3 +768,246 @@ def test_status_denials_are_audited(live_server, transactional_db):
     assert sorted((e.action, e.status_code) for e in denied) == [
         ("export-cancel", 404), ("export-status", 404), ("export-status", 404), ("export-status", 429)]
     assert all(job_id in e.detail for e in denied)
+
+
+# --- Review fixes: dates, _typeFilter decoding and parameters, associated Provenance,
+# failures, PDex export types -------------------------------------------------------------
+
+
+def test_type_filter_dates_keep_offsets_and_reach_year_9999(live_server, celery_worker):
+    # A _typeFilter value is one URL-encoded FHIR query (Bulk Data export.html#_typefilter):
+    # decoded once, so "+02:00" stays an offset (it once became a space and a 400).
+    pop = _population(members=1, encounters=0, observations=0)
+    patient_id = pop["members"][0].patient_id
+    inside = datetime.datetime(2019, 12, 31, 23, 30, tzinfo=datetime.UTC)  # after 2020-01-01T01:00+02:00
+    outside = datetime.datetime(2019, 12, 31, 22, 30, tzinfo=datetime.UTC)  # before it
+    clinical_resource_create(resource_type="Encounter", patient_id=patient_id, resource_id="enc-inside", date=inside)
+    clinical_resource_create(resource_type="Encounter", patient_id=patient_id, resource_id="enc-outside", date=outside)
+    token, path = pop["token"], "Patient/$export"
+    query = "Encounter?date=ge2020-01-01T01:00:00+02:00"
+    # GET: requests encodes "+" as %2B in the kick-off URL.
+    manifest = _run(live_server, token, path, celery_worker, params={"_type": "Encounter", "_typeFilter": query})
+    assert [e["id"] for e in _resources(manifest, token)["Encounter"]] == ["enc-inside"]
+    # POST Parameters: the query as it is, no URL encoding around it.
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Encounter"}, {"name": "_typeFilter", "valueString": query}]}
+    manifest = _run(live_server, token, path, celery_worker, method="POST", body=body)
+    assert [e["id"] for e in _resources(manifest, token)["Encounter"]] == ["enc-inside"]
+    # A value encoded inside the query (%2B) is decoded once, to the same offset.
+    manifest = _run(live_server, token, path, celery_worker,
+                    params={"_type": "Encounter", "_typeFilter": "Encounter?date=ge2020-01-01T01:00:00%2B02:00"})
+    assert [e["id"] for e in _resources(manifest, token)["Encounter"]] == ["enc-inside"]
+    # The end of December 9999 is past what datetime holds: once a 500, now "everything".
+    manifest = _run(live_server, token, path, celery_worker,
+                    params={"_type": "Encounter", "_typeFilter": "Encounter?date=le9999-12"})
+    assert sorted(e["id"] for e in _resources(manifest, token)["Encounter"]) == ["enc-inside", "enc-outside"]
+
+
+def test_malformed_dates_under_lenient_handling_are_ignored_and_reported(live_server, celery_worker):
+    # Prefer: handling=lenient (req 72, 197): the impossible dates are ignored and listed.
+    pop = _population(members=1)
+    manifest = _run(live_server, pop["token"], "Patient/$export", celery_worker,
+                    params={"_type": "Encounter", "_since": "2020-02-30", "_typeFilter": "Encounter?date=ge2020-13-45"},
+                    headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=lenient"})
+    assert len(_resources(manifest, pop["token"])["Encounter"]) == 2
+    errors = _resources(manifest, pop["token"], kind="error")["OperationOutcome"]
+    diagnostics = " ".join(issue["diagnostics"] for outcome in errors for issue in outcome["issue"])
+    assert "2020-02-30" in diagnostics and "2020-13-45" in diagnostics
+
+
+def test_type_filter_takes_every_search_parameter_of_the_payer_fhir_api(live_server, celery_worker):
+    # Issue 4: _typeFilter supports "at least the search parameters the payer FHIR API
+    # supports for each type" (payer/services/fhir.py), e.g. Patient?identifier= and
+    # Encounter?patient= (once both 400).
+    from payer.services.export_params import SUPPORTED_TYPES, supported_search_params
+    from payer.services.fhir import READABLE_TYPES, allowed_search_params
+
+    for resource_type in READABLE_TYPES:
+        api = set(allowed_search_params(resource_type)) - {"_count", "_offset"}  # result/paging parameters (req 104)
+        assert resource_type in SUPPORTED_TYPES
+        assert api <= set(supported_search_params(resource_type)), resource_type
+
+    pop = _population(members=2, encounters=2, observations=0)
+    first, second = pop["members"]
+    from payer.models import ClinicalResource
+
+    for member in pop["members"]:
+        row = ClinicalResource.objects.get(resource_type="Patient", resource_id=member.patient_id)
+        row.resource = {**row.resource, "identifier": [{"system": "https://unitedcare.example/member", "value": member.member_id}]}
+        row.save()
+    token = pop["token"]
+    filters = [("_type", "Patient,Encounter"),
+               ("_typeFilter", f"Patient?identifier=https://unitedcare.example/member|{first.member_id}"),
+               ("_typeFilter", f"Encounter?patient=Patient/{second.patient_id}")]
+    manifest = _run(live_server, token, f"Group/{pop['group_id']}/$export", celery_worker, params=filters)
+    data = _resources(manifest, token)
+    assert [p["id"] for p in data["Patient"]] == [first.patient_id]
+    assert {e["subject"]["reference"] for e in data["Encounter"]} == {f"Patient/{second.patient_id}"}
+    assert len(data["Encounter"]) == 2
+    # The bare id and a JSON-level criterion beside it (parsed-row path) work too.
+    manifest = _run(live_server, token, f"Group/{pop['group_id']}/$export", celery_worker, params=[
+        ("_type", "Encounter"), ("_typeFilter", f"Encounter?patient={first.patient_id}&class=AMB")])
+    assert {e["subject"]["reference"] for e in _resources(manifest, token)["Encounter"]} == {f"Patient/{first.patient_id}"}
+    # A system that does not match finds no Patient.
+    manifest = _run(live_server, token, f"Group/{pop['group_id']}/$export", celery_worker, params=[
+        ("_type", "Patient"), ("_typeFilter", f"Patient?identifier=urn:other|{first.member_id}")])
+    assert manifest["output"] == []
+
+
+def _provenance(patient_id: str, resource_id: str, target: str, recorded: str):
+    return clinical_resource_create(resource_type="Provenance", patient_id=patient_id, resource_id=resource_id, resource={
+        "target": [{"reference": target}], "recorded": recorded, "agent": [{"who": {"display": "EHR"}}]})
+
+
+def test_include_associated_data_latest_and_relevant_provenance(live_server, celery_worker):
+    # Bulk Data 2.0 includeAssociatedData: Provenance associated with the non-Provenance
+    # resources being returned, nothing of other types or of resources not exported.
+    from fhir.resources.R4B.provenance import Provenance
+
+    pop = _population(members=1, encounters=0, observations=0)
+    patient_id = pop["members"][0].patient_id
+    for encounter_id in ("enc-1", "enc-2"):
+        clinical_resource_create(resource_type="Encounter", patient_id=patient_id, resource_id=encounter_id,
+                                 date=timezone.now() - datetime.timedelta(days=3))
+    clinical_resource_create(resource_type="Observation", patient_id=patient_id, resource_id="obs-1")
+    _provenance(patient_id, "prov-old", "Encounter/enc-1", "2023-01-01T00:00:00Z")
+    _provenance(patient_id, "prov-new", "Encounter/enc-1", "2024-01-01T02:00:00+02:00")
+    _provenance(patient_id, "prov-enc-2", "Encounter/enc-2", "2024-05-01T00:00:00Z")
+    _provenance(patient_id, "prov-obs", "Observation/obs-1", "2024-05-01T00:00:00Z")
+    _provenance(patient_id, "prov-patient", f"Patient/{patient_id}", "2024-05-01T00:00:00Z")
+    token, path = pop["token"], "Patient/$export"
+    only_enc_1 = {"_type": "Encounter", "_typeFilter": "Encounter?_id=enc-1"}
+
+    def provenance_ids(**params) -> list[str]:
+        manifest = _run(live_server, token, path, celery_worker, params=params)
+        rows = _resources(manifest, token).get("Provenance", [])
+        for row in rows:
+            Provenance.model_validate(row)
+        return sorted(row["id"] for row in rows)
+
+    # Bulk Data req 99: Relevant: all Provenance of the exported resources. Not that of
+    # enc-2 (filtered out), of obs-1 or of the Patient (types not requested).
+    assert provenance_ids(**only_enc_1, includeAssociatedData="RelevantProvenanceResources") == ["prov-new", "prov-old"]
+    # Bulk Data req 97/98: Latest: only the most recent per exported resource, no other.
+    assert provenance_ids(**only_enc_1, includeAssociatedData="LatestProvenanceResources") == ["prov-new"]
+    assert provenance_ids(_type="Encounter,Observation", includeAssociatedData="LatestProvenanceResources") == [
+        "prov-enc-2", "prov-new", "prov-obs"]
+    # Bulk Data req 96: conflicting values: the least restrictive (Relevant) applies.
+    assert provenance_ids(**only_enc_1, includeAssociatedData="LatestProvenanceResources,RelevantProvenanceResources") == [
+        "prov-new", "prov-old"]
+    # Without includeAssociatedData: Provenance is a type like the others. Bulk Data req
+    # 109/110: _type omitted, all Provenance of the patient compartment; req 111/112: a
+    # _type without Provenance, none.
+    everything = ["prov-enc-2", "prov-new", "prov-obs", "prov-old", "prov-patient"]
+    assert provenance_ids() == everything
+    assert provenance_ids(_type="Encounter") == []
+    # A _type naming Provenance asks for all of it (the least restrictive reading).
+    assert provenance_ids(_type="Encounter,Provenance", includeAssociatedData="LatestProvenanceResources") == everything
+
+
+def test_unit_failing_in_a_real_worker_fails_the_job_with_transient_outcome(live_server, start_worker, tmp_path):
+    # The export files directory is a path under a regular file: every write of the real
+    # worker fails (NotADirectoryError), the unit is retried until PA_EXPORT_MAX_ATTEMPTS,
+    # and the job fails. Req 131/136/137: the status answers 5xx with an OperationOutcome;
+    # storage out of reach may pass, so the issue code is "transient".
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file, not a directory")
+    pop = _population(members=1)
+    worker = start_worker(PA_FILES_DIR=str(blocker / "files"), PA_EXPORT_MAX_ATTEMPTS="2")
+    kick = _kick_off(live_server, pop["token"], "Patient/$export", params={"_type": "Patient"})
+    assert kick.status_code == 202, kick.text
+    failed = _wait_complete(kick.headers["Content-Location"], pop["token"], worker=worker)
+    assert failed.status_code == 500, failed.text
+    assert failed.headers["Content-Type"].startswith("application/fhir+json")
+    issue = OperationOutcome.model_validate(failed.json()).issue[0]
+    assert issue.code == "transient" and issue.severity == "error"
+    job = ExportJob.objects.get()
+    assert job.status == ExportJob.Status.FAILED and job.error_transient
+    (unit,) = job.units.all()
+    assert unit.status == ExportWorkUnit.Status.FAILED and unit.attempts == 2
+    assert "NotADirectoryError" in unit.error or "FileExistsError" in unit.error
+    assert not ExportFile.objects.exists()
+
+
+def test_resources_that_fail_go_to_error_files_and_the_export_still_succeeds(live_server, celery_worker):
+    # Bulk Data req 142/143: a resource that cannot be exported (here a stored row that is
+    # not a JSON object, which _elements cannot subset) is left out and reported in an
+    # error file of OperationOutcome NDJSON (req 193/196); the status is still 200.
+    from payer.models import ClinicalResource
+
+    pop = _population(members=1, encounters=0, observations=1)
+    patient_id = pop["members"][0].patient_id
+    ClinicalResource.objects.create(resource_type="Observation", resource_id="obs-broken", patient_id=patient_id,
+                                    last_updated=timezone.now(), resource=["not", "a", "resource"])
+    manifest = _run(live_server, pop["token"], "Patient/$export", celery_worker,
+                    params={"_type": "Observation", "_elements": "status"})
+    output = _resources(manifest, pop["token"])["Observation"]
+    assert len(output) == 1 and output[0]["id"] != "obs-broken"
+    assert [item["type"] for item in manifest["error"]] == ["OperationOutcome"]
+    (outcome,) = _resources(manifest, pop["token"], kind="error")["OperationOutcome"]
+    assert "Observation/obs-broken" in outcome["issue"][0]["diagnostics"]
+    assert outcome["issue"][0]["code"] == "processing"
+
+
+def _pdex(live_server, token: str, group_id: str, worker, export_type: str, **extra: str) -> dict[str, Any]:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "exportType", "valueCode": f"hl7.fhir.us.davinci-pdex#{export_type}"},
+        *({"name": name, "valueString": value} for name, value in extra.items())]}
+    return _run(live_server, token, f"Group/{group_id}/$davinci-data-export", worker, method="POST", body=body)
+
+
+def test_davinci_snapshot_and_delta_with_deletions(live_server, celery_worker):
+    # PDex STU2 $davinci-data-export: #provider-snapshot sends everything, #provider-delta
+    # what changed since _since (with Bulk Data "deleted"), and each completed export
+    # records lastTransmitted on the members it sent.
+    from fhir.resources.R4B.bundle import Bundle
+
+    from payer.models import ClinicalResource
+    from payer.services.clinical import clinical_resource_delete
+
+    pop = _population(members=2, encounters=2, observations=0)
+    token, group_id = pop["token"], pop["group_id"]
+    jack, jill = pop["members"]
+    snapshot = _pdex(live_server, token, group_id, celery_worker, "provider-snapshot", _type="Patient,Encounter")
+    assert snapshot["extension"] == {"exportType": "hl7.fhir.us.davinci-pdex#provider-snapshot"}
+    assert "deleted" not in snapshot
+    data = _resources(snapshot, token)
+    assert len(data["Patient"]) == 2 and len(data["Encounter"]) == 4
+    first_job = ExportJob.objects.get()
+    assert {m.last_transmitted for m in AttributionMember.objects.all()} == {first_job.transaction_time}
+
+    # Changes after the snapshot: one encounter updated, one deleted.
+    time.sleep(0.01)
+    updated, gone = ClinicalResource.objects.filter(resource_type="Encounter", patient_id=jack.patient_id).order_by("resource_id")
+    ClinicalResource.objects.filter(pk=updated.pk).update(last_updated=timezone.now())
+    clinical_resource_delete(resource_type="Encounter", resource_id=gone.resource_id)
+    opt_out_create(member=jill)  # jill is no longer sent: her lastTransmitted stays
+
+    since = snapshot["transactionTime"]
+    delta = _pdex(live_server, token, group_id, celery_worker, "provider-delta", _type="Patient,Encounter", _since=since)
+    assert delta["extension"] == {"exportType": "hl7.fhir.us.davinci-pdex#provider-delta"}
+    output = _resources(delta, token)
+    assert list(output) == ["Encounter"] and [e["id"] for e in output["Encounter"]] == [updated.resource_id]
+    bundles = _resources(delta, token, kind="deleted")["Bundle"]
+    for bundle in bundles:
+        Bundle.model_validate(bundle)
+    assert [entry["request"] for b in bundles for entry in b["entry"]] == [
+        {"method": "DELETE", "url": f"Encounter/{gone.resource_id}"}]
+    delta_job = ExportJob.objects.latest("created_at")
+    assert AttributionMember.objects.get(member=jack).last_transmitted == delta_job.transaction_time
+    assert AttributionMember.objects.get(member=jill).last_transmitted == first_job.transaction_time
+
+
+def test_only_the_latest_version_of_a_resource_is_exported(live_server, celery_worker):
+    # Bulk Data req 202: only the most recent version of each exported resource. The
+    # repository keeps one row per (type, id) (UniqueConstraint); a new version replaces it.
+    from payer.models import ClinicalResource
+
+    pop = _population(members=1, encounters=0, observations=0)
+    patient_id = pop["members"][0].patient_id
+    row = clinical_resource_create(resource_type="Observation", patient_id=patient_id, resource_id="obs-versioned")
+    ClinicalResource.objects.filter(pk=row.pk).update(
+        version_id=2, last_updated=timezone.now(), resource={**row.resource, "status": "amended"})
+    manifest = _run(live_server, pop["token"], "Patient/$export", celery_worker, params={"_type": "Observation"})
+    rows = _resources(manifest, pop["token"])["Observation"]
+    assert [(o["id"], o["status"]) for o in rows] == [("obs-versioned", "amended")]

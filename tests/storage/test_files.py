@@ -37,6 +37,7 @@ def test_download_gzip_identity_ranges_and_tokens(live_server, celery_worker):
     (item,) = manifest["output"]
     url, token = item["url"], pop["token"]
 
+    # Bulk Data req 204/148: GET on the url of the manifest's output item serves the file.
     # No Accept header at all (req 205), no gzip: decompressed on the fly, 200, NDJSON (req 206-209).
     plain = requests.get(url, headers={**_auth(token), "Accept-Encoding": "identity"}, timeout=30)
     assert plain.status_code == 200
