@@ -25,7 +25,7 @@ seed: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py add_payer_connection --name unitedcare \
 	    --display-name "UnitedCare Health" --fhir-base-url http://127.0.0.1:$(PORT)/payer/fhir \
 	    --client-id grace-hospital-ehr --private-key-path $(VAR)/keys/grace-hospital-ehr.pem \
-	    --key-id grace-hospital-ehr-rs384
+	    --key-id grace-hospital-ehr-rs384 --organization-npi 1345678902
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_emr
 
 # Web server and a Celery worker (with its beat scheduler) together; Ctrl-C stops both.
@@ -36,6 +36,7 @@ demo: seed
 	      >$(VAR)/worker.log 2>&1 & worker=$$!; \
 	  trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
 	  $$BIN/python manage.py demo_banner --port $$PORT; \
+	  $$BIN/python manage.py emr_banner --port $$PORT; \
 	  $$BIN/python manage.py runserver --noreload 127.0.0.1:$$PORT'
 
 # The browser tests drive Debian's Chromium (Playwright cannot download browsers here).

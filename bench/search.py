@@ -72,6 +72,10 @@ def main() -> None:
     encounters = LocalResource.objects.filter(resource_type="Encounter").count()
 
     user, _ = get_user_model().objects.get_or_create(username="bench-emr")
+    # The local FHIR API is for users allowed to read the whole store (provider/views/fhir.py).
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(Permission.objects.get(codename="view_localresource", content_type__app_label="provider"))
     client = Client()
     client.force_login(user)
     cookies = {"sessionid": client.cookies["sessionid"].value}

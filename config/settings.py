@@ -72,6 +72,9 @@ INSTALLED_APPS = [
     "fhirkit",
     *[app for role in ("payer", "provider", "emr") if role in ROLES for app in ROLE_APPS[role]],
 ]
+if "provider" in ROLES:
+    # Bearer tokens for the hospital's other systems calling the local FHIR API (provider/views/fhir.py).
+    INSTALLED_APPS.append("rest_framework.authtoken")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -58,8 +58,17 @@ class EmrDemoSummary:
 @transaction.atomic
 def emr_demo_seed(*, connection_name: str = "unitedcare") -> EmrDemoSummary:
     """Create or update the demo clinicians and patients (idempotent); patients with a
-    member id get the named payer connection as their insurer when it exists."""
+    member id get the named payer connection as their insurer when it exists.
+
+    The connection is Grace Hospital's SMART client at UnitedCare (``make seed`` registers
+    it with ``--organization-npi``); one not yet bound to an organization is bound to
+    Grace here. Oakview has no client of its own at UnitedCare, so its clinicians cannot
+    fetch through Grace's.
+    """
     connection = PayerConnection.objects.filter(name=connection_name).first()
+    if connection is not None and not connection.organization_npi:
+        connection.organization_npi = GRACE_NPI
+        connection.save(update_fields=["organization_npi"])
     User = get_user_model()
     for username, display_name, org_name, npi, password in CLINICIANS:
         user, created = User.objects.get_or_create(username=username)

@@ -112,8 +112,11 @@ def sync_progress(*, job: SyncJob) -> dict[str, Any]:
     elif job.status == SyncJob.Status.CANCELLED:
         message = "The fetch was cancelled."
     elif job.status == SyncJob.Status.COMPLETED:
-        total = sum(counts.values())
+        total, unchanged = sum(counts.values()), data.get("resources_unchanged") or 0
         message = f"Fetched {total} record{'s' if total != 1 else ''} from {payer}."
+        if unchanged:
+            # Stored and unchanged are told apart: a record already held is not news.
+            message = f"Fetched {total} new or updated record{'s' if total != 1 else ''} from {payer}; {unchanged} already up to date."
     # While the payer works, its X-Progress (Bulk Data: "a short description of progress")
     # is the most useful thing to show; otherwise the client's step.
     headline = data.get("step") or job.get_status_display()
@@ -139,21 +142,42 @@ def sync_progress(*, job: SyncJob) -> dict[str, Any]:
 
 
 def payer_patient_find(*, patient: HospitalPatient, job: SyncJob) -> str:
-    """Return the payer's FHIR Patient id for the hospital's patient after a completed job,
-    found by the member id among the Patient resources the job ingested ("" if none)."""
+    """Return the payer's FHIR Patient id a completed fetch of the patient's own
+    organization resolved their member id to ("" if none).
+
+    The local store is shared by every organization of the deployment, so the link never
+    comes from searching it by member id: only the payer, answering this organization's
+    own SMART client from its attribution list (Da Vinci ATR), may say who the patient is.
+    The job must be this patient's (a ``PatientSync``), completed, and run through a
+    connection of the patient's organization.
+    """
+    if (
+        job.status != SyncJob.Status.COMPLETED
+        or job.connection.organization_npi != patient.organization_npi
+        or not PatientSync.objects.filter(patient=patient, job=job).exists()
+    ):
+        return ""
     # The client resolves the member id to the payer's Patient id before the kick-off.
     ids = [str(p).removeprefix("Patient/") for p in job.patient_ids or []]
-    if len(ids) == 1:
-        return ids[0]
-    candidates = LocalResource.objects.filter(resource_type="Patient", sync_job=job).only("resource_id", "resource")
-    if not candidates.exists():
-        candidates = LocalResource.objects.filter(resource_type="Patient", connection=job.connection).only(
-            "resource_id", "resource"
-        )
-    for row in candidates.iterator(chunk_size=500):
-        if any(ident.get("value") == patient.member_id for ident in row.resource.get("identifier") or []):
-            return row.resource_id
-    return ""
+    return ids[0] if len(ids) == 1 else ""
+
+
+def linked_payer_patient_id(*, patient: HospitalPatient) -> str:
+    """Return the payer Patient id whose history the patient's page may show, or "".
+
+    ``payer_patient_id`` counts only while a completed fetch of the patient by their own
+    organization (see ``payer_patient_find``) names it; a value set any other way (an old
+    link, an edit) shows nothing.
+    """
+    pid = patient.payer_patient_id
+    if not pid:
+        return ""
+    jobs = SyncJob.objects.filter(
+        emr_sync__patient=patient, status=SyncJob.Status.COMPLETED,
+        connection__organization_npi=patient.organization_npi,
+    ).values_list("patient_ids", flat=True)
+    # JSON "contains" is not portable to SQLite; a patient has few jobs.
+    return pid if any(pid in [str(p).removeprefix("Patient/") for p in ids or []] for ids in jobs) else ""
 
 
 # --- FHIR display helpers ---------------------------------------------------------------
@@ -337,7 +361,7 @@ HISTORY_TYPES = (
 def _patient_rows(*, patient: HospitalPatient) -> dict[str, list[LocalResource]]:
     """Return the patient's resources in the local store, by type."""
     rows: dict[str, list[LocalResource]] = defaultdict(list)
-    pid = patient.payer_patient_id
+    pid = linked_payer_patient_id(patient=patient)
     if not pid:
         return rows
     queryset = (
@@ -713,9 +737,22 @@ def encounter_detail(*, patient: HospitalPatient, encounter_id: str) -> Encounte
 
 
 def connections_for_fetch(*, patient: HospitalPatient) -> list[PayerConnection]:
-    """Return the payers the patient's history can be fetched from: the insurer holding
-    their member id (a member id means nothing to another payer, and sending it there
-    would disclose it)."""
-    if patient.insurer_id and patient.member_id:
-        return [patient.insurer]
-    return []
+    """Return the connections the patient's history can be fetched through.
+
+    Only the patient's own organization's connections: each is that organization's SMART
+    client at the payer, and the payer answers it with that organization's attributed
+    members. ``insurer`` names the payer holding the member id (a member id means nothing
+    to another payer, and sending it there would disclose it); when the insurer chosen is
+    another organization's connection, the organization's own connection to the same payer
+    (same FHIR base URL) is used. None when the organization has no client at that payer.
+    """
+    insurer = patient.insurer
+    if insurer is None or not patient.member_id or not patient.organization_npi:
+        return []
+    if insurer.organization_npi == patient.organization_npi:
+        return [insurer]
+    return list(
+        PayerConnection.objects.filter(
+            organization_npi=patient.organization_npi, fhir_base_url=insurer.fhir_base_url
+        ).order_by("display_name", "pk")
+    )

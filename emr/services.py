@@ -77,6 +77,10 @@ def patient_fetch_start(*, patient: HospitalPatient, connection: PayerConnection
     """Start fetching the patient's history from the payer (a sync job run by Celery)."""
     from provider.services.sync import sync_job_start
 
+    # A connection is one organization's SMART client: fetching through another
+    # organization's would show this clinician patients the payer attributes to that one.
+    if connection.organization_npi != patient.organization_npi:
+        raise PatientError(f"{connection.display_name} is not a connection of this patient's organization.")
     if connection not in selectors.connections_for_fetch(patient=patient):
         raise PatientError(f"{connection.display_name} holds no member id for this patient.")
     with transaction.atomic():

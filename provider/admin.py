@@ -10,8 +10,9 @@ from provider.services.sync import sync_job_cancel, sync_job_start
 
 @admin.register(PayerConnection)
 class PayerConnectionAdmin(admin.ModelAdmin):
-    list_display = ["name", "display_name", "fhir_base_url", "client_id", "algorithm", "validation_level"]
-    search_fields = ["name", "display_name", "fhir_base_url", "client_id"]
+    list_display = ["name", "display_name", "organization_npi", "fhir_base_url", "client_id", "algorithm", "validation_level"]
+    list_filter = ["organization_npi"]
+    search_fields = ["name", "display_name", "fhir_base_url", "client_id", "organization_npi"]
     actions = ["fetch_all_groups"]
 
     def save_model(self, request, obj, form, change) -> None:

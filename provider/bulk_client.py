@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urljoin
 
 import jwt
 import requests
@@ -39,6 +39,28 @@ OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefiniti
 # Status codes worth another try later: the server is busy or briefly unavailable.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+# FHIR R4 search.html "Search result parameters": they shape a search's response, and
+# Bulk Data 2.0 "_typeFilter" says they SHALL NOT be used in a _typeFilter (req 114).
+SEARCH_RESULT_PARAMETERS = frozenset(
+    {"_sort", "_count", "_include", "_revinclude", "_summary", "_total", "_elements", "_contained", "_containedType"}
+)
+
+
+def type_filters_check(type_filters: list[str]) -> None:
+    """Raise ValueError unless each ``_typeFilter`` is ``[type]?[search parameters]`` without
+    search result parameters such as ``_include`` and ``_sort`` (Bulk Data 2.0 req 114)."""
+    for type_filter in type_filters:
+        resource_type, _, query = type_filter.partition("?")
+        if not resource_type or not resource_type[:1].isupper() or not query:
+            raise ValueError(f"_typeFilter {type_filter!r} is not of the form [type]?[search parameters].")
+        for name, _ in parse_qsl(query, keep_blank_values=True):
+            if name.split(":", 1)[0] in SEARCH_RESULT_PARAMETERS:
+                raise ValueError(
+                    f"_typeFilter {type_filter!r} uses {name.split(':', 1)[0]}: search result parameters such as "
+                    "_include and _sort SHALL NOT be used in a _typeFilter (Bulk Data 2.0)."
+                )
 
 
 class BulkDataError(Exception):
@@ -412,6 +434,7 @@ class BulkDataClient:
         only in a POST ``Parameters`` body, so a request naming patients is a POST (and so
         is any PDex ``$davinci-data-export``); others are a GET with query parameters.
         """
+        type_filters_check(type_filters or [])
         if level == "group":
             if not group_id:
                 raise ValueError("A group-level export needs a group id.")

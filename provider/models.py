@@ -1,6 +1,7 @@
 """The hospital's side: connections to payers, sync jobs, and the local FHIR store."""
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 
 
@@ -12,6 +13,14 @@ class PayerConnection(models.Model):
         STRUCTURE = "structure", "Structure only (trusted payer)"
 
     name = models.SlugField(max_length=50, unique=True)
+    # The provider organization whose SMART client this is: the payer answers a client with
+    # that organization's attributed members only, so only that organization's users may
+    # fetch through it. Empty: no clinician may use it (staff and the bulk_fetch command only).
+    organization_npi = models.CharField(
+        "organization NPI", max_length=10, blank=True, default="", db_index=True,
+        validators=[RegexValidator(r"^[0-9]{10}$", "An NPI is 10 digits.")],
+        help_text="The NPI of the organization this client speaks for (e.g. 1345678902 for Grace Hospital).",
+    )
     display_name = models.CharField(max_length=200, help_text="Shown to clinicians, e.g. UnitedCare Health.")
     fhir_base_url = models.URLField()
     token_url = models.URLField(blank=True, help_text="Empty: discovered from .well-known/smart-configuration.")
@@ -72,6 +81,9 @@ class SyncJob(models.Model):
     next_step_at = models.DateTimeField(null=True, blank=True)
     manifest = models.JSONField(null=True, blank=True)
     transaction_time = models.DateTimeField(null=True, blank=True)
+    # When the client sent DELETE on the status URL (cancelled, failed after kick-off, or
+    # every file downloaded): once only.
+    status_url_deleted_at = models.DateTimeField(null=True, blank=True)
     counts = models.JSONField(default=dict, blank=True, help_text="Resources ingested per type.")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -106,7 +118,10 @@ class SyncFile(models.Model):
     local_path = models.CharField(max_length=500, blank=True)
     bytes_downloaded = models.PositiveBigIntegerField(default=0)
     line_count = models.PositiveIntegerField(default=0)
+    # Output files: resources stored (new, or a newer version); unchanged: valid resources
+    # the store already held in that or a later version.
     ingested_count = models.PositiveIntegerField(default=0)
+    unchanged_count = models.PositiveIntegerField(default=0)
     error_count = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)

@@ -152,8 +152,18 @@ def hospital_patient_create(*, organization_npi: str = "1234567893", family: str
                             payer_patient_id: str = "", mrn: str = ""):
     import uuid as _uuid
 
-    from emr.models import HospitalPatient
+    from django.utils import timezone as _tz
 
-    return HospitalPatient.objects.create(organization_npi=organization_npi, mrn=mrn or f"MRN-{_uuid.uuid4().hex[:8]}",
-                                          family=family, given=given, birth_date=birth_date, gender="male",
-                                          insurer=insurer, member_id=member_id, payer_patient_id=payer_patient_id)
+    from emr.models import HospitalPatient, PatientSync
+    from provider.models import SyncJob
+
+    patient = HospitalPatient.objects.create(organization_npi=organization_npi, mrn=mrn or f"MRN-{_uuid.uuid4().hex[:8]}",
+                                             family=family, given=given, birth_date=birth_date, gender="male",
+                                             insurer=insurer, member_id=member_id, payer_patient_id=payer_patient_id)
+    if payer_patient_id:
+        # The EMR shows a payer Patient's history only through a completed fetch of the
+        # patient by their own organization (emr.selectors.linked_payer_patient_id).
+        job = SyncJob.objects.create(connection=insurer, level="group", scope_key=f"test|{member_id}", member_id=member_id,
+                                     patient_ids=[payer_patient_id], status=SyncJob.Status.COMPLETED, finished_at=_tz.now())
+        PatientSync.objects.create(patient=patient, job=job)
+    return patient

@@ -7,7 +7,7 @@ up the payer's side; the provider code under test talks to it only over HTTP.
 import pytest
 from django.db import transaction
 
-from payer.models import ClinicalResource, ProviderOrganization
+from payer.models import AttributionMember, ClinicalResource, ProviderOrganization
 from payer.services.attribution import attribution_refresh
 from payer.services.demo import GRACE_HOSPITAL_NPI, JACK_SHAW_MEMBER_ID, JACK_SHAW_PATIENT_ID, seed_demo
 from payer.services.demo_keys import demo_client_ensure, demo_key_kid
@@ -27,7 +27,7 @@ def test_grace_hospital_fetches_jack_shaws_history(live_server, celery_worker, t
     connection = payer_connection_create(
         name="unitedcare", display_name="UnitedCare Health", fhir_base_url=f"{live_server.url}/payer/fhir",
         client_id=client.client_id, private_key_path=str(tmp_path / f"{client.client_id}.pem"),
-        key_id=demo_key_kid(client_id=client.client_id),
+        key_id=demo_key_kid(client_id=client.client_id), organization_npi=GRACE_HOSPITAL_NPI,
     )
     with transaction.atomic():
         job = sync_job_start(connection=connection, member_id=JACK_SHAW_MEMBER_ID)
@@ -40,6 +40,11 @@ def test_grace_hospital_fetches_jack_shaws_history(live_server, celery_worker, t
     wait_for(finished, timeout=180, interval=0.5, message=f"Jack's sync job\n{celery_worker.log()[-3000:]}")
     assert job.status == SyncJob.Status.COMPLETED, f"{job.status}: {job.error}"
     assert job.patient_ids == [JACK_SHAW_PATIENT_ID]
+    # The payer declares PDex $davinci-data-export: the first fetch is #provider-download
+    # through it, so the payer records the transmission (lastTransmitted) for Jack.
+    assert (job.operation, job.export_type) == ("$davinci-data-export", "hl7.fhir.us.davinci-pdex#provider-download")
+    sent = AttributionMember.objects.get(group__organization=grace, member__patient_id=JACK_SHAW_PATIENT_ID)
+    assert sent.last_transmitted == job.transaction_time
     at_payer = set(ClinicalResource.objects.filter(resource_type="Encounter", patient_id=JACK_SHAW_PATIENT_ID)
                    .values_list("resource_id", flat=True))
     local = set(LocalResource.objects.filter(resource_type="Encounter", patient_id=JACK_SHAW_PATIENT_ID)
@@ -53,4 +58,5 @@ def test_grace_hospital_fetches_jack_shaws_history(live_server, celery_worker, t
     job = again
     wait_for(finished, timeout=120, interval=0.5, message="the incremental sync job")
     assert job.status in {SyncJob.Status.COMPLETED}, job.error
+    assert job.export_type == "hl7.fhir.us.davinci-pdex#provider-delta"
     assert sum(job.counts.values()) < len(at_payer)

@@ -57,14 +57,19 @@ def payer_connection_create(
     scopes: str = "system/*.read",
     token_url: str = "",
     validation_level: str = PayerConnection.ValidationLevel.FULL,
+    organization_npi: str = "",
 ) -> PayerConnection:
-    """Create or update the connection called ``name`` after checking its key file."""
+    """Create or update the connection called ``name`` after checking its key file.
+
+    ``organization_npi`` names the provider organization whose SMART client this is; only
+    that organization's clinicians may fetch through the connection.
+    """
     private_key_check(path=private_key_path, algorithm=algorithm)
     connection = PayerConnection.objects.filter(name=name).first() or PayerConnection(name=name)
     for attr, value in {
         "display_name": display_name, "fhir_base_url": fhir_base_url.rstrip("/"), "client_id": client_id,
         "private_key_path": private_key_path, "key_id": key_id, "algorithm": algorithm, "scopes": scopes,
-        "token_url": token_url, "validation_level": validation_level,
+        "token_url": token_url, "validation_level": validation_level, "organization_npi": organization_npi.strip(),
     }.items():
         setattr(connection, attr, value)
     connection.full_clean()

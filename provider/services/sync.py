@@ -33,10 +33,12 @@ from django.utils.dateparse import parse_datetime
 
 from provider.bulk_client import (
     PDEX_PROVIDER_DELTA,
+    PDEX_PROVIDER_DOWNLOAD,
     BulkDataError,
     CountMismatch,
     TransientError,
     poll_delay,
+    type_filters_check,
 )
 from provider.models import IngestIssue, PayerConnection, SyncFile, SyncJob
 from provider.services import ingest
@@ -83,7 +85,12 @@ def scope_key_for(
     *, connection: PayerConnection, level: str, group_id: str = "", member_id: str = "",
     patient_ids: list[str] | None = None, types: list[str] | None = None,
 ) -> str:
-    """Return the key naming what a job fetches; the next job with the same key is incremental."""
+    """Return the key naming what a job fetches; the next job with the same key is incremental.
+
+    The key starts with the connection, and a connection is one organization's SMART
+    client (``PayerConnection.organization_npi``): two organizations fetching the same
+    member never share a ``_since``, since each payer client sees its own attribution.
+    """
     who = f"member:{member_id}" if member_id else f"group:{group_id}" if level == "group" and not patient_ids else ""
     if patient_ids:
         who += "patients:" + ",".join(sorted(patient_ids))
@@ -118,6 +125,7 @@ def sync_job_start(
         raise ValueError("A group fetch needs a group id or a member id.")
     elif level == SyncJob.Level.PATIENT and not patient_ids:
         raise ValueError("A patient fetch needs at least one patient id.")
+    type_filters_check(type_filters or [])
     scope_key = scope_key_for(
         connection=connection, level=level, group_id=group_id or "", member_id=member_id or "",
         patient_ids=patient_ids, types=types,
@@ -158,11 +166,8 @@ def sync_job_cancel(*, job: SyncJob) -> SyncJob:
     if job.status in TERMINAL:
         return job
     note = "Cancelled"
-    if job.status_url:
-        try:
-            bulk_client_for(connection=job.connection).cancel(job.status_url)
-        except (BulkDataError, requests.RequestException) as error:
-            note = f"Cancelled here; the payer did not confirm ({error})"
+    if job.status_url and not _status_url_delete(job):
+        note = "Cancelled here; the payer did not confirm"
     SyncJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
         status=SyncJob.Status.CANCELLED, progress=note, finished_at=timezone.now(), updated_at=timezone.now()
     )
@@ -180,6 +185,7 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
         failed=Count("id", filter=Q(status=SyncFile.Status.FAILED)),
         bytes=Sum("bytes_downloaded"),
         resources=Sum("ingested_count", filter=Q(kind=SyncFile.Kind.OUTPUT)),
+        unchanged=Sum("unchanged_count", filter=Q(kind=SyncFile.Kind.OUTPUT)),
     )
     counts = job.counts or _output_counts(job)
     step = {
@@ -204,7 +210,9 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
         "files_ingested": files["ingested"],
         "files_failed": files["failed"],
         "bytes_downloaded": files["bytes"] or 0,
+        # Stored: new resources or newer versions; unchanged: already held, left as they were.
         "resources_ingested": files["resources"] or 0,
+        "resources_unchanged": files["unchanged"] or 0,
         "counts": counts,
         "issues": IngestIssue.objects.filter(sync_file__job=job).count(),
         "error": job.error,
@@ -237,7 +245,33 @@ def _claim_step(job: SyncJob) -> bool:
 
 def _fail(job: SyncJob, message: str) -> SyncStep:
     _update(job, status=SyncJob.Status.FAILED, error=message[:5000], progress="Failed", finished_at=timezone.now(), next_step_at=None)
+    if job.status_url:
+        # Kicked off already: the payer may stop working on (or drop the files of) an
+        # export nobody will collect (Bulk Data "Delete Request", req 119).
+        _status_url_delete(job)
     return SyncStep()
+
+
+def _status_url_delete(job: SyncJob) -> bool:
+    """Send ``DELETE`` on the job's status URL once, best effort; return whether the payer accepted it.
+
+    Bulk Data 2.0 "Bulk Data Delete Request": a client MAY cancel a request it started
+    (req 119), and after completion the server MAY take the DELETE as the signal that the
+    client is done with the files and remove them (reqs 120, 121). Sent when a job is
+    cancelled, fails after the kick-off, or has downloaded every file. A failure here never
+    fails the job: the payer's files expire anyway.
+    """
+    claimed = SyncJob.objects.filter(pk=job.pk, status_url_deleted_at__isnull=True).exclude(status_url="").update(
+        status_url_deleted_at=timezone.now()
+    )
+    if not claimed:
+        return True
+    try:
+        bulk_client_for(connection=job.connection).cancel(job.status_url)
+    except (BulkDataError, requests.RequestException) as error:
+        logger.info("The payer did not accept the DELETE of job %s's status URL: %s", job.pk, error)
+        return False
+    return True
 
 
 def _again(job: SyncJob, delay: float, **fields: Any) -> SyncStep:
@@ -287,10 +321,13 @@ def _kick_off(job: SyncJob) -> SyncStep:
             return SyncStep()
         _update(job, group_id=match.group_id, patient_ids=[match.patient_id])
     operation, export_type = "$export", ""
-    if job.since and job.level == SyncJob.Level.GROUP and client.supports_operation("davinci-data-export"):
-        # PDex STU2 Provider Access: an update is $davinci-data-export with
-        # exportType #provider-delta and _since; plain $export + _since otherwise.
-        operation, export_type = "$davinci-data-export", PDEX_PROVIDER_DELTA
+    if job.level == SyncJob.Level.GROUP and client.supports_operation("davinci-data-export"):
+        # PDex STU2 Provider Access: a payer declaring Group/$davinci-data-export is asked
+        # through it, so that it records the transmission (the member's lastTransmitted):
+        # exportType #provider-download the first time, #provider-delta with _since after.
+        # A payer that does not declare it gets plain Group/$export (+ _since).
+        operation = "$davinci-data-export"
+        export_type = PDEX_PROVIDER_DELTA if job.since else PDEX_PROVIDER_DOWNLOAD
     status_url = client.kick_off(
         level=job.level,
         group_id=job.group_id or None,
@@ -415,9 +452,11 @@ def sync_file_step(*, file_id: int) -> float | None:
             if delay is not None:
                 return delay
             if file.status != SyncFile.Status.FAILED and not job.files.filter(status=SyncFile.Status.PENDING).exists():
-                SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
+                if SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
                     status=SyncJob.Status.INGESTING, progress="Storing records", updated_at=timezone.now()
-                )
+                ):
+                    # Every file is here: the payer may drop them (reqs 120, 121).
+                    _status_url_delete(job)
         job.refresh_from_db(fields=["status"])
         if job.status == SyncJob.Status.CANCELLED:
             return None
@@ -475,7 +514,7 @@ def _file_ingest(file: SyncFile) -> None:
     # A redelivered task re-ingests a file whose ingest was cut short: the upsert makes
     # the resources idempotent, and the file's issues are written afresh.
     IngestIssue.objects.filter(sync_file=file).delete()
-    ingested, errors = 0, 0
+    ingested, unchanged, errors = 0, 0, 0
     with open(path, "rb") as stream:
         if file.kind == SyncFile.Kind.OUTPUT:
             result = ingest.ndjson_ingest(
@@ -483,23 +522,18 @@ def _file_ingest(file: SyncFile) -> None:
                 sync_job=job, sync_file=file, export_time=job.transaction_time,
                 validation_level=job.connection.validation_level,
             )
-            ingested, errors = _result_counts(result)
+            ingested, unchanged, errors = result.stored, result.unchanged, result.errors
         elif file.kind == SyncFile.Kind.DELETED:
             result = ingest.deleted_apply(stream=stream, file_name=file.url, connection=job.connection, sync_file=file)
-            ingested, errors = _result_counts(result)
+            ingested, unchanged, errors = result.stored, result.unchanged, result.errors
         else:
             ingested, errors = _error_file_record(file, stream)
     updated = SyncFile.objects.filter(pk=file.pk, status=SyncFile.Status.DOWNLOADED).update(
-        status=SyncFile.Status.INGESTED, ingested_count=ingested, error_count=errors
+        status=SyncFile.Status.INGESTED, ingested_count=ingested, unchanged_count=unchanged, error_count=errors
     )
     if updated:
         file.status = SyncFile.Status.INGESTED
         path.unlink(missing_ok=True)
-
-
-def _result_counts(result: ingest.IngestResult) -> tuple[int, int]:
-    """Return (valid resources, rejected lines) of an ingest: unchanged ones count as had."""
-    return result.stored + result.unchanged, result.errors
 
 
 def _error_file_record(file: SyncFile, stream: Any) -> tuple[int, int]:
@@ -526,8 +560,21 @@ def _error_file_record(file: SyncFile, stream: Any) -> tuple[int, int]:
 
 
 def _output_counts(job: SyncJob) -> dict[str, int]:
+    """Return the resources stored per type (new, or a newer version than the store held)."""
     rows = job.files.filter(kind=SyncFile.Kind.OUTPUT).values("resource_type").annotate(n=Sum("ingested_count"))
     return {row["resource_type"]: row["n"] or 0 for row in rows if row["n"]}
+
+
+def sync_job_unchanged_counts(*, job: SyncJob) -> dict[str, int]:
+    """Return the valid resources per type the store already held in that or a later version."""
+    rows = job.files.filter(kind=SyncFile.Kind.OUTPUT).values("resource_type").annotate(n=Sum("unchanged_count"))
+    return {row["resource_type"]: row["n"] or 0 for row in rows if row["n"]}
+
+
+def stored_summary(*, stored: int, unchanged: int) -> str:
+    """Return "N resources stored" and, when some were already up to date, ", M unchanged"."""
+    text = f"{stored} resource{'s' if stored != 1 else ''} stored"
+    return f"{text}, {unchanged} unchanged" if unchanged else text
 
 
 def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
@@ -546,15 +593,14 @@ def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
             job.status, job.progress = SyncJob.Status.FAILED, f"{incomplete.count()} file(s) incomplete"
         else:
             job.status = SyncJob.Status.COMPLETED
-            job.progress = f"{sum(counts.values())} resources stored"
+            unchanged = sum(sync_job_unchanged_counts(job=job).values())
+            job.progress = stored_summary(stored=sum(counts.values()), unchanged=unchanged)
         job.counts, job.finished_at, job.next_step_at = counts, timezone.now(), None
         job.save(update_fields=["status", "progress", "counts", "finished_at", "next_step_at", "updated_at"])
-    if job.status == SyncJob.Status.COMPLETED and job.status_url:
-        # req 121: a DELETE after completion tells the server we are done with the files.
-        try:
-            bulk_client_for(connection=job.connection).cancel(job.status_url)
-        except (BulkDataError, requests.RequestException):
-            logger.info("The payer did not accept the DELETE closing job %s.", job.pk)
+    if job.status_url:
+        # Normally sent when the last file was downloaded; here for a job whose last
+        # download failed (req 119), or one resumed from before that step existed.
+        _status_url_delete(job)
     return job
 
 

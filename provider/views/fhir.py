@@ -1,7 +1,14 @@
 """The hospital's local FHIR API at /provider/fhir: metadata, read and search.
 
-Clinicians' browsers use their Django session; other systems of the hospital use HTTP
-Basic. Every resource served is the JSON the payer sent, as stored.
+Who may read it: the store is shared by every organization of the deployment (a hospital
+may host several, each fetching through its own payer connection), and it is not scoped
+per organization, so the API is for the hospital's trusted systems and staff only: users
+holding the ``provider.view_localresource`` permission (superusers have it). Anyone else
+who signs in, a clinician included, gets 403; clinicians read their own organization's
+patients through the EMR's pages, which scope every read to the organization. Callers
+authenticate with a Django session, HTTP Basic, or ``Authorization: Bearer <token>`` (a
+DRF authtoken of a user with the permission, for other systems). Every resource served
+is the JSON the payer sent, as stored.
 """
 
 import logging
@@ -9,8 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.utils.http import http_date
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication, TokenAuthentication
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,15 +48,38 @@ def fhir_base_url(request: Request) -> str:
     return request.build_absolute_uri("/provider/fhir")
 
 
+class BearerTokenAuthentication(TokenAuthentication):
+    """``Authorization: Bearer <token>`` (RFC 6750) with DRF's authtoken tokens."""
+
+    keyword = "Bearer"
+
+
+class CanReadLocalStore(BasePermission):
+    """Allow users with ``provider.view_localresource``: the store holds every
+    organization's fetched patients, so signing in alone is not enough."""
+
+    message = "This account may not read the local FHIR store."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False  # 401 with a challenge
+        if user.is_active and user.has_perm("provider.view_localresource"):
+            return True
+        audit_logger.warning("denied user=%s path=%s", user.pk, request.path[:300])
+        return False
+
+
 class ProviderFHIRView(APIView):
-    """Base of the local FHIR endpoints: a logged-in user (session or HTTP Basic).
+    """Base of the local FHIR endpoints: a user allowed to read the store (session,
+    HTTP Basic or a bearer token).
 
     BasicAuthentication comes first so an unauthenticated request gets 401 with
     ``WWW-Authenticate: Basic`` (DRF answers 403 when the first class has no challenge).
     """
 
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
-    permission_classes = [IsAuthenticated]
+    authentication_classes = [BasicAuthentication, BearerTokenAuthentication, SessionAuthentication]
+    permission_classes = [CanReadLocalStore]
     renderer_classes = [FHIRJSONRenderer, JSONAliasRenderer]
 
 
@@ -86,7 +116,8 @@ class MetadataView(ProviderFHIRView):
             "rest": [
                 {
                     "mode": "server",
-                    "security": {"description": "A logged-in session or HTTP Basic authentication."},
+                    "security": {"description": "A session, HTTP Basic or a Bearer token of a user allowed to read the "
+                                                "local store (permission provider.view_localresource)."},
                     "resource": resources,
                     "searchParam": [
                         {"name": "_count", "type": "number"},

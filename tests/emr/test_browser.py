@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 def test_clinician_reads_the_history_in_the_browser(live_server):
     connection = PayerConnection.objects.create(
         name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
-        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1",
+        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1", organization_npi="1234567893",
     )
     factories.clinician_create(username="jsmith", password="grace-demo")
     history_store(connection=connection, patient_id="pat-jack", member_id="UCH100000001")

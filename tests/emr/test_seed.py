@@ -32,9 +32,36 @@ def test_seed_emr_is_idempotent_and_links_the_connection():
     jack = HospitalPatient.objects.get(family="Shaw", given="Jack")
     assert jack.organization_npi == demo.GRACE_NPI and jack.member_id == demo.JACK_SHAW_MEMBER_ID
     assert jack.insurer == connection
+    # The demo's connection is Grace Hospital's SMART client: bound to Grace's NPI.
+    connection.refresh_from_db()
+    assert connection.organization_npi == demo.GRACE_NPI
 
     client = Client()
     assert client.post("/emr/login/", {"username": "jsmith", "password": "grace-demo"}).status_code == 302
     listing = client.get("/emr/").content.decode()
     assert "Shaw</strong>, Jack" in listing and "Helen" not in listing  # Helen Shaw is Oakview's patient
     assert listing.count("<tr>") - 1 == sum(1 for p in demo.PATIENTS if p[0] == demo.GRACE_NPI)
+
+
+def test_emr_banner_prints_the_emr_and_every_login():
+    import io
+
+    out = io.StringIO()
+    call_command("emr_banner", "--port", "8123", stdout=out)
+    text = out.getvalue()
+    assert "http://127.0.0.1:8123/emr/" in text
+    for username, display_name, _, _, password in demo.CLINICIANS:
+        assert display_name in text and f"{username} / {password}" in text
+
+
+def test_payer_code_never_imports_the_hospitals():
+    # payer and the hospital's apps (provider, emr) meet only over HTTP.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "payer"
+    offenders = [
+        str(path.relative_to(root.parent)) for path in root.rglob("*.py")
+        if any(line.lstrip().startswith(("from emr", "import emr", "from provider", "import provider"))
+               for line in path.read_text().splitlines())
+    ]
+    assert offenders == []

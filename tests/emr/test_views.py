@@ -16,13 +16,14 @@ from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
 pytestmark = pytest.mark.django_db
 
 JACK_MEMBER_ID = "UC-TEST-0001"
+GRACE_NPI = "1234567893"  # the factories' default organization
 
 
 @pytest.fixture
 def connection() -> PayerConnection:
     return PayerConnection.objects.create(
         name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
-        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1",
+        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1", organization_npi=GRACE_NPI,
     )
 
 
@@ -159,24 +160,26 @@ def test_resource_text_is_escaped_and_narrative_never_rendered(smith, jack, conn
 def test_fetch_requires_csrf_and_post(smith, jack, connection):
     client = _client(smith, enforce_csrf_checks=True)
     url = f"/emr/patients/{jack.pk}/fetch/{connection.pk}/"
+    before = SyncJob.objects.count()  # jack's fixture has one completed fetch
     assert client.post(url).status_code == 403
     assert client.get(url).status_code == 405
-    assert not SyncJob.objects.exists()
+    assert SyncJob.objects.count() == before
 
 
 def test_fetch_starts_a_sync_job_and_progress_reports_it(smith, jack, connection, django_capture_on_commit_callbacks):
     client = _client(smith, enforce_csrf_checks=True)
     page = client.get(f"/emr/patients/{jack.pk}/")
     token = page.cookies["csrftoken"].value
+    earlier = list(SyncJob.objects.values_list("pk", flat=True))  # jack's fixture has one completed fetch
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
             f"/emr/patients/{jack.pk}/fetch/{connection.pk}/", HTTP_X_CSRFTOKEN=token, HTTP_ACCEPT="application/json"
         )
     assert response.status_code == 202, response.content
     assert len(callbacks) == 1  # the sync job is enqueued after commit
-    job = SyncJob.objects.get()
+    job = SyncJob.objects.exclude(pk__in=earlier).get()
     assert job.member_id == JACK_MEMBER_ID and job.requested_by == smith.user and job.connection == connection
-    assert PatientSync.objects.get().patient == jack
+    assert PatientSync.objects.get(job=job).patient == jack
     body = response.json()
     assert body["progress_url"].endswith(f"/emr/patients/{jack.pk}/syncs/{job.pk}/")
     assert body["done"] is False and body["steps"][0] == "Kick-off"

@@ -74,7 +74,8 @@ class FakePayer:
     poll_script: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(202, {"X-Progress": "Preparing", "Retry-After": "1"})])
     kickoff_script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     # File faults by resource type: "drop" (close after half the bytes, once), "503"
-    # (once), "corrupt" (append a broken line, counted), "short" (count one more than served).
+    # (once), "corrupt" (append a broken line, counted), "short" (count one more than served),
+    # "expire" (every token expires as the file is first asked for, once).
     file_faults: dict[str, list[str]] = field(default_factory=dict)
     requires_access_token: bool = True
     token_lifetime: int = 300
@@ -383,6 +384,10 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                        content_type="application/json")
 
         def _file(self, name: str) -> None:
+            faults = payer.file_faults.get(name.split("-", 1)[-1].rsplit(".", 1)[0], [])
+            if "expire" in faults:
+                faults.remove("expire")
+                payer.expire_tokens()  # the token dies in the middle of the downloads
             if payer.requires_access_token and not self._authorized():
                 return None
             export = next((e for e in payer.exports.values() if name in e.files), None)

@@ -89,6 +89,24 @@ def test_kick_off_patient_post_and_davinci_export(fake_payer, rsa_keys):
     assert fake_payer.requests_to("/fhir/$export", "GET")
 
 
+@pytest.mark.parametrize("type_filter", [
+    "Encounter?status=finished&_sort=-date",
+    "Encounter?_include=Encounter:practitioner",
+    "Encounter?_include:iterate=Encounter:location",
+    "Observation?_count=10",
+    "Encounter",  # not [type]?[query]
+])
+def test_type_filter_with_search_result_parameters_is_refused(fake_payer, rsa_keys, type_filter):
+    # Bulk Data req 114 (and 104 for Patient/$export): in a _typeFilter, FHIR search result
+    # parameters such as _include and _sort SHALL NOT be used; the client never sends one.
+    client = make_client(fake_payer, rsa_keys[0])
+    for operation in ("$export", "$davinci-data-export"):
+        with pytest.raises(ValueError, match="_typeFilter"):
+            client.kick_off(level="group", group_id="g1", type_filters=["Condition?clinical-status=active", type_filter],
+                            operation=operation)
+    assert fake_payer.requests_to("$export") == [] and fake_payer.requests_to("$davinci-data-export") == []
+
+
 def test_kick_off_busy_server_is_transient(fake_payer, rsa_keys):
     # Bulk Data req 118: a server busy with an export answers 429 + Retry-After.
     fake_payer.kickoff_script = [(429, {"Retry-After": "7"})]

@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -58,10 +59,17 @@ def store(transactional_db) -> None:
     assert result.errors == 0
 
 
+def store_reader_create(username: str, **extra):
+    """Return a user allowed to read the local store (provider.view_localresource)."""
+    user = get_user_model().objects.create_user(username, password=PASSWORD, **extra)
+    user.user_permissions.add(Permission.objects.get(codename="view_localresource", content_type__app_label="provider"))
+    return user
+
+
 @pytest.fixture
 def http(live_server, store) -> requests.Session:
     """A hospital system calling with HTTP Basic."""
-    get_user_model().objects.create_user("emr-system", password=PASSWORD)
+    store_reader_create("emr-system")
     session = requests.Session()
     session.auth = ("emr-system", PASSWORD)
     session.headers["Accept"] = "application/fhir+json"
@@ -106,7 +114,7 @@ def test_metadata_is_a_valid_capability_statement(live_server):
 
 
 def test_login_is_required(live_server, store):
-    get_user_model().objects.create_user("emr-system", password=PASSWORD)
+    store_reader_create("emr-system")
     url = f"{live_server.url}/provider/fhir/Encounter?patient=jack"
 
     anonymous = requests.get(url)
@@ -121,6 +129,44 @@ def test_login_is_required(live_server, store):
     cookies = {"sessionid": client.cookies["sessionid"].value}
     assert requests.get(url, cookies=cookies).json()["total"] == 4
     assert requests.get(url, auth=("emr-system", PASSWORD)).json()["total"] == 4
+
+
+def test_only_store_readers_get_in_clinicians_and_other_users_get_403(live_server, store):
+    # The local store holds the patients every organization of the deployment fetched: a
+    # user who may sign in (an EMR clinician of another organization, say) reads none of it.
+    from emr.models import Clinician
+
+    outsider = get_user_model().objects.create_user("rlee", password=PASSWORD)
+    Clinician.objects.create(user=outsider, display_name="Dr. Robert Lee", organization_name="Oakview Family Practice",
+                             organization_npi="1244668806")
+    get_user_model().objects.create_user("payer-staff", password=PASSWORD, is_staff=True)
+    base = f"{live_server.url}/provider/fhir"
+    for username in ("rlee", "payer-staff"):
+        for url in (f"{base}/Encounter?patient=jack", f"{base}/Encounter/e1", f"{base}/Patient?identifier=UC00009999"):
+            assert_outcome(requests.get(url, auth=(username, PASSWORD)), 403, "forbidden")
+    client = Client()
+    client.force_login(outsider)
+    session = requests.get(f"{base}/Encounter?patient=jack", cookies={"sessionid": client.cookies["sessionid"].value})
+    assert_outcome(session, 403, "forbidden")
+
+    # A superuser, and a user granted the permission, read everything.
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    assert requests.get(f"{base}/Encounter?patient=jack", auth=("root", PASSWORD)).json()["total"] == 4
+
+
+def test_other_systems_use_a_bearer_token(live_server, store):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=store_reader_create("lab-system"))
+    url = f"{live_server.url}/provider/fhir/Encounter?patient=jack"
+    response = requests.get(url, headers={"Authorization": f"Bearer {token.key}"})
+    assert response.status_code == 200, response.text
+    Bundle.model_validate(response.json())
+    assert response.json()["total"] == 4
+    assert_outcome(requests.get(url, headers={"Authorization": "Bearer not-a-token"}), 401, "login")
+    # A token of a user without the permission is a 403, like its password would be.
+    plain = Token.objects.create(user=get_user_model().objects.create_user("kiosk", password=PASSWORD))
+    assert_outcome(requests.get(url, headers={"Authorization": f"Bearer {plain.key}"}), 403, "forbidden")
 
 
 def test_read_serves_the_stored_json(http):

@@ -5,10 +5,19 @@ import re
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from provider.models import IngestIssue, LocalResource, PayerConnection, SyncFile, SyncJob
 from provider.services.connections import payer_connection_create
-from provider.services.sync import NO_DATA_MESSAGE, sync_job_cancel, sync_job_progress, sync_job_run_inline, sync_job_start, sync_job_step
+from provider.services.sync import (
+    NO_DATA_MESSAGE,
+    sync_file_step,
+    sync_job_cancel,
+    sync_job_progress,
+    sync_job_run_inline,
+    sync_job_start,
+    sync_job_step,
+)
 from tests.provider.bulk_data import CLIENT_ID, encounter
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +42,9 @@ def stored(resource_type: str) -> list[str]:
 
 
 def test_member_sync_survives_429_503_drop_expired_token_and_corrupt_line(transactional_db, fake_payer, connection):
+    # Bulk Data reqs 17 and 18: the client requests and receives the Bulk Data files;
+    # req 201: with requiresAccessToken true every file request carries a valid token.
+    # (tests/provider/test_sync_worker.py runs the same fault script on a real worker.)
     # Files download in a thread pool here, so the data must be committed: transactional_db.
     fake_payer.poll_script = [(202, {"X-Progress": "10%", "Retry-After": "1"}), (429, {"Retry-After": "1"}), (503, {}), (202, {"X-Progress": "90%"})]
     fake_payer.file_faults = {"Encounter": ["drop", "503", "corrupt"]}
@@ -67,8 +79,11 @@ def test_member_sync_survives_429_503_drop_expired_token_and_corrupt_line(transa
     assert [r["progress"] for r in seen if r["status"] == "kicked_off"][:2] == ["Accepted by the payer", "10%"]
     assert seen[-1]["done"] and seen[-1]["files_ingested"] == seen[-1]["files_total"] == 3
     assert job.poll_count == 5
-    # req 121: once done, the client tells the server it may delete the files.
-    assert fake_payer.requests_to("/status/", "DELETE")
+    assert all(r.headers.get("Authorization", "").startswith("Bearer ") for r in fake_payer.requests_to("/files/"))  # req 201
+    # reqs 119-121: once every file is downloaded, the client tells the server (once) it may drop them.
+    deletes = fake_payer.requests_to("/status/", "DELETE")
+    assert len(deletes) == 1 and job.status_url_deleted_at is not None
+    assert fake_payer.log.index(deletes[0]) > max(fake_payer.log.index(r) for r in fake_payer.requests_to("/files/"))
 
 
 def test_member_not_attributed_is_no_data(fake_payer, connection):
@@ -98,12 +113,19 @@ def test_second_fetch_sends_since_and_applies_deletions(fake_payer, connection):
     assert sync_job_progress(job=second)["incremental"] is True
 
 
-def test_incremental_uses_pdex_provider_delta_when_declared(fake_payer, connection):
+def test_pdex_provider_download_then_provider_delta_when_declared(fake_payer, connection):
+    # PDex STU2 Provider Access: a payer declaring $davinci-data-export is asked through it
+    # (so it records lastTransmitted): #provider-download first, #provider-delta + _since after.
     fake_payer.davinci = True
     first = sync_job_run_inline(job=sync_job_start(connection=connection, member_id="M100", enqueue=False), parallel=1)
-    assert fake_payer.requests_to("/Group/g1/$export")  # a full fetch is plain $export
-    sync_job_run_inline(job=sync_job_start(connection=connection, member_id="M100", enqueue=False), parallel=1)
+    assert first.status == SyncJob.Status.COMPLETED and first.operation == "$davinci-data-export"
+    assert not fake_payer.requests_to("/Group/g1/$export")
     kick = fake_payer.requests_to("/Group/g1/$davinci-data-export", "POST")[0]
+    assert {"name": "exportType", "valueString": "hl7.fhir.us.davinci-pdex#provider-download"} in kick.body["parameter"]
+    assert {"name": "patient", "valueReference": {"reference": "Patient/p1"}} in kick.body["parameter"]
+    assert not [p for p in kick.body["parameter"] if p["name"] == "_since"]
+    sync_job_run_inline(job=sync_job_start(connection=connection, member_id="M100", enqueue=False), parallel=1)
+    kick = fake_payer.requests_to("/Group/g1/$davinci-data-export", "POST")[1]
     assert {"name": "exportType", "valueString": "hl7.fhir.us.davinci-pdex#provider-delta"} in kick.body["parameter"]
     assert {"name": "_since", "valueInstant": first.transaction_time.isoformat().replace("+00:00", "Z")} in kick.body["parameter"]
 
@@ -127,13 +149,43 @@ def test_manifest_error_file_is_recorded(fake_payer, connection):
     assert issue.outcome["issue"][0]["code"] == "processing"
 
 
+def test_failure_after_kick_off_sends_delete(fake_payer, connection):
+    # Bulk Data req 119: the client cancels (DELETE) an export it will not collect.
+    fake_payer.poll_script = [(400, {})]  # the export failed on the payer's side
+    job = sync_job_run_inline(job=sync_job_start(connection=connection, group_id="g1", enqueue=False), parallel=1)
+    assert job.status == SyncJob.Status.FAILED and job.status_url_deleted_at is not None
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1
+
+    # Kept failing: the bounded retries end, and the DELETE goes out (best effort) too.
+    fake_payer.poll_script = [(503, {"Retry-After": "0"})] * 3
+    with override_settings(PA_SYNC_MAX_TRANSIENT_ERRORS=2):
+        job = sync_job_run_inline(job=sync_job_start(connection=connection, group_id="g1", enqueue=False), parallel=1)
+    assert job.status == SyncJob.Status.FAILED and "kept failing" in job.error
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 2
+
+    # A file that cannot be had fails the job after the downloads: DELETE then too.
+    fake_payer.poll_script = []
+    fake_payer.requires_access_token = False
+    job = sync_job_start(connection=connection, group_id="g1", types=["Condition"], enqueue=False)
+    sync_job_step(job_id=job.pk)
+    step = sync_job_step(job_id=job.pk)  # the manifest
+    fake_payer.exports.clear()  # the files are gone: 404
+    for file_id in step.file_ids:
+        sync_file_step(file_id=file_id)
+    job.refresh_from_db()
+    assert job.status == SyncJob.Status.FAILED
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 3
+
+
 def test_cancel_sends_delete_and_stops_the_job(fake_payer, connection):
     fake_payer.poll_script = [(202, {"Retry-After": "1"})] * 5
     job = sync_job_start(connection=connection, group_id="g1", enqueue=False)
     sync_job_step(job_id=job.pk)  # kick-off
     job = sync_job_cancel(job=job)
     assert job.status == SyncJob.Status.CANCELLED
-    assert fake_payer.requests_to("/status/", "DELETE")
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1  # req 119
+    assert sync_job_cancel(job=job).status == SyncJob.Status.CANCELLED
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1
     assert sync_job_step(job_id=job.pk).delay is None  # a late poll task does nothing
     assert len(fake_payer.requests_to("/status/", "GET")) == 0
 
@@ -143,17 +195,61 @@ def test_bulk_fetch_command_prints_counts(transactional_db, fake_payer, connecti
     call_command("bulk_fetch", "--connection", "unitedcare", "--group", "g1", "--type", "Encounter", "Condition")
     out = capsys.readouterr().out
     assert "Completed: 10 resources stored" in out
-    assert re.search(r"Encounter +8\n", out) and re.search(r"Condition +2\n", out)
+    assert re.search(r"Encounter +8 +0\n", out) and re.search(r"Condition +2 +0\n", out)  # stored, unchanged
     assert "The payer is preparing the data: Working" in out and "2/2 files, 10 resources" in out
     with pytest.raises(CommandError, match="No payer connection"):
         call_command("bulk_fetch", "--connection", "nope", "--system")
 
+    # The same data again (an explicit --since before it all): had already, so unchanged, not stored.
+    call_command("bulk_fetch", "--connection", "unitedcare", "--group", "g1", "--type", "Encounter", "Condition",
+                 "--since", "2000-01-01")
+    out = capsys.readouterr().out
+    assert "Completed: 0 resources stored, 10 unchanged" in out
+    assert re.search(r"Encounter +0 +8\n", out) and re.search(r"Condition +0 +2\n", out)
+    job = SyncJob.objects.order_by("-pk").first()
+    assert job.counts == {} and sync_job_progress(job=job)["resources_unchanged"] == 10
+
+
+@pytest.mark.parametrize("value", ["2026-13-01", "2026-02-30", "yesterday", "2026-01-01T10:00:00"])
+def test_bulk_fetch_refuses_a_bad_since(connection, value):
+    with pytest.raises(CommandError, match="--since"):
+        call_command("bulk_fetch", "--connection", "unitedcare", "--group", "g1", "--since", value)
+    assert not SyncJob.objects.exists()
+
+
+def test_type_filter_with_include_or_sort_is_refused(fake_payer, connection):
+    # Bulk Data req 114: no search result parameters (_include, _sort, ...) in a _typeFilter.
+    for bad in ("Encounter?_sort=date", "Encounter?_include=Encounter:location"):
+        with pytest.raises(ValueError, match="SHALL NOT"):
+            sync_job_start(connection=connection, group_id="g1", type_filters=[bad], enqueue=False)
+        with pytest.raises(CommandError, match="SHALL NOT"):
+            call_command("bulk_fetch", "--connection", "unitedcare", "--group", "g1", "--type-filter", bad)
+    assert not SyncJob.objects.exists() and not fake_payer.requests_to("$export")
+
+
+def test_incremental_key_is_per_connection(fake_payer, connection, key_file):
+    # One deployment, two organizations, each its own SMART client at the same payer: one's
+    # completed fetch is no _since for the other's (scope_key starts with the connection).
+    other = payer_connection_create(
+        name="unitedcare-oakview", display_name="UnitedCare Health", fhir_base_url=fake_payer.base_url,
+        client_id=CLIENT_ID, private_key_path=str(key_file), key_id=fake_payer.key_id, organization_npi="1244668806",
+    )
+    first = sync_job_run_inline(job=sync_job_start(connection=connection, member_id="M100", enqueue=False), parallel=1)
+    assert first.status == SyncJob.Status.COMPLETED
+    theirs = sync_job_start(connection=other, member_id="M100", enqueue=False)
+    assert theirs.since is None and theirs.scope_key != first.scope_key
+    assert sync_job_start(connection=connection, member_id="M100", enqueue=False).since == first.transaction_time
+
 
 def test_add_payer_connection_command(key_file, tmp_path):
     call_command("add_payer_connection", "--name", "acme", "--display-name", "Acme", "--fhir-base-url", "https://acme.example/fhir/",
-                 "--client-id", "c1", "--private-key-path", str(key_file), "--key-id", "k1")
+                 "--client-id", "c1", "--private-key-path", str(key_file), "--key-id", "k1", "--organization-npi", "1345678902")
     connection = PayerConnection.objects.get(name="acme")
     assert connection.fhir_base_url == "https://acme.example/fhir" and "BEGIN" not in str(connection.__dict__)
+    assert connection.organization_npi == "1345678902"  # only that organization's clinicians fetch through it
+    with pytest.raises(CommandError, match="An NPI is 10 digits"):
+        call_command("add_payer_connection", "--name", "acme", "--display-name", "Acme", "--fhir-base-url", "https://acme.example/fhir",
+                     "--client-id", "c1", "--private-key-path", str(key_file), "--key-id", "k1", "--organization-npi", "12345")
     (tmp_path / "bad.pem").write_text("not a key")
     with pytest.raises(CommandError, match="is not an unencrypted PEM private key"):
         call_command("add_payer_connection", "--name", "bad", "--display-name", "Bad", "--fhir-base-url", "https://b.example/fhir",

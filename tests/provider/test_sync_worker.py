@@ -6,11 +6,11 @@ import pytest
 from django.db import transaction
 
 from config.celery_app import app as celery_app
-from provider.models import LocalResource, SyncJob
+from provider.models import IngestIssue, LocalResource, SyncJob
 from provider.services.connections import payer_connection_create
 from provider.services.sync import sync_job_progress, sync_job_start, sync_jobs_resume
 from tests.conftest import wait_for
-from tests.provider.bulk_data import CLIENT_ID
+from tests.provider.bulk_data import CLIENT_ID, encounter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -43,6 +43,38 @@ def test_worker_runs_a_member_sync_end_to_end(celery_worker, fake_payer, connect
     # Each poll was its own task (rescheduled with countdown): 202, 429, then the manifest.
     assert job.poll_count == 3 and len(fake_payer.requests_to("/status/", "GET")) == 3
     assert "Task provider.tasks.sync_file_advance_task" in celery_worker.log()
+
+
+def test_worker_member_sync_survives_429_503_drop_expired_token_and_corrupt_line(celery_worker, fake_payer, connection):
+    # The fault script of test_sync.py's inline run, here over real HTTP with a real worker:
+    # each poll and each file is its own task, rescheduled with countdown, never a sleep.
+    # Bulk Data reqs 17 and 18: the client requests and receives the files; req 201: each
+    # file request carries a valid access token (requiresAccessToken is true), renewed
+    # when it expires in the middle of the downloads.
+    fake_payer.poll_script = [(202, {"X-Progress": "10%", "Retry-After": "1"}), (429, {"Retry-After": "1"}), (503, {}), (202, {"X-Progress": "90%"})]
+    fake_payer.file_faults = {"Encounter": ["expire", "drop", "503", "corrupt"]}
+    fake_payer.resources["Encounter"] += [encounter(f"e1-x{n:03d}", "p1", f"2023-01-{1 + n % 28:02d}T09:00:00Z") for n in range(1500)]
+    jack = sorted([f"e1-{n}" for n in range(1, 8)] + [f"e1-x{n:03d}" for n in range(1500)])
+    with transaction.atomic():
+        job = sync_job_start(connection=connection, member_id="M100", types=["Patient", "Encounter", "Condition"])
+
+    job = wait_for(lambda: finished(job), timeout=90, message=f"the sync job\n{celery_worker.log()[-3000:]}")
+
+    assert job.status == SyncJob.Status.COMPLETED, job.error
+    kick = fake_payer.requests_to("/Group/g1/$export", "POST")
+    assert len(kick) == 1 and {"name": "patient", "valueReference": {"reference": "Patient/p1"}} in kick[0].body["parameter"]
+    # Nothing lost, nothing doubled.
+    stored = lambda kind: sorted(LocalResource.objects.filter(resource_type=kind).values_list("resource_id", flat=True))  # noqa: E731
+    assert stored("Encounter") == jack and stored("Patient") == ["p1"] and stored("Condition") == ["c1"]
+    assert job.counts == {"Patient": 1, "Encounter": 1507, "Condition": 1}
+    issue = IngestIssue.objects.get(sync_file__job=job)
+    assert issue.line_number == 754 and issue.file_name.endswith("-Encounter.ndjson")
+    files = fake_payer.requests_to("/files/")
+    assert [r.headers["Range"] for r in files if "Range" in r.headers]  # the dropped download resumed
+    assert any(r.headers.get("Authorization") for r in files) and all(r.headers.get("Authorization") for r in files)
+    assert len(fake_payer.assertion_claims) >= 2  # a new token after the old one expired
+    assert job.poll_count == 5 and len(fake_payer.requests_to("/status/", "GET")) == 5
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1  # done with the files (reqs 119-121)
 
 
 def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_payer, connection):

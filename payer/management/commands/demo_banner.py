@@ -1,6 +1,5 @@
 """Print where the demo runs and how to log in."""
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from payer.services.demo import ADMIN_PASSWORD, ADMIN_USERNAME, GRACE_HOSPITAL_NAME, JACK_SHAW_MEMBER_ID
@@ -24,14 +23,9 @@ class Command(BaseCommand):
             f"  Provider directory       {base}/payer/providers/",
             f"  FHIR CapabilityStatement {base}/payer/fhir/metadata",
         ]
-        if "emr" in settings.ROLES:
-            # The demo runs every role in one process, so the EMR's demo users can be listed here.
-            from emr.demo import CLINICIANS
-
-            lines.append("  EMR logins:")
-            lines += [f"    {name:<17} {org:<24} {user} / {password}" for user, name, org, _, password in CLINICIANS]
+        # The EMR's logins are the hospital's: `manage.py emr_banner` prints them (the payer
+        # never imports the hospital's code).
         lines += [
-            "  Open Jack Shaw in the EMR and press 'Fetch history from UnitedCare'.",
             "  Worker log: var/worker.log. Ctrl-C stops the server and the worker.",
             "",
         ]

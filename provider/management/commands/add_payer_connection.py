@@ -20,6 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("--algorithm", choices=["RS384", "ES384"], default="RS384")
         parser.add_argument("--scopes", default="system/*.read")
         parser.add_argument("--token-url", default="", help="Empty: discovered from .well-known/smart-configuration.")
+        parser.add_argument("--organization-npi", default="",
+                            help="NPI of the organization whose client this is; only its clinicians may fetch through it.")
         parser.add_argument("--validation-level", choices=PayerConnection.ValidationLevel.values, default="full")
 
     def handle(self, *args, **options) -> None:
@@ -28,8 +30,9 @@ class Command(BaseCommand):
                 name=options["name"], display_name=options["display_name"], fhir_base_url=options["fhir_base_url"],
                 client_id=options["client_id"], private_key_path=options["private_key_path"], key_id=options["key_id"],
                 algorithm=options["algorithm"], scopes=options["scopes"], token_url=options["token_url"],
-                validation_level=options["validation_level"],
+                validation_level=options["validation_level"], organization_npi=options["organization_npi"],
             )
         except ValidationError as error:
             raise CommandError("; ".join(error.messages)) from None
-        self.stdout.write(self.style.SUCCESS(f"Payer connection {connection.name!r} → {connection.fhir_base_url}"))
+        owner = f" for organization {connection.organization_npi}" if connection.organization_npi else " (no organization: not usable from the EMR)"
+        self.stdout.write(self.style.SUCCESS(f"Payer connection {connection.name!r} → {connection.fhir_base_url}{owner}"))

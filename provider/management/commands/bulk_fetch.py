@@ -1,13 +1,14 @@
 """Fetch from a payer in this process (no worker needed), with a progress bar."""
 
 import sys
+from datetime import UTC, datetime, time
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date, parse_datetime
 
 from provider.models import PayerConnection, SyncJob
-from provider.services.sync import sync_job_run_inline, sync_job_start
+from provider.services.sync import stored_summary, sync_job_run_inline, sync_job_start, sync_job_unchanged_counts
 
 
 class Command(BaseCommand):
@@ -21,6 +22,8 @@ class Command(BaseCommand):
         scope.add_argument("--member-id", help="The payer's member id: found in the attribution Group.")
         scope.add_argument("--system", action="store_true", help="System-level export ([base]/$export).")
         parser.add_argument("--type", nargs="+", default=None, help="Resource types (_type).")
+        parser.add_argument("--type-filter", nargs="+", default=None,
+                            help="_typeFilter values, e.g. 'Encounter?date=ge2024-01-01' (no _include/_sort).")
         parser.add_argument("--since", help="Only changes after this instant (_since); default: since the last fetch.")
         parser.add_argument("--parallel", type=int, default=4, help="Files downloaded at once.")
 
@@ -28,20 +31,15 @@ class Command(BaseCommand):
         connection = PayerConnection.objects.filter(name=options["connection"]).first()
         if connection is None:
             raise CommandError(f"No payer connection named {options['connection']!r}.")
-        since = None
-        if options["since"]:
-            since = parse_datetime(options["since"])
-            if since is None and (day := parse_date(options["since"])):
-                since = parse_datetime(f"{day.isoformat()}T00:00:00+00:00")
-            if since is None:
-                raise CommandError(f"--since {options['since']!r} is not a date or an instant.")
+        since = self._since(options["since"]) if options["since"] else None
         level = "system" if options["system"] else "patient" if options["patient"] else "group"
         try:
             job = sync_job_start(
                 connection=connection, member_id=options["member_id"], group_id=options["group"],
-                patient_ids=options["patient"], level=level, types=options["type"], since=since, enqueue=False,
+                patient_ids=options["patient"], level=level, types=options["type"], since=since,
+                type_filters=options["type_filter"], enqueue=False,
             )
-        except (ValueError, ValidationError) as error:
+        except (ValueError, ValidationError) as error:  # e.g. a _typeFilter with _sort (Bulk Data req 114)
             raise CommandError(str(error)) from None
         self.stdout.write(f"Sync job {job.pk}: {level} fetch from {connection.display_name}"
                           + (f", changes since {job.since.isoformat()}" if job.since else ""))
@@ -49,12 +47,31 @@ class Command(BaseCommand):
         self.stdout.write("")
         self._summary(job)
 
+    def _since(self, value: str) -> datetime:
+        """Return ``--since`` as an aware instant: a FHIR instant, or a date (midnight UTC)."""
+        try:
+            # parse_* return None for another format, and raise ValueError for a
+            # well-formed but impossible value such as 2026-13-01.
+            if day := parse_date(value):
+                since = datetime.combine(day, time(), tzinfo=UTC)
+            else:
+                since = parse_datetime(value)
+        except ValueError:
+            since = None
+        if since is None:
+            raise CommandError(f"--since {value!r} is not a date (YYYY-MM-DD) or an instant (YYYY-MM-DDThh:mm:ssZ).")
+        if since.tzinfo is None:
+            # Bulk Data _since is a FHIR instant, which carries a time zone.
+            raise CommandError(f"--since {value!r} needs a time zone, e.g. {value}Z.")
+        return since
+
     def _bar(self, progress: dict) -> None:
         """Draw one progress line: files done of total, or the payer's X-Progress while it works."""
         total, done = progress["files_total"], progress["files_ingested"]
         width = 30
         filled = int(width * done / total) if total else 0
-        label = progress["progress"] if not total else f"{done}/{total} files, {progress['resources_ingested']} resources"
+        resources = stored_summary(stored=progress["resources_ingested"], unchanged=progress["resources_unchanged"])
+        label = progress["progress"] if not total else f"{done}/{total} files, {resources}"
         line = f"\r[{'#' * filled}{'.' * (width - filled)}] {progress['step']}: {label}"[:150]
         self.stdout.write(line.ljust(150), ending="")
         self.stdout.flush() if hasattr(self.stdout, "flush") else sys.stdout.flush()
@@ -62,8 +79,11 @@ class Command(BaseCommand):
     def _summary(self, job: SyncJob) -> None:
         style = self.style.SUCCESS if job.status == SyncJob.Status.COMPLETED else self.style.WARNING
         self.stdout.write(style(f"{job.get_status_display()}: {job.progress}"))
-        for resource_type, count in sorted((job.counts or {}).items()):
-            self.stdout.write(f"  {resource_type:<28} {count:>8}")
+        stored, unchanged = job.counts or {}, sync_job_unchanged_counts(job=job)
+        if stored or unchanged:
+            self.stdout.write(f"  {'':<28} {'stored':>8} {'unchanged':>10}")
+        for resource_type in sorted(set(stored) | set(unchanged)):
+            self.stdout.write(f"  {resource_type:<28} {stored.get(resource_type, 0):>8} {unchanged.get(resource_type, 0):>10}")
         issues = sum(job.files.values_list("error_count", flat=True))
         if issues:
             self.stdout.write(self.style.WARNING(f"  {issues} line(s) not stored; see the sync job's ingest issues."))
