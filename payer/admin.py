@@ -43,6 +43,19 @@ from payer.services.auth import client_register, jwks_url_allowed, jwks_validate
 from payer.services.opt_out import opt_out_record
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A record staff may read but never add, change or delete (audit trail, histories)."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 # --- SMART clients and the audit trail (SMART Backend Services; CMS-0057-F audit) ---------
 
 
@@ -103,22 +116,13 @@ class SmartClientAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit trail is written by the services, never edited by hand."""
 
     list_display = ["created_at", "action", "outcome", "client_id", "organization_npi", "status_code", "request_path"]
     list_filter = ["action", "outcome", "client_id"]
     search_fields = ["client_id", "organization_npi", "patient_ids", "detail"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- Members, opt-outs and attribution lists (CMS-0057-F opt-out; PDex / ATR attribution) ----
@@ -257,7 +261,7 @@ class MemberAdmin(admin.ModelAdmin):
 
 
 @admin.register(OptOutEvent)
-class OptOutEventAdmin(admin.ModelAdmin):
+class OptOutEventAdmin(ReadOnlyAdmin):
     """Read-only: the history is written by ``opt_out_record`` only."""
 
     list_display = ["created_at", "member", "opted_out", "channel", "changed_by", "note"]
@@ -265,15 +269,6 @@ class OptOutEventAdmin(admin.ModelAdmin):
     search_fields = ["member__member_id", "member__family", "changed_by", "note"]
     date_hierarchy = "created_at"
     list_select_related = ["member"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AttributionMemberInline(admin.TabularInline):
@@ -386,22 +381,13 @@ class AttributionGroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(AttributionMember)
-class AttributionMemberAdmin(admin.ModelAdmin):
+class AttributionMemberAdmin(ReadOnlyAdmin):
     """Read-only search across every list; change entries through the group's actions."""
 
     list_display = ["member", "group", "start", "end", "source", "changed_by", "last_transmitted"]
     list_filter = ["source", "group"]
     search_fields = ["member__member_id", "member__family", "group__name", "group__organization__npi"]
     list_select_related = ["member", "group"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- Systems of record: provider directory, contracts, clinical repository, claims -------
