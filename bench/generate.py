@@ -2,7 +2,8 @@
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/pa_bench .venv/bin/python bench/generate.py --members 10000
 
-Runs the generator in this process and prints throughput and peak RSS (ru_maxrss).
+Runs the generator in this process and prints throughput, peak RSS (ru_maxrss) and the
+machine's load average before and after (other processes share the CPUs with the database).
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     providers_seed()
+    load_before = os.getloadavg()[0]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     result = population_generate(members=args.members, seed=args.seed, today=demo_today(), grace_npi=GRACE_HOSPITAL_NPI)
@@ -47,6 +49,7 @@ def main() -> None:
     print(f"elapsed         {elapsed:.1f} s")
     print(f"throughput      {result.clinical_resources / elapsed:,.0f} resources/s, {records / elapsed:,.0f} rows/s")
     print(f"peak RSS        {peak_mib:.0f} MiB (before generating: {rss_before / 1024:.0f} MiB)")
+    print(f"load average    {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (1 min; {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """generate_population: deterministic per seed, valid resources, no collisions with the demo."""
 
 import datetime as dt
+import gc
+import hashlib
 import io
+import json
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from fhirkit.validation import resource_validate
 from payer.mapping import eobs_for_members
-from payer.models import Claim, ClinicalResource, Member, PriorAuthorization
+from payer.models import Claim, ClaimDiagnosis, ClaimLine, ClinicalResource, Member, PriorAuthorization
 from payer.services.demo import GRACE_HOSPITAL_NPI, providers_seed, seed_demo
+from payer.services import population
 from payer.services.population import population_generate
 
 pytestmark = pytest.mark.django_db
@@ -88,3 +92,63 @@ def test_seeds_that_agree_modulo_10000_do_not_collide():
     assert len(longest) <= 40 and FHIR_ID_RE.match(f"pat-{longest.lower()}")
     with pytest.raises(ValueError):
         population_member_id(seed=10**20, n=1)
+
+
+def _fingerprint(prefix: str) -> tuple[str, list[int]]:
+    """Return a digest of every stored row of the members with ``prefix`` (no surrogate keys), and row counts."""
+    digest = hashlib.sha256()
+    members = Member.objects.filter(member_id__startswith=prefix)
+    claims = Claim.objects.filter(member__in=members)
+
+    def fields(model, *skip: str) -> list[str]:
+        return [f.attname for f in model._meta.concrete_fields if f.attname not in ("id", *skip)]
+
+    querysets = [
+        members.order_by("member_id").values_list(*fields(Member)),
+        ClinicalResource.objects.filter(patient_id__in=members.values("patient_id"))
+        .order_by("resource_type", "resource_id").values_list(*fields(ClinicalResource)),
+        claims.order_by("claim_number").values_list("member__member_id", *fields(Claim, "member_id")),
+        ClaimLine.objects.filter(claim__in=claims).order_by("claim__claim_number", "sequence")
+        .values_list("claim__claim_number", *fields(ClaimLine, "claim_id")),
+        ClaimDiagnosis.objects.filter(claim__in=claims).order_by("claim__claim_number", "sequence")
+        .values_list("claim__claim_number", *fields(ClaimDiagnosis, "claim_id")),
+        PriorAuthorization.objects.filter(member__in=members).order_by("auth_number")
+        .values_list("member__member_id", *fields(PriorAuthorization, "member_id")),
+    ]
+    counts = []
+    for queryset in querysets:
+        rows = list(queryset)
+        for row in rows:
+            digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+        counts.append(len(rows))
+    return digest.hexdigest(), counts
+
+
+def test_the_rows_are_those_the_generator_has_always_written():
+    # Pinned from the bulk_create writer before the COPY writer replaced it on PostgreSQL
+    # (same digest on SQLite and PostgreSQL, old and new code): both backends' writers store
+    # exactly these rows. A deliberate change to payer/services/synthetic.py changes it;
+    # then print _fingerprint("UCG0007-") and pin the new value.
+    providers_seed()
+    thresholds = gc.get_threshold()
+    population_generate(members=12, seed=7, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI, batch_members=5)
+    assert _fingerprint("UCG0007-") == (
+        "468723ec001bb1b2c48e0bf22fb7cdf21b6fc305e1c05d3bcd636b51f37ab19e", [12, 417, 184, 270, 205, 7])
+    assert gc.get_threshold() == thresholds  # the relaxed collector settings are put back
+
+
+def test_the_copy_writer_writes_every_column_of_every_table():
+    # COPY sets only the columns it names; a model field added without updating the column
+    # lists would be NULL on PostgreSQL while bulk_create filled in its default elsewhere.
+    # The writer checks this at run time; this test checks it on every backend.
+    for model, columns in [
+        (Member, ("id", *population.MEMBER_COLUMNS)),
+        (ClinicalResource, population.RESOURCE_COLUMNS),
+        (Claim, ("id", "member_id", *population.CLAIM_COLUMNS)),
+        (ClaimLine, ("claim_id", *population.LINE_COLUMNS)),
+        (ClaimDiagnosis, ("claim_id", *population.DIAGNOSIS_COLUMNS)),
+        (PriorAuthorization, ("member_id", *population.PA_COLUMNS)),
+    ]:
+        assert set(columns) | {"id"} == {f.column for f in model._meta.concrete_fields}, model
+    with pytest.raises(RuntimeError, match="opted_out"):
+        population._copy(None, Member, ("id", *population.MEMBER_COLUMNS[:-1]), [])
