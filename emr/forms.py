@@ -21,9 +21,17 @@ class PatientForm(forms.Form):
     gender = forms.ChoiceField(choices=HospitalPatient.Gender.choices, initial=HospitalPatient.Gender.UNKNOWN)
     mrn = forms.CharField(label="MRN", max_length=40, required=False, help_text="Leave empty to assign the next MRN.")
     insurer = forms.ModelChoiceField(
-        queryset=PayerConnection.objects.order_by("display_name"), required=False, empty_label="No insurer / self-pay"
+        queryset=PayerConnection.objects.none(), required=False, empty_label="No insurer / self-pay"
     )
     member_id = forms.CharField(label="Member id", max_length=64, required=False)
+
+    def __init__(self, *args, organization_npi: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only the payers this organization has a client at: another organization's
+        # connections are not this clinician's to use (or to see).
+        self.fields["insurer"].queryset = PayerConnection.objects.filter(organization_npi=organization_npi).order_by(
+            "display_name"
+        )
 
     def clean_birth_date(self) -> dt.date:
         value = self.cleaned_data["birth_date"]

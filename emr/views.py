@@ -56,7 +56,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @clinician_required
 def patient_add(request: HttpRequest) -> HttpResponse:
-    form = PatientForm(request.POST or None)
+    form = PatientForm(request.POST or None, organization_npi=request.clinician.organization_npi)
     if request.method == "POST" and form.is_valid():
         try:
             patient = services.hospital_patient_create(clinician=request.clinician, created_by=request.user, **form.cleaned_data)

@@ -51,15 +51,12 @@ def _client(clinician) -> Client:
 
 
 def test_another_organization_cannot_fetch_through_graces_client_nor_read_jacks_history(graces_jack, grace_connection, rlee):
-    # The reviewer's reproduction: Oakview registers a patient under Jack's member id and
+    # The reviewer's reproduction: Oakview holds a patient under Jack's member id with
+    # Grace's connection as insurer (registration no longer offers it; older rows may) and
     # fetches. Grace's SMART client would get Jack's data from the payer; Oakview has none.
     client = _client(rlee)
-    response = client.post("/emr/patients/add/", {
-        "given": "Jack", "family": "Shaw", "birth_date": "1961-03-14", "gender": "male",
-        "insurer": grace_connection.pk, "member_id": JACK_MEMBER_ID,
-    })
-    assert response.status_code == 302, response.content
-    copy = HospitalPatient.objects.get(organization_npi=OAKVIEW_NPI)
+    copy = factories.hospital_patient_create(organization_npi=OAKVIEW_NPI, insurer=grace_connection,
+                                             member_id=JACK_MEMBER_ID)
     assert selectors.connections_for_fetch(patient=copy) == []
 
     page = client.get(f"/emr/patients/{copy.pk}/").content.decode()
@@ -132,3 +129,18 @@ def test_payer_patient_is_linked_only_by_the_organizations_own_completed_fetch(g
     resolved = oakview_job(SyncJob.Status.COMPLETED, ["pat-jack"])
     assert services.patient_sync_link(patient=patient, job=resolved).payer_patient_id == "pat-jack"
     assert len(selectors.patient_history(patient=patient).encounters) == len(ENCOUNTERS)
+
+
+def test_register_patient_offers_only_the_organizations_own_payer_connections(grace_connection, rlee):
+    oakview_connection = connection_create("unitedcare-oakview", OAKVIEW_NPI, display_name="UnitedCare (Oakview)")
+    client = _client(rlee)
+
+    page = client.get("/emr/patients/add/").content.decode()
+    chose_grace = client.post("/emr/patients/add/", {
+        "given": "Ann", "family": "Lee", "birth_date": "1980-01-01", "gender": "female",
+        "insurer": grace_connection.pk, "member_id": JACK_MEMBER_ID,
+    })
+
+    assert f'value="{oakview_connection.pk}"' in page and f'value="{grace_connection.pk}"' not in page
+    assert chose_grace.status_code == 200 and "Select a valid choice" in chose_grace.content.decode()
+    assert not HospitalPatient.objects.filter(family="Lee").exists()
