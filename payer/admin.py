@@ -56,6 +56,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown with their parent that change only through services (histories, lists)."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 # --- SMART clients and the audit trail (SMART Backend Services; CMS-0057-F audit) ---------
 
 
@@ -191,21 +204,13 @@ def _action_form(modeladmin, request, queryset, *, form_class, action, title, ex
     return None, page
 
 
-class OptOutEventInline(admin.TabularInline):
+class OptOutEventInline(ReadOnlyInline):
     """The member's opt-out history: append-only, so nothing here can be edited."""
 
     model = OptOutEvent
     fields = ["created_at", "opted_out", "channel", "changed_by", "note"]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     ordering = ["-created_at", "-id"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Member)
@@ -271,21 +276,13 @@ class OptOutEventAdmin(ReadOnlyAdmin):
     list_select_related = ["member"]
 
 
-class AttributionMemberInline(admin.TabularInline):
+class AttributionMemberInline(ReadOnlyInline):
     """Entries change only through the group's actions (with a reason) and the claims refresh."""
 
     model = AttributionMember
     fields = ["member", "start", "end", "source", "reason", "changed_by", "last_transmitted"]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     ordering = ["member__family", "member__given"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AttributionGroup)
