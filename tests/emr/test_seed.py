@@ -52,16 +52,3 @@ def test_emr_banner_prints_the_emr_and_every_login():
     assert "http://127.0.0.1:8123/emr/" in text
     for username, display_name, _, _, password in demo.CLINICIANS:
         assert display_name in text and f"{username} / {password}" in text
-
-
-def test_payer_code_never_imports_the_hospitals():
-    # payer and the hospital's apps (provider, emr) meet only over HTTP.
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "payer"
-    offenders = [
-        str(path.relative_to(root.parent)) for path in root.rglob("*.py")
-        if any(line.lstrip().startswith(("from emr", "import emr", "from provider", "import provider"))
-               for line in path.read_text().splitlines())
-    ]
-    assert offenders == []
