@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Exists, F, Lookup, OuterRef, Q, TextField
+from django.db.models import Count, Exists, F, Lookup, OuterRef, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.http import http_date
@@ -1087,8 +1087,9 @@ def export_poll_check(*, job: ExportJob) -> int:
 
 def export_progress(*, job: ExportJob) -> str:
     """Return an X-Progress text (under 100 characters, Bulk Data req 133)."""
-    total = job.units.count()
-    done = job.units.filter(status=ExportWorkUnit.Status.DONE).count()
+    # One aggregate, not two counts: clients poll this on every status request.
+    counts = job.units.aggregate(total=Count("pk"), done=Count("pk", filter=Q(status=ExportWorkUnit.Status.DONE)))
+    total, done = counts["total"], counts["done"]
     percent = int(100 * done / total) if total else 100
     return f"{percent}% ({done} of {total} work units done)"
 
