@@ -1,9 +1,11 @@
 """Sync jobs driven by a REAL Celery worker process against the test Bulk Data server."""
 
+import signal
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from config.celery_app import app as celery_app
 from provider.models import IngestIssue, LocalResource, SyncJob
@@ -81,8 +83,24 @@ def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_paye
     fake_payer.poll_script = [(202, {"X-Progress": f"{n}0%", "Retry-After": "1"}) for n in range(1, 5)]
     worker = start_worker()
     job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
-    wait_for(lambda: SyncJob.objects.filter(pk=job.pk, poll_count__gte=1).exists(), timeout=30, message="the first poll")
-    worker.kill()
+    def between_polls() -> bool:
+        # Polled once and waiting on its next poll, not inside a step: a step holds the
+        # job for STEP_LEASE, and a worker killed there is resumed only after that lease.
+        return SyncJob.objects.filter(
+            pk=job.pk, poll_count__gte=1, next_step_at__lt=timezone.now() + timedelta(seconds=30)
+        ).exists()
+
+    def killed_between_polls() -> bool:
+        if not between_polls():
+            return False
+        worker.process.send_signal(signal.SIGSTOP)  # frozen, it cannot start the next step meanwhile
+        if between_polls():
+            worker.kill()
+            return True
+        worker.process.send_signal(signal.SIGCONT)
+        return False
+
+    wait_for(killed_between_polls, timeout=30, interval=0.02, message="the first poll")
     celery_app.control.purge()  # the scheduled poll is lost with the worker, whatever the broker
 
     start_worker()
