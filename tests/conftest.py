@@ -2,6 +2,7 @@
 Celery worker process that runs against the test database."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +80,21 @@ class WorkerProcess:
                 self.stop()
                 raise RuntimeError(f"Celery worker did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
+
+    def kill_if(self, predicate: Callable[[], object]) -> bool:
+        """Kill the worker (SIGKILL) only if ``predicate`` holds while it is frozen.
+
+        Frozen with SIGSTOP first, it cannot finish or start a task between the check and
+        the kill; if the predicate does not hold, it goes on (SIGCONT) and False is returned.
+        """
+        if not predicate():
+            return False
+        self.process.send_signal(signal.SIGSTOP)
+        if predicate():
+            self.kill()
+            return True
+        self.process.send_signal(signal.SIGCONT)
+        return False
 
     def kill(self) -> None:
         """Kill the worker at once (SIGKILL), as a crashed machine would."""

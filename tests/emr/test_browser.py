@@ -4,7 +4,7 @@ import pytest
 
 from provider.models import PayerConnection
 from tests import factories
-from tests.emr.browser import chromium, login, shot
+from tests.browser import chromium, login, shot
 from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]

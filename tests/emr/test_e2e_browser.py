@@ -17,7 +17,7 @@ from payer.services.attribution import attribution_refresh
 from payer.services.demo_keys import demo_client_ensure, demo_key_kid, demo_key_path
 from provider.models import LocalResource, SyncJob
 from provider.services.connections import payer_connection_create
-from tests.emr.browser import chromium, login, shot
+from tests.browser import chromium, login, shot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.browser]
 

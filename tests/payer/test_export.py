@@ -6,7 +6,6 @@ Requirement numbers refer to /work/shared/spec/bulkdata-2.0-requirements.tsv.
 import datetime
 import gzip
 import json
-import signal
 import time
 from typing import Any
 
@@ -209,19 +208,9 @@ def test_worker_killed_mid_job_completes_with_exact_counts(live_server, start_wo
         running = [u for u in units if u.status == ExportWorkUnit.Status.RUNNING and u.resource_type == "Observation"]
         return running if done >= 2 and running else None
 
-    def killed_while_running():
-        # Freeze the worker first: a unit of 400 rows can finish between a look at the
-        # database and the kill. Stopped, it cannot; if nothing is running, let it go on.
-        if not running_after_some_done():
-            return False
-        worker.process.send_signal(signal.SIGSTOP)
-        if running_after_some_done():
-            worker.kill()
-            return True
-        worker.process.send_signal(signal.SIGCONT)
-        return False
-
-    wait_for(killed_while_running, timeout=60, interval=0.01, message="a unit running after others finished")
+    # Frozen before the check: a unit of 400 rows can finish between a look at the database and the kill.
+    wait_for(lambda: worker.kill_if(running_after_some_done), timeout=60, interval=0.01,
+             message="a unit running after others finished")
     stuck = list(job.units.filter(status=ExportWorkUnit.Status.RUNNING))
     assert stuck, "the worker was killed while a unit was running"
     assert job.units.exclude(status=ExportWorkUnit.Status.DONE).exists()

@@ -4,16 +4,13 @@ stops releasing their data at once; then they opt back in.
 Screenshots go to var/screenshots/opt-out-*.png.
 """
 
-import os
-from pathlib import Path
-
 import pytest
 import requests
 from django.core.cache import cache
 from django.db import connections
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.group import Group
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from payer.models import Member, OptOutEvent
 from payer.services.access import member_visible, visible_patient_ids
@@ -24,26 +21,18 @@ from tests.factories import (
     member_create,
     organization_create,
 )
+from tests.browser import chromium, shot
 from tests.payer.auth_helpers import bearer_token_for
 
-# Playwright's sync API runs an asyncio loop in this thread; the ORM calls made by the test
-# itself between page steps are still synchronous and safe.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.fixture
 def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as launched:
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
             # Connections opened by the test body while Playwright's loop was set are
             # not the ones pytest-django closes at teardown (asgiref locals follow the
             # context): close them here so the test database can be dropped.
@@ -80,8 +69,7 @@ def _group_patients(live_server, token: str, group_id: str) -> list[str]:
 
 
 def _shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"opt-out-{name}.png"), full_page=True)
+    shot(page, f"opt-out-{name}")
 
 
 def _identify(page, *, member_id: str, family: str) -> None:

@@ -1,6 +1,5 @@
 """Sync jobs driven by a REAL Celery worker process against the test Bulk Data server."""
 
-import signal
 from datetime import timedelta
 
 import pytest
@@ -90,17 +89,7 @@ def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_paye
             pk=job.pk, poll_count__gte=1, next_step_at__lt=timezone.now() + timedelta(seconds=30)
         ).exists()
 
-    def killed_between_polls() -> bool:
-        if not between_polls():
-            return False
-        worker.process.send_signal(signal.SIGSTOP)  # frozen, it cannot start the next step meanwhile
-        if between_polls():
-            worker.kill()
-            return True
-        worker.process.send_signal(signal.SIGCONT)
-        return False
-
-    wait_for(killed_between_polls, timeout=30, interval=0.02, message="the first poll")
+    wait_for(lambda: worker.kill_if(between_polls), timeout=30, interval=0.02, message="the first poll")
     celery_app.control.purge()  # the scheduled poll is lost with the worker, whatever the broker
 
     start_worker()

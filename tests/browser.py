@@ -1,4 +1,4 @@
-"""Headless Chromium for the EMR browser tests (Debian's chromium, driven by Playwright)."""
+"""Headless Chromium for the browser tests (Debian's chromium, driven by Playwright)."""
 
 import os
 from collections.abc import Iterator
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, sync_playwright
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "var" / "screenshots"
 CHROMIUM = os.environ.get("PA_CHROMIUM", "/usr/bin/chromium")
 
 
