@@ -162,22 +162,67 @@ def payer_patient_find(*, patient: HospitalPatient, job: SyncJob) -> str:
     return ids[0] if len(ids) == 1 else ""
 
 
-def linked_payer_patient_id(*, patient: HospitalPatient) -> str:
-    """Return the payer Patient id whose history the patient's page may show, or "".
+@dataclass(frozen=True)
+class PayerLink:
+    """Whose history a hospital patient's page shows: one payer Patient of one source.
+
+    ``connection`` is the payer connection whose completed fetch of this patient named
+    ``patient_id``; only that source's resources are read, since another payer (or another
+    organization's client) may use the same id for someone else. ``ended_at`` is set when
+    a later fetch through the same connection found the payer no longer sharing the
+    patient (no longer attributed, opted out, coverage ended): the history is then hidden.
+    """
+
+    connection: PayerConnection
+    patient_id: str
+    ended_at: dt.datetime | None = None
+
+
+def _patient_ids(job: SyncJob) -> list[str]:
+    return [str(p).removeprefix("Patient/") for p in job.patient_ids or []]
+
+
+def payer_link(*, patient: HospitalPatient) -> PayerLink | None:
+    """Return the payer Patient (and its source) whose history the patient's page may show.
 
     ``payer_patient_id`` counts only while a completed fetch of the patient by their own
     organization (see ``payer_patient_find``) names it; a value set any other way (an old
-    link, an edit) shows nothing.
+    link, an edit) shows nothing. The newest such fetch decides the source.
     """
     pid = patient.payer_patient_id
     if not pid:
-        return ""
-    jobs = SyncJob.objects.filter(
-        emr_sync__patient=patient, status=SyncJob.Status.COMPLETED,
-        connection__organization_npi=patient.organization_npi,
-    ).values_list("patient_ids", flat=True)
+        return None
+    jobs = list(
+        SyncJob.objects.filter(
+            emr_sync__patient=patient,
+            status__in=[SyncJob.Status.COMPLETED, SyncJob.Status.NO_DATA],
+            connection__organization_npi=patient.organization_npi,
+        )
+        .select_related("connection")
+        .only("status", "patient_ids", "created_at", "finished_at", "connection")
+        .order_by("-created_at", "-pk")
+    )
     # JSON "contains" is not portable to SQLite; a patient has few jobs.
-    return pid if any(pid in [str(p).removeprefix("Patient/") for p in ids or []] for ids in jobs) else ""
+    linked = next((job for job in jobs if job.status == SyncJob.Status.COMPLETED and pid in _patient_ids(job)), None)
+    if linked is None:
+        return None
+    # A later fetch through the same connection that the payer answered with nothing for
+    # this patient means its sharing ended (CMS-0057-F: data flows only while the member
+    # is attributed and has not opted out); a fetch that failed says nothing either way.
+    ended = next(
+        (job for job in jobs if job.connection_id == linked.connection_id and job.status == SyncJob.Status.NO_DATA
+         and (job.created_at, job.pk) > (linked.created_at, linked.pk)),
+        None,
+    )
+    return PayerLink(
+        connection=linked.connection, patient_id=pid, ended_at=(ended.finished_at or ended.created_at) if ended else None
+    )
+
+
+def linked_payer_patient_id(*, patient: HospitalPatient) -> str:
+    """Return the payer Patient id whose history the patient's page may show now, or ""."""
+    link = payer_link(patient=patient)
+    return link.patient_id if link and not link.ended_at else ""
 
 
 # --- FHIR display helpers ---------------------------------------------------------------
@@ -291,19 +336,21 @@ class Item:
 
 
 class Resolver:
-    """Resolve references to Practitioner, Location and Organization in the local store,
-    in one query per type, falling back to the reference's own display."""
+    """Resolve references to Practitioner, Location and Organization within one source of
+    the local store, in one query per type, falling back to the reference's own display."""
 
     TYPES = ("Practitioner", "Location", "Organization", "PractitionerRole", "Medication")
 
-    def __init__(self, resources: Iterable[dict]) -> None:
+    def __init__(self, resources: Iterable[dict], *, connection_id: int | None) -> None:
         wanted: dict[str, set[str]] = defaultdict(set)
         for resource in resources:
             _collect_refs(resource, wanted)
         self.found: dict[tuple[str, str], dict] = {}
-        for rtype in self.TYPES:
+        for rtype in self.TYPES if connection_id is not None else ():
             if wanted.get(rtype):
-                for row in LocalResource.objects.filter(resource_type=rtype, resource_id__in=wanted[rtype]).only(
+                for row in LocalResource.objects.filter(
+                    connection_id=connection_id, resource_type=rtype, resource_id__in=wanted[rtype]
+                ).only(
                     "resource_type", "resource_id", "resource"
                 ):
                     self.found[(rtype, row.resource_id)] = row.resource
@@ -358,15 +405,16 @@ HISTORY_TYPES = (
 )
 
 
-def _patient_rows(*, patient: HospitalPatient) -> dict[str, list[LocalResource]]:
-    """Return the patient's resources in the local store, by type."""
+def _patient_rows(*, link: PayerLink | None) -> dict[str, list[LocalResource]]:
+    """Return the linked payer patient's resources in the link's source, by type (none
+    once the payer's sharing ended)."""
     rows: dict[str, list[LocalResource]] = defaultdict(list)
-    pid = linked_payer_patient_id(patient=patient)
-    if not pid:
+    if link is None or link.ended_at:
         return rows
+    pid = link.patient_id
     queryset = (
         LocalResource.objects.filter(
-            resource_type__in=HISTORY_TYPES, patient_id__in=[pid, f"Patient/{pid}"]
+            connection=link.connection, resource_type__in=HISTORY_TYPES, patient_id__in=[pid, f"Patient/{pid}"]
         )
         .select_related("connection")
         .only("resource_type", "resource_id", "date", "status", "resource", "export_time", "connection__display_name")
@@ -540,13 +588,19 @@ class History:
     timeline: dict[str, Any] | None
     sources: list[Source]
     total: int
+    # Set when the payer stopped sharing the patient's data: what was fetched is hidden.
+    ended: PayerLink | None = None
 
 
 def patient_history(*, patient: HospitalPatient) -> History:
     """Return the patient's encounters, claims, prior authorizations, conditions and
     medications, newest first, with references resolved."""
-    rows = _patient_rows(patient=patient)
-    resolver = Resolver(row.resource for type_rows in rows.values() for row in type_rows)
+    link = payer_link(patient=patient)
+    rows = _patient_rows(link=link)
+    resolver = Resolver(
+        (row.resource for type_rows in rows.values() for row in type_rows),
+        connection_id=link.connection.pk if link else None,
+    )
     conditions = {row.resource_id: _condition_item(row) for row in rows["Condition"]}
     encounters = [_encounter_item(row, resolver, conditions) for row in rows["Encounter"]]
     claim_rows = [*rows["ExplanationOfBenefit"], *rows["Claim"], *rows["ClaimResponse"]]
@@ -580,6 +634,7 @@ def patient_history(*, patient: HospitalPatient) -> History:
         timeline=encounter_timeline(encounters=encounters),
         sources=sorted(sources.values(), key=lambda s: (s.export_time is None, s.export_time), reverse=True),
         total=sum(len(v) for v in rows.values()),
+        ended=link if link and link.ended_at else None,
     )
 
 
@@ -660,13 +715,16 @@ class EncounterDetail:
 def encounter_detail(*, patient: HospitalPatient, encounter_id: str) -> EncounterDetail | None:
     """Return one of the patient's encounters with everything linked to it, or None when
     the encounter is not the patient's."""
-    rows = _patient_rows(patient=patient)
+    rows = _patient_rows(link=payer_link(patient=patient))
     row = next((r for r in rows["Encounter"] if r.resource_id == encounter_id), None)
     if row is None:
         return None
     linked = lambda kind: [r for r in rows[kind] if encounter_id in _encounter_refs(r.resource)]  # noqa: E731
     claim_rows = [r for r in rows["ExplanationOfBenefit"] if not _is_preauth(r.resource)]
-    resolver = Resolver([row.resource, *(r.resource for r in claim_rows), *(r.resource for k in HISTORY_TYPES for r in linked(k))])
+    resolver = Resolver(
+        [row.resource, *(r.resource for r in claim_rows), *(r.resource for k in HISTORY_TYPES for r in linked(k))],
+        connection_id=row.connection_id,
+    )
     conditions = {r.resource_id: _condition_item(r) for r in rows["Condition"]}
     encounter = _encounter_item(row, resolver, conditions)
     r = row.resource

@@ -149,16 +149,25 @@ class LocalResource(models.Model):
     # rows one patient's index already narrowed to works the same on Postgres and SQLite.
     search_tokens = models.TextField(blank=True, default="")
     resource = models.JSONField()
-    # Provenance: which payer, which export, when.
-    connection = models.ForeignKey(PayerConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    # The source: every stored resource belongs to the one payer connection (and so the one
+    # organization) that fetched it. Ids are the payer's, so two payers (or one payer
+    # answering two organizations) may use the same (type, id) for different things:
+    # uniqueness, upserts, deletions, references and _include all hold within a source.
+    connection = models.ForeignKey(PayerConnection, on_delete=models.PROTECT, related_name="resources")
     sync_job = models.ForeignKey(SyncJob, null=True, blank=True, on_delete=models.SET_NULL)
     export_time = models.DateTimeField(null=True, blank=True, help_text="The export's transactionTime.")
     ingested_at = models.DateTimeField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["resource_type", "resource_id"], name="local_type_id_unique")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "resource_type", "resource_id"], name="local_source_type_id_unique"
+            )
+        ]
         indexes = [
-            models.Index(fields=["resource_type", "patient_id", "date"], name="local_type_patient_date_idx"),
+            models.Index(
+                fields=["connection", "resource_type", "patient_id", "date"], name="local_source_patient_date_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -180,3 +189,26 @@ class IngestIssue(models.Model):
             # A retried ingest task records each bad line once.
             models.UniqueConstraint(fields=["sync_file", "file_name", "line_number"], name="ingest_issue_line_unique"),
         ]
+
+
+class StoreReader(models.Model):
+    """A user of the local FHIR API who reads one organization's sources only.
+
+    The API's merged view of every source is for hospital staff holding the
+    ``provider.view_localresource`` permission; an organization's own systems (its
+    integration engine, its analytics) get a grant here instead and see only what that
+    organization's payer connections fetched.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="store_reader")
+    organization_npi = models.CharField(
+        "organization NPI", max_length=10, db_index=True,
+        validators=[RegexValidator(r"^[0-9]{10}$", "An NPI is 10 digits.")],
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "local store reader"
+
+    def __str__(self) -> str:
+        return f"{self.user} (organization {self.organization_npi})"

@@ -1,13 +1,16 @@
 """Reads of the hospital's local FHIR store: read by id and search (FHIR R4 search.html).
 
-The local FHIR API (provider/views/fhir.py) and the EMR both call these. Errors in the
+The local FHIR API (provider/views/fhir.py) and the EMR both call these, and every one
+takes the sources (payer connections) the caller may see: the store is partitioned by
+source, and a read that named none could mix one organization's or payer's data into
+another's. ``store_connections`` says which sources a user may read. Errors in the
 parameters raise ``fhirkit.outcome.FHIRError`` (400, or 404 for an unknown type), which
 FHIR views render as an OperationOutcome.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ from fhirkit.bundles import (
     unknown_params_check,
 )
 from fhirkit.outcome import FHIRError
-from provider.models import LocalResource
+from provider.models import LocalResource, PayerConnection, StoreReader
 from provider.services.ingest import token_word_encode, resource_type_known
 
 # Search parameters per type, beyond the common ones. "date" is the type's clinical date
@@ -148,8 +151,29 @@ def includes_parse(*, resource_type: str, values: Iterable[str]) -> list[Include
     return includes
 
 
-def local_search_queryset(*, resource_type: str, params: Mapping[str, Any], prefer: str = "") -> QuerySet:
-    """Return the filtered, sorted (unpaged) queryset for a search; raise FHIRError on bad parameters."""
+def store_connections(*, user) -> list[PayerConnection]:
+    """Return the sources ``user`` may read through the local FHIR API.
+
+    A user with a ``StoreReader`` grant reads their organization's connections only; a
+    user with the ``provider.view_localresource`` permission and no grant (hospital staff,
+    trusted systems) reads every source, merged, each resource naming its own. Anyone
+    else reads nothing.
+    """
+    if not (user and user.is_authenticated and user.is_active):
+        return []
+    reader = StoreReader.objects.filter(user=user).first()
+    if reader is not None:
+        return list(PayerConnection.objects.filter(organization_npi=reader.organization_npi).order_by("pk"))
+    if user.has_perm("provider.view_localresource"):
+        return list(PayerConnection.objects.order_by("pk"))
+    return []
+
+
+def local_search_queryset(
+    *, resource_type: str, params: Mapping[str, Any], connection_ids: Collection[int], prefer: str = ""
+) -> QuerySet:
+    """Return the filtered, sorted (unpaged) queryset for a search within the sources
+    ``connection_ids``; raise FHIRError on bad parameters."""
     resource_type_check(resource_type)
     supported = SEARCH_PARAMETERS.get(resource_type)
     if supported is None:
@@ -158,7 +182,7 @@ def local_search_queryset(*, resource_type: str, params: Mapping[str, Any], pref
         )
     values = _values(params)
     unknown = unknown_params_check(values, allowed=[*supported, *RESULT_PARAMETERS], prefer=prefer)
-    queryset = LocalResource.objects.filter(resource_type=resource_type)
+    queryset = LocalResource.objects.filter(connection_id__in=list(connection_ids), resource_type=resource_type)
     for name, items in values.items():
         kind = supported.get(name)
         if kind is None or name in unknown:
@@ -181,12 +205,13 @@ def local_search_queryset(*, resource_type: str, params: Mapping[str, Any], pref
     sorts = values.get("_sort", [])
     if len(sorts) > 1 or (sorts and sorts[0] not in SORTS):
         raise search_error("_sort", f"supported: {', '.join(SORTS)}.")
-    ordering = SORTS[sorts[0]] if sorts else ("pk",)
+    ordering = (*SORTS[sorts[0]], "connection_id") if sorts else ("pk",)
     return queryset.order_by(*ordering)
 
 
 def local_search(
-    *, resource_type: str, params: Mapping[str, Any], prefer: str = "", default_count: int = 50
+    *, resource_type: str, params: Mapping[str, Any], connection_ids: Collection[int], prefer: str = "",
+    default_count: int = 50,
 ) -> tuple[list[LocalResource], int]:
     """Return (the page of matching rows, the total number of matches) for a FHIR search.
 
@@ -194,7 +219,9 @@ def local_search(
     ``_count`` (page size), ``_offset`` (the page) and ``_sort`` (``date``, ``-date``).
     """
     values = _values(params)
-    queryset = local_search_queryset(resource_type=resource_type, params=values, prefer=prefer)
+    queryset = local_search_queryset(
+        resource_type=resource_type, params=values, connection_ids=connection_ids, prefer=prefer
+    )
     count = count_parse((values.get("_count") or [None])[-1], default=default_count)
     offset = offset_parse((values.get("_offset") or [None])[-1])
     total = queryset.count()
@@ -203,8 +230,12 @@ def local_search(
 
 
 def local_search_includes(*, rows: Iterable[LocalResource], includes: Iterable[Include]) -> list[LocalResource]:
-    """Return the stored resources the ``includes`` reference from ``rows`` (each once)."""
-    wanted: set[tuple[str, str]] = set()
+    """Return the stored resources the ``includes`` reference from ``rows`` (each once).
+
+    A reference resolves within its row's own source: Practitioner/7 from one payer is
+    not Practitioner/7 from another.
+    """
+    wanted: set[tuple[int, str, str]] = set()
     for row in rows:
         for include in includes:
             value = row.resource.get(include.element)
@@ -218,18 +249,26 @@ def local_search_includes(*, rows: Iterable[LocalResource], includes: Iterable[I
                     continue
                 parts = text.split("/_history/")[0].split("/")
                 if len(parts) >= 2 and parts[-2] in include.targets:
-                    wanted.add((parts[-2], parts[-1]))
+                    wanted.add((row.connection_id, parts[-2], parts[-1]))
     if not wanted:
         return []
     q = Q()
-    for kind in {kind for kind, _ in wanted}:
-        q |= Q(resource_type=kind, resource_id__in=[rid for k, rid in wanted if k == kind])
-    return list(LocalResource.objects.filter(q).order_by("resource_type", "resource_id"))
+    for source, kind in {(source, kind) for source, kind, _ in wanted}:
+        ids = [rid for s, k, rid in wanted if (s, k) == (source, kind)]
+        q |= Q(connection_id=source, resource_type=kind, resource_id__in=ids)
+    return list(
+        LocalResource.objects.filter(q).select_related("connection").order_by("resource_type", "resource_id", "connection_id")
+    )
 
 
-def local_read(*, resource_type: str, resource_id: str) -> LocalResource | None:
-    """Return the stored resource ``resource_type/resource_id``, or None."""
+def local_read(*, resource_type: str, resource_id: str, connection_ids: Collection[int]) -> list[LocalResource]:
+    """Return the stored resources ``resource_type/resource_id`` of the sources
+    ``connection_ids``: one per source that holds that id (none, one, or several)."""
     resource_type_check(resource_type)
     if not FHIR_ID_RE.match(resource_id):
-        return None
-    return LocalResource.objects.filter(resource_type=resource_type, resource_id=resource_id).first()
+        return []
+    return list(
+        LocalResource.objects.filter(
+            connection_id__in=list(connection_ids), resource_type=resource_type, resource_id=resource_id
+        ).select_related("connection").order_by("connection_id")
+    )

@@ -408,7 +408,11 @@ _COLUMNS = (
     "search_tokens", "resource", "connection_id", "sync_job_id", "export_time", "ingested_at",
 )
 _DATETIME_INDEXES = tuple(_COLUMNS.index(name) for name in ("last_updated", "date", "export_time", "ingested_at"))
-_UPDATE_SET = ", ".join(f"{column} = EXCLUDED.{column}" for column in _COLUMNS[2:])
+_CONNECTION_INDEX = _COLUMNS.index("connection_id")
+# The store is partitioned by source (LocalResource's unique constraint): a row is only
+# ever replaced by the same connection's newer version, never taken over by another's.
+_CONFLICT = "(connection_id, resource_type, resource_id)"
+_UPDATE_SET = ", ".join(f"{column} = EXCLUDED.{column}" for column in _COLUMNS[2:] if column != "connection_id")
 
 # A later version replaces an earlier one, an earlier one never replaces a later one, and
 # the same version again changes nothing (not even the provenance). Order by
@@ -445,7 +449,7 @@ def _sort_key(row: tuple) -> tuple:
 
 def _rows_dedupe(rows: list[tuple]) -> list[tuple]:
     # One INSERT ... ON CONFLICT may not touch a row twice: keep the latest version of
-    # each (type, id) in the batch. Most batches repeat no key.
+    # each (type, id) in the batch (a batch holds one source's rows). Most batches repeat no key.
     if len({(row[0], row[1]) for row in rows}) == len(rows):
         return rows
     latest: dict[tuple[str, str], tuple] = {}
@@ -543,13 +547,15 @@ def _upsert_postgres(cursor, rows: list[tuple], *, optimistic: bool) -> tuple[in
     ids_by_type: dict[str, list[str]] = {}
     for row in rows:
         ids_by_type.setdefault(row[0], []).append(row[1])
+    connection_id = rows[0][_CONNECTION_INDEX]
     existing: set[tuple[str, str]] = set()
     for resource_type, ids in ids_by_type.items():
         # One text parameter split by the server: cheaper to send than an array of 1,000
         # strings. Ids passed resource_check, so they hold no space.
         cursor.execute(
-            f"SELECT resource_id FROM {_TABLE} WHERE resource_type = %s AND resource_id = ANY(string_to_array(%s, ' '))",
-            [resource_type, " ".join(ids)],
+            f"SELECT resource_id FROM {_TABLE} WHERE connection_id = %s AND resource_type = %s"
+            " AND resource_id = ANY(string_to_array(%s, ' '))",
+            [connection_id, resource_type, " ".join(ids)],
         )
         existing.update((resource_type, resource_id) for (resource_id,) in cursor.fetchall())
     new = [row for row in rows if (row[0], row[1]) not in existing]
@@ -576,7 +582,7 @@ def _upsert_postgres(cursor, rows: list[tuple], *, optimistic: bool) -> tuple[in
             copy.write(_copy_data(known))
         cursor.execute(
             f"INSERT INTO {_TABLE} AS t ({columns}) SELECT {columns} FROM {_STAGE} "
-            f"ON CONFLICT (resource_type, resource_id) DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_POSTGRES}"
+            f"ON CONFLICT {_CONFLICT} DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_POSTGRES}"
         )
         written += cursor.rowcount
     return written, bool(existing)
@@ -587,7 +593,7 @@ def _upsert_sqlite(cursor, rows: list[tuple]) -> int:
     written = 0
     sql = (
         f"INSERT INTO {_TABLE} AS t ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
-        f"ON CONFLICT (resource_type, resource_id) DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_SQLITE}"
+        f"ON CONFLICT {_CONFLICT} DO UPDATE SET {_UPDATE_SET} WHERE {_NEWER_SQLITE}"
     )
     # Store timestamps as the ORM does (naive UTC text), so that its lookups match them.
     adapt = cursor.db.ops.adapt_datetimefield_value
@@ -795,7 +801,7 @@ def ndjson_ingest(
     stream: IO[bytes],
     file_name: str,
     expected_type: str | None,
-    connection: PayerConnection | None,
+    connection: PayerConnection,
     sync_job: SyncJob | None = None,
     sync_file: SyncFile | None = None,
     export_time: datetime.datetime | None,
@@ -810,15 +816,18 @@ def ndjson_ingest(
 
     ``stream`` is binary and read line by line. ``start_byte``/``end_byte``/``first_line``
     restrict the call to one chunk from ``ndjson_chunk_plan`` (the stream must then be
-    seekable). Stored data is never replaced by an older version, and ingesting the same
-    lines twice changes nothing.
+    seekable). Every resource is stored as ``connection``'s: only that source's rows are
+    compared and replaced. Stored data is never replaced by an older version, and
+    ingesting the same lines twice changes nothing.
     """
     if validation_level not in ("full", "structure"):
         raise ValueError(f"Unknown validation level {validation_level!r}.")
+    if connection is None or connection.pk is None:
+        raise ValueError("Every stored resource belongs to a saved payer connection.")
     using = DEFAULT_DB_ALIAS
     result = IngestResult()
     by_type: Counter[str] = Counter()
-    provenance = (connection.pk if connection else None, sync_job.pk if sync_job else None, export_time, timezone.now())
+    provenance = (connection.pk, sync_job.pk if sync_job else None, export_time, timezone.now())
     batch: list[tuple[Any, bytes]] = []
     issues: list[IngestIssue] = []
     writer = _Writer(using=using, background=background_writes, provenance=provenance)
@@ -907,7 +916,7 @@ def ndjson_ingest_chunk(
     chunk: NDJSONChunk,
     file_name: str,
     expected_type: str | None,
-    connection: PayerConnection | None,
+    connection: PayerConnection,
     sync_job: SyncJob | None = None,
     sync_file: SyncFile | None = None,
     export_time: datetime.datetime | None,
@@ -934,7 +943,7 @@ def deleted_apply(
     *,
     stream: IO[bytes],
     file_name: str,
-    connection: PayerConnection | None,
+    connection: PayerConnection,
     sync_file: SyncFile | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> IngestResult:
@@ -942,8 +951,8 @@ def deleted_apply(
 
     Bulk Data export.html#bulk-data-output-file-request ("deleted"): each line is a
     transaction Bundle whose entries have ``request.method`` DELETE and ``request.url``
-    ``Type/id``. With a ``connection`` only that payer's resources are removed: one payer
-    never deletes what another sent. ``stored`` counts the rows removed.
+    ``Type/id``. Only ``connection``'s resources are removed: one payer (or one
+    organization's client) never deletes what another sent. ``stored`` counts the rows removed.
     """
     result = IngestResult()
     by_type: Counter[str] = Counter()
@@ -957,9 +966,7 @@ def deleted_apply(
             by_kind.setdefault(kind, []).append(resource_id)
         with transaction.atomic():
             for kind, ids in by_kind.items():
-                rows = LocalResource.objects.filter(resource_type=kind, resource_id__in=ids)
-                if connection is not None:
-                    rows = rows.filter(connection=connection)
+                rows = LocalResource.objects.filter(connection=connection, resource_type=kind, resource_id__in=ids)
                 deleted, _ = rows.delete()
                 result.stored += deleted
         keys.clear()

@@ -1,14 +1,23 @@
 """The hospital's local FHIR API at /provider/fhir: metadata, read and search.
 
-Who may read it: the store is shared by every organization of the deployment (a hospital
-may host several, each fetching through its own payer connection), and it is not scoped
-per organization, so the API is for the hospital's trusted systems and staff only: users
-holding the ``provider.view_localresource`` permission (superusers have it). Anyone else
-who signs in, a clinician included, gets 403; clinicians read their own organization's
-patients through the EMR's pages, which scope every read to the organization. Callers
-authenticate with a Django session, HTTP Basic, or ``Authorization: Bearer <token>`` (a
-DRF authtoken of a user with the permission, for other systems). Every resource served
-is the JSON the payer sent, as stored.
+The store is partitioned by source: each resource belongs to the payer connection that
+fetched it, and so to one organization (a hospital deployment may host several). Who
+reads what (``provider.selectors.store_connections``):
+
+- a user with a ``StoreReader`` grant (an organization's own systems) reads that
+  organization's sources only;
+- a user with the ``provider.view_localresource`` permission and no grant (hospital staff,
+  superusers) reads every source, merged;
+- anyone else who signs in, a clinician included, gets 403: clinicians read their own
+  organization's patients through the EMR's pages.
+
+Two sources may hold the same ``Type/id`` for different things, so every source also has
+its own base, ``/provider/fhir/source/<connection name>``, where ids are unambiguous. In
+the merged base each entry's ``fullUrl`` is its source's URL, ``meta.source`` names the
+payer (when the payer did not set it), and a read of an id two sources hold answers 300
+Multiple Choices naming them. Callers authenticate with a Django session, HTTP Basic, or
+``Authorization: Bearer <token>`` (a DRF authtoken). Every resource served is the JSON the
+payer sent, as stored, with only ``meta.source`` added.
 """
 
 import logging
@@ -25,6 +34,7 @@ from rest_framework.views import APIView
 from fhirkit.bundles import count_parse, offset_page_links, offset_parse, searchset_bundle
 from fhirkit.outcome import FHIRError
 from fhirkit.renderers import FHIRJSONRenderer, JSONAliasRenderer
+from provider.models import LocalResource, PayerConnection
 from provider.selectors import (
     INCLUDES,
     SEARCH_PARAMETERS,
@@ -33,6 +43,7 @@ from provider.selectors import (
     local_read,
     local_search,
     local_search_includes,
+    store_connections,
 )
 
 # Who read which patient's data: the hospital's access log (HIPAA audit controls).
@@ -54,9 +65,24 @@ class BearerTokenAuthentication(TokenAuthentication):
     keyword = "Bearer"
 
 
+def source_url(request: Request, connection: PayerConnection) -> str:
+    """Return the base URL of one source's own view of the store."""
+    return f"{fhir_base_url(request)}/source/{connection.name}"
+
+
+def resource_served(row: LocalResource) -> dict:
+    """Return the stored JSON with ``meta.source`` naming the payer when it names none
+    (R4 resource.html#Meta: "a uri that identifies the source system of the resource")."""
+    meta = row.resource.get("meta")
+    if isinstance(meta, dict) and meta.get("source"):
+        return row.resource
+    return {**row.resource, "meta": {**(meta if isinstance(meta, dict) else {}), "source": row.connection.fhir_base_url}}
+
+
 class CanReadLocalStore(BasePermission):
-    """Allow users with ``provider.view_localresource``: the store holds every
-    organization's fetched patients, so signing in alone is not enough."""
+    """Allow users who may read at least one source (``store_connections``), and, under
+    ``/source/<name>``, only users who may read that one. The sources are left on the
+    request for the view."""
 
     message = "This account may not read the local FHIR store."
 
@@ -64,7 +90,12 @@ class CanReadLocalStore(BasePermission):
         user = request.user
         if not (user and user.is_authenticated):
             return False  # 401 with a challenge
-        if user.is_active and user.has_perm("provider.view_localresource"):
+        connections = store_connections(user=user)
+        source = view.kwargs.get("source")
+        if source is not None:
+            connections = [c for c in connections if c.name == source]
+        if connections:
+            request.store_connections = connections
             return True
         audit_logger.warning("denied user=%s path=%s", user.pk, request.path[:300])
         return False
@@ -132,31 +163,48 @@ class MetadataView(ProviderFHIRView):
 class ResourceReadView(ProviderFHIRView):
     """``GET /[type]/[id]``: one stored resource (R4 http.html#read)."""
 
-    def get(self, request: Request, resource_type: str, resource_id: str) -> Response:
-        row = local_read(resource_type=resource_type, resource_id=resource_id)
-        if row is None:
+    def get(self, request: Request, resource_type: str, resource_id: str, source: str | None = None) -> Response:
+        connections = request.store_connections
+        rows = local_read(resource_type=resource_type, resource_id=resource_id, connection_ids=[c.pk for c in connections])
+        if not rows:
             raise FHIRError(f"{resource_type}/{resource_id[:64]} is not in the local store.", status=404, code="not-found")
+        if len(rows) > 1:
+            # Two sources hold the same id for (possibly) different things: never pick one.
+            choices = ", ".join(f"{source_url(request, row.connection)}/{resource_type}/{resource_id}" for row in rows)
+            audit_logger.info("read-ambiguous user=%s resource=%s/%s", request.user.pk, resource_type, resource_id)
+            raise FHIRError(
+                f"{len(rows)} sources hold {resource_type}/{resource_id}; read it from one of: {choices}",
+                status=300, code="multiple-matches",
+            )
+        row = rows[0]
         audit_logger.info(
-            "read user=%s resource=%s/%s patient=%s", request.user.pk, resource_type, resource_id, row.patient_id
+            "read user=%s source=%s resource=%s/%s patient=%s",
+            request.user.pk, row.connection.name, resource_type, resource_id, row.patient_id,
         )
         headers = {}
         if row.version_id:
             headers["ETag"] = f'W/"{row.version_id}"'
         if row.last_updated:
             headers["Last-Modified"] = http_date(row.last_updated.timestamp())
-        return Response(row.resource, headers=headers)
+        headers["Content-Location"] = f"{source_url(request, row.connection)}/{resource_type}/{resource_id}"
+        return Response(resource_served(row), headers=headers)
 
 
 class ResourceSearchView(ProviderFHIRView):
     """``GET /[type]?...``: a searchset Bundle with ``total`` and paging links (R4 search.html)."""
 
-    def get(self, request: Request, resource_type: str) -> Response:
+    def get(self, request: Request, resource_type: str, source: str | None = None) -> Response:
         params = {key: request.query_params.getlist(key) for key in request.query_params}
         prefer = request.headers.get("Prefer", "")
-        rows, total = local_search(resource_type=resource_type, params=params, prefer=prefer)
+        connections = {c.pk: c for c in request.store_connections}
+        rows, total = local_search(
+            resource_type=resource_type, params=params, prefer=prefer, connection_ids=list(connections)
+        )
         includes = includes_parse(resource_type=resource_type, values=params.get("_include", []))
         included = local_search_includes(rows=rows, includes=includes) if includes else []
-        base_url = fhir_base_url(request)
+        for row in rows:
+            row.connection = connections[row.connection_id]
+        base_url = source_url(request, request.store_connections[0]) if source else fhir_base_url(request)
         self_url, next_url, previous_url = offset_page_links(
             base_url=f"{base_url}/{resource_type}",
             params={key: value for key, value in params.items() if key != "_offset"},
@@ -165,18 +213,21 @@ class ResourceSearchView(ProviderFHIRView):
             total=total,
         )
         bundle = searchset_bundle(
-            resources=[row.resource for row in rows],
+            resources=[resource_served(row) for row in rows],
             base_url=base_url,
             self_url=self_url,
             total=total,
             next_url=next_url,
             previous_url=previous_url,
         )
+        # Each entry's fullUrl is its own source's URL: unambiguous in the merged view.
+        for entry, row in zip(bundle["entry"], rows):
+            entry["fullUrl"] = f"{source_url(request, row.connection)}/{row.resource_type}/{row.resource_id}"
         # R4 search.html#include: included resources are entries with search.mode "include".
         bundle["entry"] += [
             {
-                "fullUrl": f"{base_url}/{row.resource_type}/{row.resource_id}",
-                "resource": row.resource,
+                "fullUrl": f"{source_url(request, row.connection)}/{row.resource_type}/{row.resource_id}",
+                "resource": resource_served(row),
                 "search": {"mode": "include"},
             }
             for row in included

@@ -125,9 +125,13 @@ def test_payer_patient_is_linked_only_by_the_organizations_own_completed_fetch(g
     assert services.patient_sync_link(patient=patient, job=unresolved).payer_patient_id == ""
     assert selectors.patient_history(patient=patient).total == 0
 
-    # Once the payer answers Oakview's own client with Jack, Oakview sees the history.
+    # Once the payer answers Oakview's own client with Jack, the link holds, yet Oakview
+    # still sees none of what Grace's connection fetched: the store is partitioned by source.
     resolved = oakview_job(SyncJob.Status.COMPLETED, ["pat-jack"])
     assert services.patient_sync_link(patient=patient, job=resolved).payer_patient_id == "pat-jack"
+    assert selectors.patient_history(patient=patient).total == 0
+    # What Oakview's own connection stored, it sees.
+    history_store(connection=oakview_connection, patient_id="pat-jack", member_id=JACK_MEMBER_ID)
     assert len(selectors.patient_history(patient=patient).encounters) == len(ENCOUNTERS)
 
 

@@ -126,7 +126,7 @@ def test_encounter_detail_shows_everything_linked_and_the_claim(smith, jack):
 
 def test_encounter_of_another_patient_is_404(smith, jack, connection):
     LocalResource.objects.create(
-        resource_type="Encounter", resource_id="enc-elsewhere", patient_id="pat-other", resource={
+        resource_type="Encounter", resource_id="enc-elsewhere", patient_id="pat-other", connection=connection, resource={
             "resourceType": "Encounter", "id": "enc-elsewhere", "status": "finished", "class": {"code": "AMB"},
             "subject": {"reference": "Patient/pat-other"}}, ingested_at=timezone.now(),
     )

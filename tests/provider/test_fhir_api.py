@@ -12,6 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
+from provider.models import PayerConnection
 from provider.selectors import local_read, local_search
 from provider.services.ingest import ndjson_ingest
 from tests.provider import fhir_samples as fx
@@ -35,8 +36,15 @@ def fast_password_hasher(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+def connection_create(name: str = "unitedcare", npi: str = "1345678902") -> PayerConnection:
+    return PayerConnection.objects.create(
+        name=name, display_name=name.title(), fhir_base_url=f"https://{name}.example/fhir", client_id=f"{name}-client",
+        private_key_path="/dev/null", key_id="k", organization_npi=npi,
+    )
+
+
 @pytest.fixture
-def store(transactional_db) -> None:
+def store(transactional_db) -> PayerConnection:
     """Jack Shaw's history, another patient's encounter, and the people and places they name."""
     resources = [
         fx.patient("jack"),
@@ -54,9 +62,11 @@ def store(transactional_db) -> None:
         fx.observation("o1"), fx.procedure("p1"), fx.medication_request("m1"),
         fx.eob("x1"), fx.claim("cl1"), fx.claim_response("cr1"),
     ]
+    connection = connection_create()
     result = ndjson_ingest(stream=fx.ndjson(*resources), file_name="all.ndjson", expected_type=None,
-                           connection=None, export_time=None)
+                           connection=connection, export_time=None)
     assert result.errors == 0
+    return connection
 
 
 def store_reader_create(username: str, **extra):
@@ -176,7 +186,10 @@ def test_read_serves_the_stored_json(http):
     assert response.headers["Content-Type"].startswith("application/fhir+json")
     assert response.headers["ETag"] == 'W/"1"'
     assert response.headers["Last-Modified"] == "Wed, 01 May 2024 10:00:00 GMT"
-    assert response.json() == fx.encounter("e1", start=ENCOUNTERS[0][1])
+    # The JSON the payer sent, with meta.source naming the payer it came from.
+    stored = fx.encounter("e1", start=ENCOUNTERS[0][1])
+    assert response.json() == {**stored, "meta": {**stored["meta"], "source": "https://unitedcare.example/fhir"}}
+    assert response.headers["Content-Location"] == f"{http.base}/source/unitedcare/Encounter/e1"
     assert http.get(f"{http.base}/Location/grace-er").json()["name"] == "Grace Hospital Emergency"
 
 
@@ -258,7 +271,10 @@ def test_encounter_sort_count_and_paging_links(http):
 
     only_total = search(http, "Encounter", patient="jack", _count="0")
     assert only_total["total"] == 4 and "entry" not in only_total or only_total["entry"] == []
-    assert all(entry["fullUrl"] == f"{http.base}/Encounter/{entry['resource']['id']}" for entry in newest_first["entry"])
+    assert all(
+        entry["fullUrl"] == f"{http.base}/source/unitedcare/Encounter/{entry['resource']['id']}"
+        for entry in newest_first["entry"]
+    )
 
 
 def test_encounter_include_practitioner_participant_and_location(http):
@@ -321,8 +337,14 @@ def test_unknown_parameter_is_ignored_with_prefer_lenient(http):
 
 
 def test_selectors_serve_the_emr_directly(store):
-    rows, total = local_search(resource_type="Encounter", params={"patient": "jack", "_sort": "-date", "_count": "2"})
+    sources = [store.pk]
+    rows, total = local_search(
+        resource_type="Encounter", params={"patient": "jack", "_sort": "-date", "_count": "2"}, connection_ids=sources
+    )
     assert total == 4 and [row.resource_id for row in rows] == ["e4", "e3"]
-    assert local_read(resource_type="Patient", resource_id="jack").resource["birthDate"] == "1970-03-14"
-    assert local_read(resource_type="Patient", resource_id="nobody") is None
+    [jack] = local_read(resource_type="Patient", resource_id="jack", connection_ids=sources)
+    assert jack.resource["birthDate"] == "1970-03-14"
+    assert local_read(resource_type="Patient", resource_id="nobody", connection_ids=sources) == []
+    # Another source's view holds none of it.
+    assert local_read(resource_type="Patient", resource_id="jack", connection_ids=[connection_create("other").pk]) == []
     assert datetime.datetime(2024, 3, 1, 9, tzinfo=datetime.timezone.utc) == rows[0].date
