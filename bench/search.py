@@ -61,9 +61,10 @@ def main() -> None:
         print(f"filling the store: {stored:,} < {args.resources:,} resources")
         with tempfile.TemporaryDirectory(prefix="bench-search-") as folder:
             paths = bench_ingest.files_write(args.resources, Path(folder))
+            payer, _ = bench_ingest._provenance()
             for kind, path in paths.items():
                 with open(path, "rb") as stream:
-                    ndjson_ingest(stream=stream, file_name=path.name, expected_type=kind, connection=None,
+                    ndjson_ingest(stream=stream, file_name=path.name, expected_type=kind, connection=payer,
                                   export_time=None, validation_level="structure")
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE provider_localresource")

@@ -142,7 +142,10 @@ class FakePayer:
                 continue
             chosen = []
             for resource in items:
-                if patients is not None and self._patient_of(resource) not in patients:
+                # Resources about no patient (Practitioner, Location) go with every
+                # export, as a payer sends the directory entries its data references.
+                owner = self._patient_of(resource)
+                if patients is not None and owner is not None and owner not in patients:
                     continue
                 updated = (resource.get("meta") or {}).get("lastUpdated")
                 if since_dt and updated and datetime.fromisoformat(updated.replace("Z", "+00:00")) <= since_dt:

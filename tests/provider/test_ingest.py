@@ -275,3 +275,33 @@ def test_json_with_backslashes_tabs_and_unicode_round_trips(payer):
 
     assert result.stored == 1
     assert LocalResource.objects.get().resource == patient
+
+
+def test_two_sources_keep_the_same_ids_apart_on_every_write_path(transactional_db, payer):
+    # Issue "a local store partitioned by payer and organization": the same (type, id)
+    # from two connections is two rows. Batches of 3 in a forked writer (on Postgres)
+    # take the COPY path first and the staged upsert after, so both are exercised.
+    second = PayerConnection.objects.create(
+        name="second", display_name="Second Payer", fhir_base_url="https://second.example/fhir",
+        client_id="grace", private_key_path="var/keys/grace.pem", key_id="k1",
+    )
+    ours = [fx.encounter(f"e{n}", start=f"2023-01-{n + 1:02d}T08:00:00Z") for n in range(10)]
+    theirs = [{**fx.encounter(f"e{n}", pid="someone-else"), "meta": {"lastUpdated": "2099-01-01T00:00:00Z"}} for n in range(10)]
+
+    assert ingest(fx.ndjson(*ours), connection=payer, batch_size=3, background_writes=None).stored == 10
+    assert ingest(fx.ndjson(*theirs), connection=second, batch_size=3, background_writes=None).stored == 10
+    # A newer version from the other source replaced nothing of ours; ours again is unchanged.
+    assert ingest(fx.ndjson(*ours), connection=payer, batch_size=3, background_writes=None).unchanged == 10
+
+    assert LocalResource.objects.filter(resource_type="Encounter").count() == 20
+    assert set(LocalResource.objects.filter(connection=payer).values_list("patient_id", flat=True)) == {"jack"}
+    assert set(LocalResource.objects.filter(connection=second).values_list("patient_id", flat=True)) == {"someone-else"}
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "DELETE", "url": "Encounter/e1"}}]}
+    assert deleted_apply(stream=io.BytesIO(json.dumps(bundle).encode()), file_name="d.ndjson", connection=second).stored == 1
+    assert LocalResource.objects.filter(connection=payer, resource_id="e1").exists()
+
+
+def test_ingest_needs_a_saved_connection():
+    with pytest.raises(ValueError, match="payer connection"):
+        ingest(fx.ndjson(fx.patient()), connection=None)
