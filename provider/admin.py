@@ -3,7 +3,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from provider.models import PayerConnection, SyncFile, SyncJob
+from provider.models import PayerConnection, StoreReader, SyncFile, SyncJob
 from provider.services.connections import private_key_check
 from provider.services.sync import sync_job_cancel, sync_job_start
 
@@ -62,3 +62,12 @@ class SyncJobAdmin(admin.ModelAdmin):
         for job in queryset:
             job = sync_job_cancel(job=job)
             self.message_user(request, f"Sync job {job.pk}: {job.get_status_display()}.", messages.INFO)
+
+
+@admin.register(StoreReader)
+class StoreReaderAdmin(admin.ModelAdmin):
+    """Accounts of an organization's own systems that read only its sources in the local FHIR API."""
+
+    list_display = ["user", "organization_npi", "created_at"]
+    search_fields = ["user__username", "organization_npi"]
+    autocomplete_fields = ["user"]
