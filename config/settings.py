@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "axes",
     "fhirkit",
     *[app for role in ("payer", "provider", "emr") if role in ROLES for app in ROLE_APPS[role]],
 ]
@@ -84,7 +85,35 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login limits on every password login: the EMR's and the admin's forms and HTTP Basic on
+# the local FHIR API (django-axes). Failures are counted per user name and, apart, per
+# address; after PA_LOGIN_FAILURE_LIMIT of either, that user name or address is locked
+# for a cool-off that doubles with each further lockout (PA_LOGIN_COOLOFF_MINUTES first).
+# Staff unlock in the admin ("Access attempts": delete the row) or with
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("PA_LOGIN_FAILURE_LIMIT", "5"))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = "config.security.login_cooloff"
+PA_LOGIN_COOLOFF_MINUTES = float(os.environ.get("PA_LOGIN_COOLOFF_MINUTES", "15"))
+AXES_RESET_ON_SUCCESS = True
+# Every failure is kept (user name, address, path, time): the audit of refused logins.
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_LOCKOUT_CALLABLE = "config.security.login_lockout_response"
+# The client's address: REMOTE_ADDR, never a header, unless PA_TRUSTED_PROXY_COUNT says how
+# many reverse proxies of this deployment stand in front (then X-Forwarded-For, counted
+# from the right so that a client cannot prepend addresses of its own choosing).
+PA_TRUSTED_PROXY_COUNT = int(os.environ.get("PA_TRUSTED_PROXY_COUNT", "0"))
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if PA_TRUSTED_PROXY_COUNT else ("REMOTE_ADDR",)
+AXES_IPWARE_PROXY_COUNT = PA_TRUSTED_PROXY_COUNT or None
+AXES_IPWARE_PROXY_ORDER = "right-most"
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

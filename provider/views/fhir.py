@@ -25,12 +25,15 @@ from typing import Any
 
 from django.conf import settings
 from django.utils.http import http_date
+from axes.handlers.proxy import AxesProxyHandler
+from rest_framework import exceptions
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.security import login_cooloff
 from fhirkit.bundles import count_parse, offset_page_links, offset_parse, searchset_bundle
 from fhirkit.outcome import FHIRError
 from fhirkit.renderers import FHIRJSONRenderer, JSONAliasRenderer
@@ -57,6 +60,26 @@ def fhir_base_url(request: Request) -> str:
     if settings.PA_BASE_URL:
         return f"{settings.PA_BASE_URL}/provider/fhir"
     return request.build_absolute_uri("/provider/fhir")
+
+
+class LimitedBasicAuthentication(BasicAuthentication):
+    """HTTP Basic under the same login limits as the sign-in forms (django-axes).
+
+    DRF's request wraps Django's, so axes marks the lockout on the wrapper; a locked-out
+    user name or address gets 429 with Retry-After instead of a 401 to try again.
+    """
+
+    def authenticate_credentials(self, userid, password, request=None):
+        try:
+            return super().authenticate_credentials(userid, password, request)
+        except exceptions.AuthenticationFailed:
+            if request is not None and not AxesProxyHandler.is_allowed(request, {"username": userid}):
+                audit_logger.warning("denied-locked user=%s path=%s", str(userid)[:150], request.path[:300])
+                raise exceptions.Throttled(
+                    wait=login_cooloff(request).total_seconds(),
+                    detail="Too many failed sign-in attempts; try again later.",
+                ) from None
+            raise
 
 
 class BearerTokenAuthentication(TokenAuthentication):
@@ -105,11 +128,11 @@ class ProviderFHIRView(APIView):
     """Base of the local FHIR endpoints: a user allowed to read the store (session,
     HTTP Basic or a bearer token).
 
-    BasicAuthentication comes first so an unauthenticated request gets 401 with
+    LimitedBasicAuthentication comes first so an unauthenticated request gets 401 with
     ``WWW-Authenticate: Basic`` (DRF answers 403 when the first class has no challenge).
     """
 
-    authentication_classes = [BasicAuthentication, BearerTokenAuthentication, SessionAuthentication]
+    authentication_classes = [LimitedBasicAuthentication, BearerTokenAuthentication, SessionAuthentication]
     permission_classes = [CanReadLocalStore]
     renderer_classes = [FHIRJSONRenderer, JSONAliasRenderer]
 
