@@ -276,6 +276,13 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "fhirkit.exceptions.fhir_exception_handler",
 }
 
+# Bounds on every FHIR search of both APIs (fhirkit.bundles.search_bounds_check) and on
+# any query string (Django's own: more fields than this answer 400 too-costly).
+PA_FHIR_MAX_PARAMETERS = int(os.environ.get("PA_FHIR_MAX_PARAMETERS", "100"))
+PA_FHIR_MAX_VALUES = int(os.environ.get("PA_FHIR_MAX_VALUES", "100"))
+PA_FHIR_MAX_VALUE_LENGTH = int(os.environ.get("PA_FHIR_MAX_VALUE_LENGTH", "4000"))
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+
 # The public address of this deployment, for absolute URLs in manifests and
 # Content-Location when requests come through a proxy. Empty: taken from the request.
 PA_BASE_URL = os.environ.get("PA_BASE_URL", "").rstrip("/")

@@ -96,7 +96,18 @@ def date_range_parse(value: str, *, name: str) -> tuple[datetime.datetime, datet
             high = low + datetime.timedelta(microseconds=1)
     except (ValueError, OverflowError):  # the year 9999
         high = datetime.datetime.max.replace(tzinfo=tz)
-    return low, high
+    return _utc_clamped(low), _utc_clamped(high)
+
+
+def _utc_clamped(value: datetime.datetime) -> datetime.datetime:
+    # 9999-12-31T23:59:59-12:00 is in the year 10000 in UTC, which no datetime (nor a
+    # database column) holds: clamp to the ends of the range, where the comparison
+    # still means what the value asked for ("after the year 9999": nothing).
+    try:
+        return value.astimezone(datetime.timezone.utc)
+    except OverflowError:
+        end = datetime.datetime.max if value.year > 5000 else datetime.datetime.min
+        return end.replace(tzinfo=datetime.timezone.utc)
 
 
 def date_param_q(field: str, value: str, *, name: str) -> Q:
@@ -148,6 +159,33 @@ def id_list_parse(value: str, *, name: str = "_id") -> list[str]:
         if not FHIR_ID_RE.match(item):
             raise search_error(name, f"{item!r} is not a valid id.")
     return ids
+
+
+def search_bounds_check(params: Mapping[str, list[str]]) -> None:
+    """Refuse a search too large to answer cheaply, with 400 ``too-costly``.
+
+    Bounds (settings, with safe defaults): ``PA_FHIR_MAX_PARAMETERS`` values in all
+    (repeats of one name count apiece), ``PA_FHIR_MAX_VALUES`` comma-separated alternatives
+    in one value (R4 search.html#combining: a comma ORs), and ``PA_FHIR_MAX_VALUE_LENGTH``
+    characters in one value. A search with 30,000 ids is a denial of service, not a query.
+    """
+    from django.conf import settings
+
+    max_parameters = getattr(settings, "PA_FHIR_MAX_PARAMETERS", 100)
+    max_values = getattr(settings, "PA_FHIR_MAX_VALUES", 100)
+    max_length = getattr(settings, "PA_FHIR_MAX_VALUE_LENGTH", 4000)
+    total = sum(len(values) for values in params.values())
+    if total > max_parameters:
+        raise FHIRError(f"A search takes at most {max_parameters} parameter values; this one has {total}.",
+                        status=400, code="too-costly")
+    for name, values in params.items():
+        for value in values:
+            if len(value) > max_length:
+                raise FHIRError(f"A value of {name[:64]!r} is longer than {max_length} characters.",
+                                status=400, code="too-costly", expression=[name[:64]])
+            if value.count(",") >= max_values:
+                raise FHIRError(f"A value of {name[:64]!r} ORs more than {max_values} alternatives.",
+                                status=400, code="too-costly", expression=[name[:64]])
 
 
 def unknown_params_check(

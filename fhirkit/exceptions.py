@@ -2,6 +2,7 @@
 
 import logging
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -41,6 +42,18 @@ def fhir_exception_handler(exc, context):
         response = Response(exc.outcome, status=exc.status, headers=exc.headers)
         exceptions_set_rollback()
         return response
+
+    if isinstance(exc, RequestDataTooBig):
+        exceptions_set_rollback()
+        return Response(operation_outcome([outcome_issue(code="too-costly", diagnostics="The request body is too large.")]),
+                        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, (TooManyFieldsSent, SuspiciousOperation)):
+        # Django refuses a query or form with more than DATA_UPLOAD_MAX_NUMBER_FIELDS
+        # fields (and other hostile input) with SuspiciousOperation: a client error.
+        exceptions_set_rollback()
+        message = "Too many parameters." if isinstance(exc, TooManyFieldsSent) else "The request was refused."
+        return Response(operation_outcome([outcome_issue(code="too-costly" if isinstance(exc, TooManyFieldsSent) else "security",
+                                                         diagnostics=message)]), status=status.HTTP_400_BAD_REQUEST)
 
     response = exception_handler(exc, context)
     if response is None:

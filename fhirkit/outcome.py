@@ -10,7 +10,10 @@ def outcome_issue(
     *, code: str, diagnostics: str, severity: str = "error", expression: list[str] | None = None
 ) -> dict[str, Any]:
     """Return one OperationOutcome.issue (R4 codes: invalid, not-found, forbidden, ...)."""
-    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    # A FHIR string is never empty (R4 datatypes.html#string): an empty parameter name
+    # (``?=x``) names no expression, and empty diagnostics say the code instead.
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics.strip() or code}
+    expression = [item[:200] for item in expression or [] if item.strip()]
     if expression:
         issue["expression"] = expression
     return issue

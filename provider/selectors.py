@@ -23,6 +23,7 @@ from fhirkit.bundles import (
     id_list_parse,
     offset_parse,
     reference_ids,
+    search_bounds_check,
     search_error,
     token_parse,
     unknown_params_check,
@@ -181,6 +182,7 @@ def local_search_queryset(
             f"Search on {resource_type} is not supported; read by id works.", status=404, code="not-supported"
         )
     values = _values(params)
+    search_bounds_check(values)
     unknown = unknown_params_check(values, allowed=[*supported, *RESULT_PARAMETERS], prefer=prefer)
     queryset = LocalResource.objects.filter(connection_id__in=list(connection_ids), resource_type=resource_type)
     for name, items in values.items():

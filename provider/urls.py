@@ -18,5 +18,6 @@ urlpatterns = [
     ),
     re_path(r"^fhir/(?P<resource_type>[^/]+)/(?P<resource_id>[^/]+)$", fhir.ResourceReadView.as_view(), name="fhir-read"),
     re_path(r"^fhir/(?P<resource_type>[^/]+)$", fhir.ResourceSearchView.as_view(), name="fhir-search"),
-    re_path(r"^fhir/(?P<path>.*)$", fhir_not_found),
+    # [\s\S]: a path with a newline (%0A) is still a FHIR path, answered with an OperationOutcome.
+    re_path(r"^fhir/(?P<path>[\s\S]*)$", fhir_not_found),
 ]

@@ -17,6 +17,21 @@ from django.test import override_settings
 
 from config.celery_app import app as celery_app
 
+# Property-based tests (Hypothesis): a bounded number of examples in `make test`; a long
+# run is `HYPOTHESIS_PROFILE=long make test PYTEST_ARGS="-k properties"`.
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile(
+    "ci", max_examples=150, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=5000, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 

@@ -136,6 +136,16 @@ class ProviderFHIRView(APIView):
     permission_classes = [CanReadLocalStore]
     renderer_classes = [FHIRJSONRenderer, JSONAliasRenderer]
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        # Every refusal is on record (who, what, why), never a credential or the body.
+        if response.status_code >= 400:
+            user = getattr(request, "user", None)
+            audit_logger.warning(
+                "refused status=%s method=%s user=%s path=%s", response.status_code, request.method,
+                getattr(user, "pk", None), request.path[:300],
+            )
+        return super().finalize_response(request, response, *args, **kwargs)
+
 
 class MetadataView(ProviderFHIRView):
     """``GET /metadata``: the CapabilityStatement (R4 http.html#capabilities), open to all."""

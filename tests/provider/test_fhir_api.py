@@ -348,3 +348,30 @@ def test_selectors_serve_the_emr_directly(store):
     # Another source's view holds none of it.
     assert local_read(resource_type="Patient", resource_id="jack", connection_ids=[connection_create("other").pk]) == []
     assert datetime.datetime(2024, 3, 1, 9, tzinfo=datetime.timezone.utc) == rows[0].date
+
+
+def test_hostile_searches_get_400_or_an_answer_never_a_500(http, caplog):
+    # Issue "hardening": each of these answered 500 (or ran for 15 s) before.
+    extreme = http.get(f"{http.base}/Encounter", params={"patient": "jack", "date": "gt9999-12-31T23:59:59-12:00"})
+    assert extreme.status_code == 200 and extreme.json()["total"] == 0
+    early = http.get(f"{http.base}/Encounter", params={"patient": "jack", "date": "ge0001-01-01T00:00:00+14:00"})
+    assert early.status_code == 200 and early.json()["total"] == 4
+    many_fields = "&".join(f"p{n}=1" for n in range(1500))
+    assert_outcome(http.get(f"{http.base}/Encounter?{many_fields}"), 400, "too-costly")
+    assert_outcome(http.get(f"{http.base}/Encounter?" + "&".join(["patient=jack"] * 150)), 400, "too-costly")
+    ids = ",".join(f"e{n}" for n in range(30_000))
+    assert_outcome(http.get(f"{http.base}/Encounter", params={"_id": ids[:3900]}), 400, "too-costly")
+    assert_outcome(http.get(f"{http.base}/Patient", params={"identifier": "x" * 5000}), 400, "too-costly")
+    assert_outcome(http.get(f"{http.base}/Encounter?patient=%ED%A0%80"), 400)  # a lone surrogate, as UTF-8
+    assert_outcome(http.get(f"{http.base}/Encounter?patient=ja%00ck"), 400)
+
+
+def test_every_refusal_is_audited(http, caplog):
+    caplog.set_level("WARNING", logger="provider.audit")
+    assert_outcome(http.put(f"{http.base}/Encounter/e1", json={}), 405)
+    assert http.get(f"{http.base}/Encounter/e1", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    assert_outcome(http.get(f"{http.base}/Spaceship/e1"), 404)
+    assert_outcome(requests.get(f"{http.base}/Encounter/e1"), 401)
+    statuses = [line.split("status=")[1].split()[0] for line in caplog.messages if line.startswith("refused")]
+    assert statuses == ["405", "406", "404", "401"]
+    assert not any("correct horse" in line for line in caplog.messages)
