@@ -791,7 +791,7 @@ def _unit_run(*, unit_id: int) -> None:
         return
     unit = ExportWorkUnit.objects.select_related("job__client__organization").get(pk=unit_id)
     job = unit.job
-    params = None if job.operation == MEMBER_MATCH_OPERATION else ExportParams.from_json(job.params)
+    params = ExportParams(types=["Group"]) if job.operation == MEMBER_MATCH_OPERATION else ExportParams.from_json(job.params)
     organization = job.client.organization
     heartbeat = _Heartbeat(unit)
     max_bytes = _setting("PA_EXPORT_FILE_MAX_BYTES")
