@@ -96,7 +96,7 @@ def _bundle(*, family: str, given: list[str], birth: str, gender: str = "male", 
         "provision": provision,
     }
     if organization_npi:
-        consent["organization"] = {"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": organization_npi}}
+        consent["organization"] = [{"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": organization_npi}}]
     return {"name": "MemberBundle", "part": [
         {"name": "MemberPatient", "resource": patient},
         {"name": "CoverageToMatch", "resource": coverage},
