@@ -110,6 +110,9 @@ def member_bundles_parse(*, body: Any) -> list[MemberBundle]:
     """
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise FHIRError("The body must be a FHIR Parameters resource.", code="structure")
+    if "\\u0000" in json.dumps(body):
+        # No FHIR string holds a NUL (R4 datatypes.html#string), and Postgres JSON cannot.
+        raise FHIRError("The request holds a NUL character.", code="invalid")
     parameters = body.get("parameter")
     if not isinstance(parameters, list) or not parameters:
         raise FHIRError("Parameters.parameter must hold at least one MemberBundle.", code="required",

@@ -343,6 +343,7 @@ def test_bad_input_gets_operation_outcomes_and_is_audited(live_server, settings)
         (_parameters(no_consent), 422),
         (_parameters(bad_patient), 400),
         (_parameters(good, good, good), 422),
+        (json.dumps(_parameters(good)).replace("Shaw", "Sh\\u0000aw"), 400),
     ]
     for body, status in cases:
         response = _post(live_server, token, "Group/$provider-member-match", body)
@@ -431,3 +432,15 @@ def test_treatment_relationship_expiry_and_ended_coverage():
     Member.objects.filter(pk=covered_until_yesterday.pk).update(coverage_end=None)
     assert visible_members(organization=org).filter(pk=covered_until_yesterday.pk).exists()
 
+
+
+def test_patient_level_export_of_an_unknown_patient_is_still_400(live_server):
+    # Bulk Data req 86: at the Patient level a patient not on the server is an error
+    # response; only Group-level kick-offs ignore and report (PDex §pdex-360).
+    org, _, _, _ = _setup()
+    token = bearer_token_for(org)
+    response = _post(live_server, token, "Patient/$export", {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/nobody"}}]})
+    assert response.status_code == 400, response.text
+    assert OperationOutcome.model_validate(response.json()).issue[0].code == "not-found"
+    assert not ExportJob.objects.exists()
