@@ -534,6 +534,6 @@ class TreatmentRelationshipAdmin(ReadOnlyAdmin):
 
 @admin.register(MemberMatchDecision)
 class MemberMatchDecisionAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "job", "sequence", "organization", "outcome", "reported_as", "rule", "member"]
+    list_display = ["created_at", "job_ref", "sequence", "organization", "outcome", "reported_as", "rule", "member"]
     list_filter = ["outcome", "rule", "organization"]
-    search_fields = ["job__job_id", "member__member_id", "inputs_digest"]
+    search_fields = ["job_ref", "member__member_id", "inputs_digest"]

@@ -529,7 +529,9 @@ class MemberMatchGroup(models.Model):
         CONSENT_CONSTRAINED = "consentconstrained", "ConsentConstrainedMembers"
 
     fhir_id = models.CharField(max_length=64, unique=True)
-    job = models.ForeignKey("ExportJob", on_delete=models.CASCADE, related_name="match_groups")
+    # Outlives its job: the job's status and files expire after PA_EXPORT_EXPIRY_HOURS,
+    # the Group after PA_MEMBER_MATCH_GROUP_DAYS (export_purge deletes both).
+    job = models.ForeignKey("ExportJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="match_groups")
     client = models.ForeignKey(SmartClient, on_delete=models.CASCADE, related_name="match_groups")
     organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="match_groups")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -556,7 +558,9 @@ class MemberMatchDecision(models.Model):
         NON_MATCHED = "nonmatched", "Not matched"
         CONSENT_CONSTRAINED = "consentconstrained", "Matched, opted out"
 
-    job = models.ForeignKey("ExportJob", on_delete=models.CASCADE, related_name="match_decisions")
+    # The decision is kept for audit after its job is purged; ``job_ref`` names it then.
+    job = models.ForeignKey("ExportJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="match_decisions")
+    job_ref = models.CharField(max_length=64, db_index=True, help_text="ExportJob.job_id of the match job.")
     sequence = models.PositiveIntegerField(help_text="Position of the MemberBundle in the request.")
     organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="match_decisions")
     client_id = models.CharField(max_length=64)
@@ -571,8 +575,8 @@ class MemberMatchDecision(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="match_decision_job_seq_unique")]
+        constraints = [models.UniqueConstraint(fields=["job_ref", "sequence"], name="match_decision_job_seq_unique")]
         ordering = ["-created_at", "job", "sequence"]
 
     def __str__(self) -> str:
-        return f"{self.job.job_id} #{self.sequence}: {self.outcome} ({self.rule})"
+        return f"{self.job_ref} #{self.sequence}: {self.outcome} ({self.rule})"

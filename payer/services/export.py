@@ -1024,6 +1024,9 @@ def export_purge(*, now: datetime.datetime | None = None) -> int:
         export_names_delete(names=names)
         job.delete()
         purged += 1
+    from payer.services.member_match import match_groups_purge
+
+    match_groups_purge(now=now)
     return purged
 
 

@@ -558,8 +558,8 @@ def member_match_run(*, job: ExportJob) -> Iterator[bytes]:
         if outcome == MemberMatchDecision.Outcome.CONSENT_CONSTRAINED and not disclose:
             reported = MemberMatchDecision.Outcome.NON_MATCHED  # §pdex-261a
         MemberMatchDecision.objects.update_or_create(
-            job=job, sequence=sequence,
-            defaults={"organization": organization, "client_id": client.client_id,
+            job_ref=job.job_id, sequence=sequence,
+            defaults={"job": job, "organization": organization, "client_id": client.client_id,
                       "inputs_digest": inputs_digest(bundle=bundle), "candidates": found.candidates,
                       "member": found.member, "outcome": outcome, "rule": rule, "reported_as": reported,
                       "treatment_relationship": relationship},
@@ -595,14 +595,23 @@ def member_match_run(*, job: ExportJob) -> Iterator[bytes]:
     return iter(lines)
 
 
+def _live_groups(*, fhir_id: str, client: SmartClient):
+    # A Group exists for its client once its job completed (or was purged after completing).
+    return MemberMatchGroup.objects.filter(fhir_id=fhir_id, client=client, expires_at__gt=timezone.now()).filter(
+        Q(job__isnull=True) | Q(job__status=ExportJob.Status.COMPLETED))
+
+
 def match_group_for_client(*, fhir_id: str, client: SmartClient) -> MemberMatchGroup | None:
     """Return the client's own live MatchedMembers Group ``fhir_id`` (§pdex-290..292), else None."""
-    return (MemberMatchGroup.objects.filter(fhir_id=fhir_id, client=client, kind=MemberMatchGroup.Kind.MATCHED,
-                                            expires_at__gt=timezone.now(), job__status=ExportJob.Status.COMPLETED)
-            .select_related("organization").first())
+    return _live_groups(fhir_id=fhir_id, client=client).filter(kind=MemberMatchGroup.Kind.MATCHED).first()
 
 
 def match_group_read(*, fhir_id: str, client: SmartClient) -> MemberMatchGroup | None:
     """Return any of the client's own live result Groups ``fhir_id`` (GET Group/{id}, §pdex-266)."""
-    return MemberMatchGroup.objects.filter(fhir_id=fhir_id, client=client, expires_at__gt=timezone.now(),
-                                           job__status=ExportJob.Status.COMPLETED).first()
+    return _live_groups(fhir_id=fhir_id, client=client).first()
+
+
+def match_groups_purge(*, now: datetime.datetime | None = None) -> int:
+    """Delete result Groups past ``PA_MEMBER_MATCH_GROUP_DAYS``; return how many went."""
+    deleted, _ = MemberMatchGroup.objects.filter(expires_at__lt=now or timezone.now()).delete()
+    return deleted

@@ -221,12 +221,12 @@ def test_match_rules_groups_export_and_a_second_organization(live_server, celery
     assert "Burns" not in json.dumps(matched)
 
     job = ExportJob.objects.get(operation="provider-member-match")
-    rules = dict(MemberMatchDecision.objects.filter(job=job).values_list("sequence", "rule"))
+    rules = dict(MemberMatchDecision.objects.filter(job_ref=job.job_id).values_list("sequence", "rule"))
     assert rules == {0: "matched", 1: "matched", 2: "ambiguous", 3: "birth-date-conflict", 4: "name-mismatch",
                      5: "coverage-ended", 6: "opted-out", 7: "coverage-other-payer"}
-    ambiguous = MemberMatchDecision.objects.get(job=job, sequence=2)
+    ambiguous = MemberMatchDecision.objects.get(job_ref=job.job_id, sequence=2)
     assert sorted(ambiguous.candidates) == sorted([twin1.member_id, twin2.member_id])
-    assert MemberMatchDecision.objects.get(job=job, sequence=6).reported_as == "nonmatched"
+    assert MemberMatchDecision.objects.get(job_ref=job.job_id, sequence=6).reported_as == "nonmatched"
     # The audit keeps digests and rules, never the submitted demographics.
     for text in [json.dumps(list(AuditEvent.objects.values())  , default=str),
                  json.dumps(list(MemberMatchDecision.objects.values()), default=str)]:
@@ -266,6 +266,20 @@ def test_match_rules_groups_export_and_a_second_organization(live_server, celery
     assert kick.status_code == 202, kick.text
     exported = _wait(kick.headers["Content-Location"], token, worker=celery_worker)
     assert exported["output"] == [] and len(exported["error"]) == 1
+
+    # The match job's status and files expire with the exports (a day); its Groups and the
+    # decisions stay (§pdex-264: the Group lives PA_MEMBER_MATCH_GROUP_DAYS).
+    from payer.services.export import export_purge
+
+    assert export_purge(now=timezone.now() + datetime.timedelta(days=2)) >= 1
+    assert not ExportJob.objects.filter(operation="provider-member-match").exists()
+    assert MemberMatchDecision.objects.filter(job_ref=job.job_id).count() == 8
+    again = _post(live_server, token, f"Group/{matched['id']}/$davinci-data-export", {})
+    assert again.status_code == 202, again.text
+    export_purge(now=timezone.now() + datetime.timedelta(days=31))
+    assert not MemberMatchGroup.objects.exists()
+    assert _post(live_server, token, f"Group/{matched['id']}/$davinci-data-export", {}).status_code == 404
+    assert MemberMatchDecision.objects.filter(job_ref=job.job_id).count() == 8
 
     # A second organization, and a second client of the same one, see nothing of it.
     for stranger in (bearer_token_for(other), bearer_token_for(org)):
@@ -314,7 +328,7 @@ def test_attestation_checks(live_server, celery_worker):
     )
     manifest, _, _ = _kick_off_and_wait(live_server, token, body, celery_worker)
     job = ExportJob.objects.get(operation="provider-member-match")
-    rules = list(MemberMatchDecision.objects.filter(job=job).order_by("sequence").values_list("rule", flat=True))
+    rules = list(MemberMatchDecision.objects.filter(job_ref=job.job_id).order_by("sequence").values_list("rule", flat=True))
     assert rules == ["practitioner-not-in-organization", "practitioner-not-in-organization", "attestation-period",
                      "attestation-period", "attestation-relationship-type", "matched"]
     relationship = TreatmentRelationship.objects.get()
