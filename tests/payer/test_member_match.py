@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 from django.contrib.auth import get_user_model
+from django.db.models import Q as models_q
 from django.utils import timezone
 from fhir.resources.R4B.group import Group
 from fhir.resources.R4B.operationoutcome import OperationOutcome
@@ -458,3 +459,35 @@ def test_patient_level_export_of_an_unknown_patient_is_still_400(live_server):
     assert response.status_code == 400, response.text
     assert OperationOutcome.model_validate(response.json()).issue[0].code == "not-found"
     assert not ExportJob.objects.exists()
+
+
+def test_demo_new_patient_is_found_by_member_match_and_exported(live_server, celery_worker, tmp_path):
+    # The seeded demo's new patient: covered by UnitedCare, no claim at Grace Hospital, so on
+    # no Grace list until Grace attests; then his history exports at once.
+    from payer.models import Claim, ProviderOrganization
+    from payer.services import demo
+    from payer.services.auth import access_token_issue
+
+    demo.seed_demo(create_admin=False)
+    client = demo.demo_access_seed(key_dir=tmp_path)
+    grace = ProviderOrganization.objects.get(npi=demo.GRACE_HOSPITAL_NPI)
+    daniel = Member.objects.get(member_id=demo.NEW_PATIENT_MEMBER_ID)
+    assert (daniel.given, daniel.family, daniel.birth_date) == ("Daniel", "Okafor", datetime.date(1978, 9, 23))
+    assert daniel.coverage_start and daniel.coverage_end is None
+    grace_npis = {grace.npi, *grace.practitioners.values_list("npi", flat=True)}
+    assert not Claim.objects.filter(member=daniel).filter(
+        models_q(billing_npi__in=grace_npis) | models_q(rendering_npi__in=grace_npis)).exists()
+    assert not visible_members(organization=grace).filter(pk=daniel.pk).exists()
+
+    raw, _ = access_token_issue(client=client, scopes=["system/*.read"])
+    manifest, elapsed, _ = _kick_off_and_wait(live_server, raw, _parameters(_bundle(
+        family="Okafor", given=["Daniel"], birth="1978-09-23", member_id=demo.NEW_PATIENT_MEMBER_ID,
+        practitioner_npi=demo.DR_SMITH_NPI, organization_npi=demo.GRACE_HOSPITAL_NPI)), celery_worker)
+    matched = _groups(manifest, raw)["match"]
+    assert [m["entity"]["reference"] for m in matched["member"]] == [f"Patient/{daniel.patient_id}"]
+    kick = _post(live_server, raw, f"Group/{matched['id']}/$davinci-data-export", {"resourceType": "Parameters", "parameter": [
+        {"name": "exportType", "valueString": "hl7.fhir.us.davinci-pdex#provider-download"}]})
+    assert kick.status_code == 202, kick.text
+    exported = _wait(kick.headers["Content-Location"], raw, worker=celery_worker)
+    types = {item["type"] for item in exported["output"]}
+    assert {"Patient", "Encounter", "Condition", "ExplanationOfBenefit"} <= types
