@@ -135,10 +135,14 @@ class ExportStatusView(PayerFHIRView):
 
     def get(self, request, job_id: str):
         try:
-            return self._status(request, job_id)
+            response = self._status(request, job_id)
         except FHIRError as error:
             self._denied(request, job_id, error, action="export-status")
             raise
+        # Every call is audited, polls of one's own job included (one INSERT).
+        audit_record(action="export-status", outcome="success", client=request.user, request=request,
+                     status_code=response.status_code, detail=f"job {job_id}")
+        return response
 
     def _status(self, request, job_id: str):
         job = export_services.export_job_get(job_id=job_id, client=request.user)

@@ -235,6 +235,8 @@ def test_match_rules_groups_export_and_a_second_organization(live_server, celery
             assert secret not in text
     assert AuditEvent.objects.filter(action="member-match", outcome="success", status_code=202).count() == 1
     assert AuditEvent.objects.filter(action="member-match-result").count() == 1
+    assert AuditEvent.objects.filter(action="export-status", outcome="success", status_code=200).exists()
+    assert AuditEvent.objects.filter(action="download", outcome="success", resource_types=["Group"]).exists()
     # Accepted attestations: a treatment relationship and an attribution entry, at once.
     assert set(TreatmentRelationship.objects.values_list("member_id", flat=True)) == {jack.pk, jose.pk}
     assert AttributionMember.objects.get(member=jack).source == "attestation"
