@@ -493,3 +493,38 @@ def test_demo_new_patient_is_found_by_member_match_and_exported(live_server, cel
     exported = _wait(kick.headers["Content-Location"], raw, worker=celery_worker)
     types = {item["type"] for item in exported["output"]}
     assert {"Patient", "Encounter", "Condition", "ExplanationOfBenefit"} <= types
+
+
+def test_ended_coverage_is_not_attributed_read_or_searched(live_server):
+    from payer.services.attribution import attribution_refresh
+    from tests.factories import claim_create
+
+    org, smith, _, _ = _setup()
+    token = bearer_token_for(org)
+    ended = _member(family="Cole", given="Ann", birth=datetime.date(1970, 7, 7),
+                    coverage_end=TODAY - datetime.timedelta(days=1))
+    current = _member(family="Shaw", given="Jack", birth=datetime.date(1961, 3, 14))
+    for member in (ended, current):
+        claim_create(member=member, rendering_npi=smith.npi)
+    attribution_refresh()
+    # Claims after the coverage ended do not attribute the member.
+    assert set(AttributionMember.objects.values_list("member_id", flat=True)) == {current.pk}
+    attribution_create(organization=org, member=ended)  # even a staff entry does not show him
+    headers = {"Authorization": f"Bearer {token}"}
+    base = f"{live_server.url}/payer/fhir"
+    assert requests.get(f"{base}/Patient/{ended.patient_id}", headers=headers, timeout=30).status_code == 404
+    assert requests.get(f"{base}/Patient/{current.patient_id}", headers=headers, timeout=30).status_code == 200
+    search = requests.get(f"{base}/Encounter", params={"patient": ended.patient_id}, headers=headers, timeout=30).json()
+    assert search.get("total", 0) == 0 and not search.get("entry")
+    group_id = AttributionMember.objects.get(member=current).group.fhir_id
+    group = requests.get(f"{base}/Group/{group_id}", headers=headers, timeout=30).json()
+    assert {m["entity"]["reference"] for m in group["member"]} == {f"Patient/{current.patient_id}"}
+
+
+def test_providers_page_documents_the_matching_rules(client, settings):
+    settings.PA_MEMBER_MATCH_MAX_MEMBERS = 37
+    page = client.get("/payer/providers/").content.decode()
+    assert "Group/$provider-member-match" in page and "up to 37" in page
+    assert "A different birth date is never a match" in page and "reported as" in page
+    settings.PA_MEMBER_MATCH_DISCLOSE_OPT_OUT = True
+    assert "ConsentConstrainedMembers" in client.get("/payer/providers/").content.decode()
