@@ -148,7 +148,8 @@ def member_bundles_parse(*, body: Any) -> list[MemberBundle]:
             issues = resource_validate(resource)
             if issues:
                 for issue in issues:
-                    issue["expression"] = [f"{part_where}.resource.{e}" for e in issue.get("expression", [])] or [part_where]
+                    issue["expression"] = [f"{part_where}.resource.{e.removeprefix(_PARTS[name] + '.')}"
+                                           for e in issue.get("expression", [])] or [part_where]
                 raise FHIRError(issues[0]["diagnostics"], issues=issues)
             found[name] = resource
         for name in ("MemberPatient", "CoverageToMatch"):
@@ -331,6 +332,15 @@ def _npis(references: list[Any]) -> list[str]:
     return out
 
 
+def _instant(value: str) -> datetime.datetime | None:
+    # R4 dateTime: a date alone is the start of that day; a time carries its zone (UTC if not).
+    parsed = parse_datetime(value) if "T" in value else None
+    if parsed is None:
+        day = parse_date(value) if len(value) == 10 else None
+        return datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC) if day else None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
 def attestation_check(*, consent: dict[str, Any], patient: dict[str, Any], organization, now: datetime.datetime
                       ) -> tuple[Attestation | None, str]:
     """Return the accepted attestation and ``"ok"``, or None and the rule that refused it.
@@ -371,8 +381,8 @@ def attestation_check(*, consent: dict[str, Any], patient: dict[str, Any], organ
     patient_reference = (consent.get("patient") or {}).get("reference")
     if patient_reference and patient.get("id") and patient_reference not in (f"Patient/{patient['id']}", f"#{patient['id']}"):
         return None, "attestation-patient-mismatch"
-    attested_at = parse_datetime(consent.get("dateTime") or "")
-    if attested_at is None or attested_at.tzinfo is None:
+    attested_at = _instant(consent.get("dateTime") or "")
+    if attested_at is None:
         return None, "attestation-no-datetime"
     if attested_at > now + CLOCK_SKEW or attested_at < now - datetime.timedelta(days=settings.PA_ATTESTATION_MAX_AGE_DAYS):
         return None, "attestation-datetime-out-of-range"

@@ -7,7 +7,6 @@ import json
 
 from django.conf import settings
 from django.http import HttpResponse
-from django.core.exceptions import RequestDataTooBig
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -201,12 +200,20 @@ class MemberMatchView(PayerFHIRView):
                 raise FHIRError("The access token's scopes do not allow reading Group.", status=403, code="forbidden")
             if not respond_async:
                 raise FHIRError("$provider-member-match needs the header Prefer: respond-async.", code="required")
+            # DRF reads the stream itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE does not
+            # bound a JSON body: check the declared length before reading any of it.
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if limit is not None and length > limit:
+                raise FHIRError(f"The request body is larger than {limit} bytes; send fewer MemberBundles.",
+                                status=413, code="too-costly")
             try:
                 body = request.data
             except ParseError as exc:
                 raise FHIRError(f"The body is not JSON: {exc.detail}", code="structure") from None
-            except RequestDataTooBig:
-                raise FHIRError("The request body is too large.", status=413, code="too-costly") from None
             job = member_match_job_create(client=client, scopes=token.scopes, body=body,
                                           request_url=_absolute(request, request.path))
         except FHIRError as exc:

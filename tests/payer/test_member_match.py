@@ -369,6 +369,10 @@ def test_bad_input_gets_operation_outcomes_and_is_audited(live_server, settings)
         OperationOutcome.model_validate(response.json())
     too_many = _post(live_server, token, "Group/$provider-member-match", _parameters(good, good, good)).json()
     assert too_many["issue"][0]["code"] == "too-costly"
+    # A body above Django's DATA_UPLOAD_MAX_MEMORY_SIZE: 413, not a 500 or an HTML page.
+    huge = _post(live_server, token, "Group/$provider-member-match", json.dumps(_parameters(good)) + " " * 3_000_000)
+    assert huge.status_code == 413, huge.text
+    OperationOutcome.model_validate(huge.json())
     # Without Prefer: respond-async.
     response = _post(live_server, token, "Group/$provider-member-match", _parameters(good), Prefer="")
     assert response.status_code == 400
@@ -377,7 +381,7 @@ def test_bad_input_gets_operation_outcomes_and_is_audited(live_server, settings)
     assert response.status_code == 401
     OperationOutcome.model_validate(response.json())
     assert not ExportJob.objects.exists()
-    assert AuditEvent.objects.filter(action="member-match", outcome="error").count() == len(cases) + 2
+    assert AuditEvent.objects.filter(action="member-match", outcome="error").count() == len(cases) + 3
     # Unknown paths and operations: 404 OperationOutcome for POST too (not the CSRF page).
     for path in ("Group/$no-such-operation", "NoSuchType", "Group/abc/$nope"):
         response = _post(live_server, token, path, {})
