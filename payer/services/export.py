@@ -8,6 +8,9 @@ that ran out) leaves one copy of each resource. ``export_reconcile`` (beat, ever
 minute) re-queues units whose lease expired (killed worker, lost message) and finishes
 jobs whose units are all done.
 
+PDex 2.2 ``Group/$provider-member-match`` runs on the same jobs: one ``Group`` unit whose
+file is the result Groups (payer/services/member_match.py).
+
 Bulk Data IG 2.0.0 export.html; Da Vinci PDex STU2 Provider Access; CMS-0057-F.
 """
 

@@ -49,7 +49,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from fhirkit.outcome import FHIRError, outcome_issue
+from fhirkit.outcome import FHIRError
 from fhirkit.validation import resource_validate
 from payer.mapping import UNITEDCARE_NAME, UNITEDCARE_ORGANIZATION_ID
 from payer.models import (
