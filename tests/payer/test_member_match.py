@@ -532,3 +532,20 @@ def test_providers_page_documents_the_matching_rules(client, settings):
     assert "A different birth date is never a match" in page and "reported as" in page
     settings.PA_MEMBER_MATCH_DISCLOSE_OPT_OUT = True
     assert "ConsentConstrainedMembers" in client.get("/payer/providers/").content.decode()
+
+
+def test_a_new_attestation_after_revocation_is_a_new_relationship():
+    from payer.services.member_match import treatment_relationship_revoke
+
+    org, smith, _, _ = _setup()
+    member = _member(family="Shaw", given="Jack", birth=datetime.date(1961, 3, 14))
+    first = _relationship(org, smith, member)
+    renewed = _relationship(org, smith, member)
+    assert renewed.pk == first.pk  # an attestation renews the live relationship
+    treatment_relationship_revoke(relationship=first, revoked_by="staff", reason="error")
+    assert not visible_members(organization=org).filter(pk=member.pk).exists()
+    again = _relationship(org, smith, member)
+    assert again.pk != first.pk and TreatmentRelationship.objects.count() == 2
+    assert visible_members(organization=org).filter(pk=member.pk).exists()
+    entry = AttributionMember.objects.get(member=member)
+    assert entry.source == "attestation" and entry.end >= TODAY and entry.start <= TODAY
