@@ -263,6 +263,20 @@ PA_EXPORT_LEASE_SECONDS = int(os.environ.get("PA_EXPORT_LEASE_SECONDS", "300"))
 PA_EXPORT_BATCH_PATIENTS = int(os.environ.get("PA_EXPORT_BATCH_PATIENTS", "2500"))
 PA_EXPORT_FILE_MAX_BYTES = int(os.environ.get("PA_EXPORT_FILE_MAX_BYTES", str(256 * 1024 * 1024)))
 PA_EXPORT_MAX_ATTEMPTS = int(os.environ.get("PA_EXPORT_MAX_ATTEMPTS", "5"))
+# PDex 2.2 $provider-member-match (payer/services/member_match.py).
+# MemberBundle repetitions accepted in one request; more answer 422 (too-costly).
+PA_MEMBER_MATCH_MAX_MEMBERS = int(os.environ.get("PA_MEMBER_MATCH_MAX_MEMBERS", "100"))
+# §pdex-261a: opted-out members are reported as NonMatched unless this is on.
+PA_MEMBER_MATCH_DISCLOSE_OPT_OUT = os.environ.get("PA_MEMBER_MATCH_DISCLOSE_OPT_OUT", "0") == "1"
+# §pdex-264: the result Groups (and so the MatchedMembers export) live this many days.
+PA_MEMBER_MATCH_GROUP_DAYS = int(os.environ.get("PA_MEMBER_MATCH_GROUP_DAYS", "30"))
+# A treatment relationship from an accepted attestation expires after this many days
+# (sooner when the attested provision.period ends); a new attestation renews it.
+PA_TREATMENT_RELATIONSHIP_DAYS = int(os.environ.get("PA_TREATMENT_RELATIONSHIP_DAYS", "90"))
+# An attestation (Consent.dateTime) older than this is refused; a prospective
+# relationship may start at most PA_ATTESTATION_MAX_FUTURE_DAYS ahead.
+PA_ATTESTATION_MAX_AGE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_AGE_DAYS", "30"))
+PA_ATTESTATION_MAX_FUTURE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_FUTURE_DAYS", "90"))
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {

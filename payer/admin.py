@@ -25,12 +25,14 @@ from payer.models import (
     ClaimLine,
     ClinicalResource,
     Member,
+    MemberMatchDecision,
     NetworkContract,
     OptOutEvent,
     PriorAuthorization,
     ProviderOrganization,
     ProviderPractitioner,
     SmartClient,
+    TreatmentRelationship,
 )
 from payer.services.attribution import (
     attribution_group_ensure,
@@ -40,6 +42,7 @@ from payer.services.attribution import (
 )
 from payer.services.audit import audit_record
 from payer.services.auth import client_register, jwks_url_allowed, jwks_validate, scope_parse
+from payer.services.member_match import treatment_relationship_revoke
 from payer.services.opt_out import opt_out_record
 
 
@@ -215,7 +218,7 @@ class OptOutEventInline(ReadOnlyInline):
 
 @admin.register(Member)
 class MemberAdmin(admin.ModelAdmin):
-    list_display = ["member_id", "family", "given", "birth_date", "opted_out"]
+    list_display = ["member_id", "family", "given", "birth_date", "coverage_start", "coverage_end", "opted_out"]
     list_filter = ["opted_out"]
     search_fields = ["member_id", "family", "given", "patient_id"]
     # Staff change the opt-out only through the actions, so every change is an OptOutEvent.
@@ -480,3 +483,57 @@ class PriorAuthorizationAdmin(admin.ModelAdmin):
     date_hierarchy = "requested_date"
     list_select_related = ["member"]
     raw_id_fields = ["member"]
+
+
+# --- PDex 2.2 $provider-member-match: treatment relationships and match decisions ------------
+
+
+class RevokeForm(forms.Form):
+    reason = forms.CharField(max_length=300, widget=forms.TextInput(attrs={"size": 60}),
+                             help_text="Why: e.g. the provider told us the attestation was made in error.")
+
+
+@admin.register(TreatmentRelationship)
+class TreatmentRelationshipAdmin(ReadOnlyAdmin):
+    """The Member-Provider Treatment Relationship List; staff can only revoke (an action)."""
+
+    list_display = ["member", "organization", "practitioner", "relationship_type", "period_start", "expires_at",
+                    "revoked_at"]
+    list_filter = ["relationship_type", "organization", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["member__member_id", "practitioner__npi", "organization__npi"]
+    actions = ["revoke_action"]
+
+    def has_change_permission(self, request, obj=None):
+        # Listed so the revoke action shows; the change form stays read-only (no fields editable).
+        return request.user.has_perm("payer.change_treatmentrelationship")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    @admin.action(permissions=["change"], description="Revoke the treatment relationship")
+    def revoke_action(self, request, queryset):
+        form, page = _action_form(
+            self, request, queryset, form_class=RevokeForm, action="revoke_action",
+            title="Revoke the treatment relationship",
+            explanation="The organization loses access to the member's data at once, unless claims or "
+                        "staff put the member on its list too. The revocation is kept with your user name.",
+            submit_label="Revoke",
+        )
+        if page is not None:
+            return page
+        relationships = list(queryset.filter(revoked_at__isnull=True).select_related("member"))
+        for relationship in relationships:
+            treatment_relationship_revoke(relationship=relationship, revoked_by=request.user.get_username(),
+                                          reason=form.cleaned_data["reason"])
+        audit_record(action="treatment-revoke", outcome="success", request=request,
+                     patient_ids=[r.member.patient_id for r in relationships],
+                     detail=f"staff {request.user.get_username()}: {len(relationships)} revoked")
+        self.message_user(request, f"Revoked {len(relationships)} treatment relationship(s).")
+        return None
+
+
+@admin.register(MemberMatchDecision)
+class MemberMatchDecisionAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "job_ref", "sequence", "organization", "outcome", "reported_as", "rule", "member"]
+    list_filter = ["outcome", "rule", "organization"]
+    search_fields = ["job_ref", "member__member_id", "inputs_digest"]

@@ -66,6 +66,13 @@ class Member(models.Model):
     given = models.CharField(max_length=100)
     birth_date = models.DateField()
     gender = models.CharField(max_length=10)
+    # The subscriber's id on the policy (Coverage.subscriberId); a dependent shares the
+    # subscriber's. Empty: the member is the subscriber and it is ``member_id``.
+    subscriber_id = models.CharField(max_length=40, blank=True, db_index=True)
+    # Enrollment: the member is covered while today is in [coverage_start, coverage_end];
+    # empty bounds are open. Ended coverage: not matched, not attributed, not exported.
+    coverage_start = models.DateField(null=True, blank=True)
+    coverage_end = models.DateField(null=True, blank=True)
     # Current opt-out state; the history is in OptOutEvent. Kept here so every access
     # check is one indexed column, not a scan of the history.
     opted_out = models.BooleanField(default=False, db_index=True)
@@ -262,12 +269,15 @@ class AttributionMember(models.Model):
     class Source(models.TextChoices):
         CLAIMS = "claims", "Derived from claims"
         MANUAL = "manual", "Added by payer staff"
+        # PDex 2.2 $provider-member-match: an accepted treatment attestation. Visible only
+        # while a live TreatmentRelationship backs it (payer/services/access.py).
+        ATTESTATION = "attestation", "Treatment attestation"
 
     group = models.ForeignKey(AttributionGroup, on_delete=models.CASCADE, related_name="members")
     member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="attributions")
     start = models.DateField()
     end = models.DateField(null=True, blank=True)
-    source = models.CharField(max_length=10, choices=Source.choices)
+    source = models.CharField(max_length=12, choices=Source.choices)
     reason = models.CharField(max_length=300, blank=True)
     changed_by = models.CharField(max_length=150, blank=True)
     # PDex STU 2.1: when the member's data was last sent to this provider by $davinci-data-export.
@@ -395,7 +405,11 @@ class ExportJob(models.Model):
     client = models.ForeignKey(SmartClient, on_delete=models.CASCADE, related_name="export_jobs")
     level = models.CharField(max_length=10, choices=Level.choices)
     group = models.ForeignKey(AttributionGroup, on_delete=models.CASCADE, null=True, blank=True)
-    operation = models.CharField(max_length=40, default="export", help_text="export or davinci-data-export")
+    # Group/{id}/$davinci-data-export of a MatchedMembers Group from $provider-member-match.
+    match_group = models.ForeignKey("MemberMatchGroup", on_delete=models.CASCADE, null=True, blank=True,
+                                    related_name="export_jobs")
+    operation = models.CharField(max_length=40, default="export",
+                                 help_text="export, davinci-data-export or provider-member-match")
     # Bulk Data manifest ``request``: the kick-off URL (without parameters for POST).
     request_url = models.TextField()
     params = models.JSONField(default=dict, help_text="Normalized kick-off parameters.")
@@ -458,3 +472,111 @@ class ExportWorkUnit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job.job_id} {self.resource_type} #{self.sequence} ({self.status})"
+
+
+class TreatmentRelationship(models.Model):
+    """A member's treatment relationship with a practitioner of a provider organization.
+
+    The payer's long-lived Member-Provider Treatment Relationship List (PDex 2.2
+    ``pdex-treatment-relationship``, §pdex-248..250), recorded from an accepted Provider
+    Treatment Attestation of ``$provider-member-match``. Live while not revoked and before
+    ``expires_at``; staff revoke it in the admin.
+    """
+
+    class RelationshipType(models.TextChoices):
+        # PDex CodeSystem treatment-relationship-type (``past`` is never accepted).
+        ACTIVE = "active", "Active"
+        PROSPECTIVE = "prospective", "Prospective"
+
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="treatment_relationships")
+    organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="treatment_relationships")
+    practitioner = models.ForeignKey(ProviderPractitioner, on_delete=models.PROTECT, related_name="treatment_relationships")
+    relationship_type = models.CharField(max_length=12, choices=RelationshipType.choices)
+    period_start = models.DateField()
+    period_end = models.DateField(null=True, blank=True)
+    attested_at = models.DateTimeField(help_text="Consent.dateTime of the attestation.")
+    client_id = models.CharField(max_length=64, help_text="The SMART client that submitted the attestation.")
+    match_job_id = models.CharField(max_length=64, blank=True, help_text="The $provider-member-match job.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=150, blank=True)
+    revoke_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [
+            # One live row per (member, organization, practitioner); a new attestation extends it.
+            models.UniqueConstraint(fields=["member", "organization", "practitioner"],
+                                    condition=Q(revoked_at__isnull=True), name="treatment_relationship_live_unique"),
+        ]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.member} treated by {self.practitioner} ({self.organization.name})"
+
+
+class MemberMatchGroup(models.Model):
+    """A result Group of one ``$provider-member-match`` job, owned by the requesting client.
+
+    PDex 2.2 §pdex-259/260/264: the MatchedMembers Group id is the input of the client's
+    ``$davinci-data-export``; it is short-lived (``PA_MEMBER_MATCH_GROUP_DAYS``).
+    """
+
+    class Kind(models.TextChoices):
+        MATCHED = "matched", "MatchedMembers"
+        NON_MATCHED = "nonmatched", "NonMatchedMembers"
+        CONSENT_CONSTRAINED = "consentconstrained", "ConsentConstrainedMembers"
+
+    fhir_id = models.CharField(max_length=64, unique=True)
+    # Outlives its job: the job's status and files expire after PA_EXPORT_EXPIRY_HOURS,
+    # the Group after PA_MEMBER_MATCH_GROUP_DAYS (export_purge deletes both).
+    job = models.ForeignKey("ExportJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="match_groups")
+    client = models.ForeignKey(SmartClient, on_delete=models.CASCADE, related_name="match_groups")
+    organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="match_groups")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    members = models.ManyToManyField(Member, blank=True, related_name="match_groups")
+    resource = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "kind"], name="match_group_job_kind_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.fhir_id}"
+
+
+class MemberMatchDecision(models.Model):
+    """How one MemberBundle of a ``$provider-member-match`` was decided, for audit.
+
+    Holds a keyed digest of the submitted inputs, never the demographics themselves.
+    """
+
+    class Outcome(models.TextChoices):
+        MATCHED = "matched", "Matched"
+        NON_MATCHED = "nonmatched", "Not matched"
+        CONSENT_CONSTRAINED = "consentconstrained", "Matched, opted out"
+
+    # The decision is kept for audit after its job is purged; ``job_ref`` names it then.
+    job = models.ForeignKey("ExportJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="match_decisions")
+    job_ref = models.CharField(max_length=64, db_index=True, help_text="ExportJob.job_id of the match job.")
+    sequence = models.PositiveIntegerField(help_text="Position of the MemberBundle in the request.")
+    organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="match_decisions")
+    client_id = models.CharField(max_length=64)
+    inputs_digest = models.CharField(max_length=64, help_text="HMAC-SHA256 of the normalized inputs.")
+    candidates = models.JSONField(default=list, blank=True, help_text="Member ids that shared an identifier.")
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, null=True, blank=True, related_name="match_decisions")
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    rule = models.CharField(max_length=60, help_text="The rule that decided.")
+    reported_as = models.CharField(max_length=20, choices=Outcome.choices,
+                                   help_text="The bucket the requester saw (opt-outs suppressed into not matched).")
+    treatment_relationship = models.ForeignKey(TreatmentRelationship, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job_ref", "sequence"], name="match_decision_job_seq_unique")]
+        ordering = ["-created_at", "job", "sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.job_ref} #{self.sequence}: {self.outcome} ({self.rule})"

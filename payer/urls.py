@@ -1,4 +1,5 @@
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from fhirkit.views import fhir_not_found
 from payer.views import auth, export, fhir, metadata, pages
@@ -15,6 +16,8 @@ urlpatterns = [
     # Bulk Data $export (system, Patient, Group), PDex $davinci-data-export, and the status URL.
     path("fhir/$export", export.SystemExportView.as_view(), name="export-system"),
     path("fhir/Patient/$export", export.PatientExportView.as_view(), name="export-patient"),
+    # PDex 2.2 $provider-member-match (its result files are served like export files).
+    path("fhir/Group/$provider-member-match", export.MemberMatchView.as_view(), name="member-match"),
     path("fhir/Group/<str:group_id>/$export", export.GroupExportView.as_view(), name="export-group"),
     path(
         "fhir/Group/<str:group_id>/$davinci-data-export",
@@ -31,5 +34,7 @@ urlpatterns = [
         fhir.ResourceReadView.as_view(),
         name="fhir-read",
     ),
-    re_path(r"^fhir/(?P<path>.*)$", fhir_not_found),
+    # Unknown paths and operations: 404 OperationOutcome for every method. A bearer-token
+    # API takes no cookies, so no CSRF check (else a POST got Django's 403 HTML page).
+    re_path(r"^fhir/(?P<path>.*)$", csrf_exempt(fhir_not_found)),
 ]

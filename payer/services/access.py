@@ -6,7 +6,13 @@ provider only while all of these hold:
 - the provider organization is in network: one of its contracts covers the day;
 - the member is attributed to the organization (a treatment relationship): an active
   period on the organization's attribution list (PDex STU2 PDexProviderGroup);
-- the member has not opted out (PDex STU2 "Provider Access API", member opt-out).
+- the member has not opted out (PDex STU2 "Provider Access API", member opt-out);
+- the member is covered: ``Member.coverage_start``/``coverage_end`` hold the day (a
+  disenrolled member's data is never shared).
+
+An attribution entry from a treatment attestation (``$provider-member-match``) counts
+only while its ``TreatmentRelationship`` is live: not revoked, not expired. Staff
+revocation and expiry therefore apply to the very next request.
 
 Read, search, Group and export all ask this module and nothing else. Nothing is cached:
 every call re-reads the contract, the list and ``Member.opted_out``, so an opt-out or an
@@ -19,7 +25,7 @@ from collections.abc import Iterable
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from payer.models import AttributionMember, Member, NetworkContract, ProviderOrganization
+from payer.models import AttributionMember, Member, NetworkContract, ProviderOrganization, TreatmentRelationship
 
 # Keep each IN (...) list well under SQLite's bound-parameter limit.
 _BATCH = 500
@@ -49,13 +55,27 @@ def visible_members(*, organization: ProviderOrganization, on: datetime.date | N
     to filter resources in bulk without loading the member list.
     """
     on = _day(on)
-    attributed = AttributionMember.objects.filter(
-        member=OuterRef("pk"), group__organization=organization, start__lte=on
-    ).filter(Q(end__isnull=True) | Q(end__gte=on))
+    live_relationship = TreatmentRelationship.objects.filter(
+        member=OuterRef("member"), organization=organization, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    )
+    attributed = (
+        AttributionMember.objects.filter(member=OuterRef("pk"), group__organization=organization, start__lte=on)
+        .filter(Q(end__isnull=True) | Q(end__gte=on))
+        .filter(~Q(source=AttributionMember.Source.ATTESTATION) | Exists(live_relationship))
+    )
     return Member.objects.filter(
+        covered_q(on=on),
         Exists(attributed),
         Exists(_contracts_in_force(organization=organization, on=on)),
         opted_out=False,
+    )
+
+
+def covered_q(*, on: datetime.date | None = None, prefix: str = "") -> Q:
+    """Return the filter of members whose coverage holds ``on`` (default today)."""
+    on = _day(on)
+    return (Q(**{f"{prefix}coverage_start__isnull": True}) | Q(**{f"{prefix}coverage_start__lte": on})) & (
+        Q(**{f"{prefix}coverage_end__isnull": True}) | Q(**{f"{prefix}coverage_end__gte": on})
     )
 
 

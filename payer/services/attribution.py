@@ -5,10 +5,13 @@ come from two places:
 
 - the claims system (``source=claims``): a member with a claim rendered by one of the
   organization's practitioners, or billed by the organization, whose service ended in the
-  last 24 months is attributed; the period starts at the first such claim and ends when
+  last 24 months and whose coverage has not ended is attributed; the period starts at the first such claim and ends when
   the last one falls out of the 24-month look-back;
 - payer staff (``source=manual``), who add or end a member by hand with a reason. The
-  claims refresh never touches these entries.
+  claims refresh never touches these entries;
+- an accepted treatment attestation of ``$provider-member-match`` (``source=attestation``,
+  payer/services/member_match.py), at once, until its treatment relationship expires or
+  is revoked. A later claim turns the entry into a claims entry.
 """
 
 import calendar
@@ -22,6 +25,7 @@ from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from payer.models import AttributionGroup, AttributionMember, Claim, Member, ProviderOrganization
+from payer.services.access import covered_q
 
 LOOKBACK_MONTHS = 24
 
@@ -71,6 +75,7 @@ def _organization_refresh(
     current = {
         row["member_id"]: row
         for row in claims.filter(service_end__gte=window_start, service_end__lte=today)
+        .filter(covered_q(on=today, prefix="member__"))
         .values("member_id")
         .annotate(first=Min("service_start"), last=Max("service_end"))
     }
@@ -98,6 +103,14 @@ def _organization_refresh(
             summary.added += 1
         elif entry.source == AttributionMember.Source.MANUAL:
             summary.manual_skipped += 1
+        elif entry.source == AttributionMember.Source.ATTESTATION:
+            # Claims now prove the relationship on their own, beyond the attestation's expiry.
+            entry.source, entry.end = AttributionMember.Source.CLAIMS, None
+            entry.start = min(entry.start, row["first"])
+            entry.reason = "Claim from the organization in the last 24 months."
+            entry.changed_by = "attribution_refresh"
+            entry.save(update_fields=["source", "start", "end", "reason", "changed_by"])
+            summary.reopened += 1
         elif entry.end is not None and entry.end < today:
             # A new treatment relationship after the old one lapsed: a new period.
             entry.start, entry.end = row["first"], None

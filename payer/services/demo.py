@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from payer.models import ClinicalResource, NetworkContract, ProviderOrganization, ProviderPractitioner, SmartClient
+from payer.models import ClinicalResource, Member, NetworkContract, ProviderOrganization, ProviderPractitioner, SmartClient
 from payer.services.attribution import attribution_refresh
 from payer.services.demo_keys import demo_client_ensure
 from payer.services.population import records_save
@@ -40,6 +40,15 @@ DR_SMITH_NPI = "1987654328"
 DR_SMITH_FHIR_ID = "prac-james-smith"
 JACK_SHAW_MEMBER_ID = "UCH100000001"
 JACK_SHAW_PATIENT_ID = "pat-uch100000001"
+# A new patient for PDex 2.2 $provider-member-match: a UnitedCare member with coverage and
+# a history elsewhere, but no claim at Grace Hospital, so he is on no Grace list until
+# Grace attests a treatment relationship.
+NEW_PATIENT_MEMBER_ID = "UCH100000070"
+NEW_PATIENT_GIVEN = "Daniel"
+NEW_PATIENT_FAMILY = "Okafor"
+NEW_PATIENT_BIRTH_DATE = date(1978, 9, 23)
+NEW_PATIENT_GENDER = "male"
+NEW_PATIENT_COVERAGE_START = date(2019, 1, 1)
 OAKVIEW_NPI = "1244668806"  # provider organization without a contract
 LAKEVIEW_PULMONARY_NPI = "1577991130"  # contract ended 2023-12-31
 OTHER_MEMBER_COUNT = 60
@@ -330,6 +339,28 @@ def jack_shaw_history(b: RecordBuilder) -> None:
     b.finish()
 
 
+def new_patient_history(b: RecordBuilder) -> None:
+    """Daniel Okafor, born 1978: asthma and hypertension, seen at Oakview, Northside and
+    St. Mary's; never at Grace Hospital."""
+    b.patient(given=NEW_PATIENT_GIVEN, family=NEW_PATIENT_FAMILY, gender=NEW_PATIENT_GENDER,
+              birth_date=NEW_PATIENT_BIRTH_DATE, city="Springfield", coverage_start=NEW_PATIENT_COVERAGE_START)
+    e = b.encounter("checkup", date(2019, 4, 2), HARRIS, reasons=["checkup", "asthma"], cpts=["99396"])
+    b.blood_pressure(136, 86, e)
+    b.condition("asthma", date(2019, 4, 2), e)
+    b.medication("albuterol", e, reason="asthma", fills=False)
+    e = b.encounter("followup", date(2021, 10, 12), PATEL, reasons=["htn", "asthma"], cpts=["99214"])
+    b.blood_pressure(148, 92, e)
+    b.condition("htn", date(2021, 10, 12), e)
+    b.medication("lisinopril", e, reason="htn")
+    b.immunization("150", date(2021, 10, 12), PATEL, e)
+    e = b.encounter("urgent", date(2023, 1, 9), REED, reasons=["bronchitis", "asthma"], cpts=["99203", "71046"])
+    b.condition("bronchitis", date(2023, 1, 9), e, abated=date(2023, 1, 23), category="encounter-diagnosis")
+    b.medication("azithromycin", e, reason="bronchitis")
+    e = b.encounter("followup", b.today - timedelta(days=60), MILLER, reasons=["htn", "asthma"], cpts=["99214"])
+    b.blood_pressure(132, 84, e)
+    b.finish()
+
+
 # --- Seeding -------------------------------------------------------------------------------
 
 @dataclass
@@ -350,7 +381,10 @@ def demo_builders(*, today: date) -> list[RecordBuilder]:
     jack = RecordBuilder(member_id=JACK_SHAW_MEMBER_ID, patient_id=JACK_SHAW_PATIENT_ID, today=today,
                          rng=random.Random(DEMO_SEED))
     jack_shaw_history(jack)
-    builders = [jack]
+    new_patient = RecordBuilder(member_id=NEW_PATIENT_MEMBER_ID, patient_id=patient_id_for(NEW_PATIENT_MEMBER_ID),
+                                today=today, rng=random.Random(DEMO_SEED + 70))
+    new_patient_history(new_patient)
+    builders = [jack, new_patient]
     for n in range(2, OTHER_MEMBER_COUNT + 2):
         member_id = f"UCH1{n:08d}"
         rng = random.Random(DEMO_SEED * 1000 + n)
@@ -368,6 +402,9 @@ def seed_demo(*, create_admin: bool | None = None) -> DemoSummary:
         providers_seed()
         builders = demo_builders(today=today)
         counts = records_save(builders=builders, upsert=True)
+        # Enrollment periods (an upsert: the same values on every run).
+        Member.objects.filter(member_id=NEW_PATIENT_MEMBER_ID).update(
+            coverage_start=NEW_PATIENT_COVERAGE_START, coverage_end=None)
     admin_created = False
     if create_admin if create_admin is not None else settings.DEBUG:
         admin_created = admin_user_ensure()

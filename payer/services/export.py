@@ -8,6 +8,9 @@ that ran out) leaves one copy of each resource. ``export_reconcile`` (beat, ever
 minute) re-queues units whose lease expired (killed worker, lost message) and finishes
 jobs whose units are all done.
 
+PDex 2.2 ``Group/$provider-member-match`` runs on the same jobs: one ``Group`` unit whose
+file is the result Groups (payer/services/member_match.py).
+
 Bulk Data IG 2.0.0 export.html; Da Vinci PDex STU2 Provider Access; CMS-0057-F.
 """
 
@@ -39,6 +42,7 @@ from payer.models import (
     ClinicalResource,
     ExportJob,
     ExportWorkUnit,
+    MemberMatchGroup,
     PriorAuthorization,
     ResourceTombstone,
     SmartClient,
@@ -72,6 +76,9 @@ ACTIVE = (ExportWorkUnit.Status.PENDING, ExportWorkUnit.Status.RUNNING)
 # tasks, and each goes on with the job's next unit (export_unit_run).
 SMALL_JOB_PATIENTS = 10
 SMALL_JOB_TASKS = 2
+# PDex 2.2 Group/$provider-member-match runs as a job of one "Group" unit on this same
+# machinery (payer/services/member_match.py): kick-off, lease, status, manifest, files.
+MEMBER_MATCH_OPERATION = "provider-member-match"
 
 
 def _setting(name: str) -> Any:
@@ -102,8 +109,12 @@ def export_job_create(
     lenient: bool,
     request_url: str,
     group: AttributionGroup | None = None,
+    match_group: MemberMatchGroup | None = None,
 ) -> ExportJob:
     """Validate a kick-off, record the job and its work units, and queue the units.
+
+    ``group`` is the organization's attribution Group; ``match_group`` a MatchedMembers
+    Group of the client's own ``$provider-member-match`` (PDex 2.2 §pdex-262).
 
     Raise ``FHIRError``: 400 for bad parameters (unless ``lenient``), 403 when the scopes
     grant nothing or the organization is out of network, 429 when the client already
@@ -129,12 +140,25 @@ def export_job_create(
     members = visible_members(organization=organization)
     if group is not None:
         members = members.filter(attributions__group=group)
+    if match_group is not None:
+        members = members.filter(pk__in=match_group.members.values("pk"))
     member_rows = list(members.order_by("patient_id").values_list("patient_id", "pk").distinct())
     if params.patients is not None:
-        # Bulk Data req 85-87: never export patients outside the list; patients unknown,
-        # not visible or outside the group are an error (ignored when lenient).
+        # Bulk Data req 85-87: never export patients outside the list. Group level: PDex
+        # §pdex-296/§pdex-360 say the operation SHALL ignore references to patients that
+        # are invalid or not members of the group; they are reported as OperationOutcome
+        # warnings in the manifest's ``error``. When none is left, nothing is exported:
+        # the list never widens to the whole Group. System and Patient level: 400.
         known = {patient_id for patient_id, _ in member_rows}
         missing = [p for p in params.patients if p not in known]
+        if missing and level == ExportJob.Level.GROUP:
+            issues.extend(
+                outcome_issue(code="not-found", severity="warning", expression=["patient"],
+                              diagnostics=f"Patient/{p} is not a member of this Group whose data may be shared; "
+                                          "ignored (PDex §pdex-360).")
+                for p in missing
+            )
+            missing = []
         if missing and not lenient:
             raise FHIRError(
                 f"patient: {', '.join(missing[:20])} not found among the members this client may see"
@@ -166,6 +190,7 @@ def export_job_create(
             client=locked,
             level=level,
             group=group,
+            match_group=match_group,
             operation=operation,
             request_url=request_url,
             params=params.to_json(),
@@ -716,6 +741,11 @@ def _unit_write(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list
                 writer: NDJSONPartWriter, errors: NDJSONPartWriter, heartbeat: _Heartbeat) -> None:
     """Write the unit's NDJSON through ``writer``: mapped EOBs, parsed rows when
     ``_elements`` or a JSON-level ``_typeFilter`` needs them, else the COPY stream."""
+    if unit.job.operation == MEMBER_MATCH_OPERATION:
+        from payer.services.member_match import member_match_run
+
+        writer.write_lines(member_match_run(job=unit.job))
+        return
     if unit.resource_type == "ExplanationOfBenefit":
         if member_pks:
             writer.write_lines(_eob_lines(unit=unit, params=params, member_pks=member_pks, heartbeat=heartbeat))
@@ -764,7 +794,7 @@ def _unit_run(*, unit_id: int) -> None:
         return
     unit = ExportWorkUnit.objects.select_related("job__client__organization").get(pk=unit_id)
     job = unit.job
-    params = ExportParams.from_json(job.params)
+    params = ExportParams(types=["Group"]) if job.operation == MEMBER_MATCH_OPERATION else ExportParams.from_json(job.params)
     organization = job.client.organization
     heartbeat = _Heartbeat(unit)
     max_bytes = _setting("PA_EXPORT_FILE_MAX_BYTES")
@@ -902,15 +932,17 @@ def export_job_finalize(*, job_id: int) -> None:
         job.completed_at = now
         job.expires_at = expires_at
         job.save(update_fields=["status", "completed_at", "expires_at"])
-        if job.operation == "davinci-data-export" and job.group_id:
+        if job.operation == "davinci-data-export" and (job.group_id or job.match_group_id):
             # PDex STU 2.1: record when each member's data was last sent to the provider.
+            group_id = job.group_id or AttributionGroup.objects.filter(
+                organization=job.client.organization).values_list("pk", flat=True).first()
             sent: set[str] = set()
             for ids in job.units.values_list("exported_patient_ids", flat=True):
                 sent.update(ids)
             sent_list = sorted(sent)
             for start in range(0, len(sent_list), 500):
                 AttributionMember.objects.filter(
-                    group_id=job.group_id, member__patient_id__in=sent_list[start : start + 500]
+                    group_id=group_id, member__patient_id__in=sent_list[start : start + 500]
                 ).update(last_transmitted=job.transaction_time)
 
 
@@ -995,6 +1027,9 @@ def export_purge(*, now: datetime.datetime | None = None) -> int:
         export_names_delete(names=names)
         job.delete()
         purged += 1
+    from payer.services.member_match import match_groups_purge
+
+    match_groups_purge(now=now)
     return purged
 
 
@@ -1097,7 +1132,7 @@ def export_progress(*, job: ExportJob) -> str:
 def export_manifest(*, job: ExportJob, file_url_base: str) -> dict[str, Any]:
     """Return the Bulk Data complete-status manifest (req 150-199)."""
     files = ExportFile.objects.filter(job=job).order_by("resource_type", "name")
-    params = ExportParams.from_json(job.params)
+    params = ExportParams.from_json(job.params) if job.operation != MEMBER_MATCH_OPERATION else ExportParams(types=[])
 
     def item(export_file: ExportFile) -> dict[str, Any]:
         return {"type": export_file.resource_type, "url": f"{file_url_base}{export_file.file_id}", "count": export_file.count}

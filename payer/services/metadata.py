@@ -24,6 +24,8 @@ OPERATIONS = {
     "patient-export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
     "group-export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
     "davinci-data-export": "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export",
+    # PDex 2.2 Provider Access v2 (§pdex-241a: payers SHALL support it).
+    "provider-member-match": "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/ProviderMemberMatch",
 }
 
 
@@ -48,7 +50,8 @@ def _resource(resource_type: str) -> dict[str, Any]:
     if resource_type == "Patient":
         resource["operation"] = [_operation("patient-export")]
     elif resource_type == "Group":
-        resource["operation"] = [_operation("group-export"), _operation("davinci-data-export")]
+        resource["operation"] = [_operation("group-export"), _operation("davinci-data-export"),
+                                 _operation("provider-member-match")]
     return resource
 
 

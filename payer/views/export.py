@@ -7,6 +7,7 @@ import json
 
 from django.conf import settings
 from django.http import HttpResponse
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
@@ -14,6 +15,8 @@ from fhirkit.outcome import FHIRError, operation_outcome, outcome_issue
 from payer.models import AttributionGroup, ExportJob
 from payer.services import export as export_services
 from payer.services.audit import audit_record
+from payer.services.auth import scope_grants
+from payer.services.member_match import match_group_for_client, member_match_job_create
 from payer.services.export_params import raw_params_from_parameters, raw_params_from_query
 from payer.views.base import PayerFHIRView
 
@@ -55,12 +58,15 @@ class _KickOffView(PayerFHIRView):
     def _kick_off(self, request, raw: dict[str, list[str]], group_id: str | None):
         client, token = request.user, request.auth
         respond_async, lenient = _prefer(request)
-        group = None
+        group = match_group = None
         try:
             if group_id is not None:
-                # Another organization's group answers 404 as if it did not exist.
+                # Another organization's group answers 404 as if it did not exist; so does
+                # another client's MatchedMembers Group (PDex 2.2 §pdex-292: the Group it received).
                 group = AttributionGroup.objects.filter(fhir_id=group_id, organization=client.organization).first()
                 if group is None:
+                    match_group = match_group_for_client(fhir_id=group_id, client=client)
+                if group is None and match_group is None:
                     raise FHIRError(f"Group/{group_id} not found.", status=404, code="not-found")
             if not respond_async:
                 # Bulk Data 2.0 kick-off (req 45/46): Prefer: respond-async is required of
@@ -78,6 +84,7 @@ class _KickOffView(PayerFHIRView):
                 lenient=lenient,
                 request_url=request_url,
                 group=group,
+                match_group=match_group,
             )
         except FHIRError as exc:
             audit_record(action="export", outcome="denied" if exc.status in (401, 403, 404) else "error",
@@ -127,10 +134,14 @@ class ExportStatusView(PayerFHIRView):
 
     def get(self, request, job_id: str):
         try:
-            return self._status(request, job_id)
+            response = self._status(request, job_id)
         except FHIRError as error:
             self._denied(request, job_id, error, action="export-status")
             raise
+        # Every call is audited, polls of one's own job included (one INSERT).
+        audit_record(action="export-status", outcome="success", client=request.user, request=request,
+                     status_code=response.status_code, detail=f"job {job_id}")
+        return response
 
     def _status(self, request, job_id: str):
         job = export_services.export_job_get(job_id=job_id, client=request.user)
@@ -166,3 +177,54 @@ class ExportStatusView(PayerFHIRView):
         return Response(operation_outcome([outcome_issue(severity="information", code="informational",
                                                          diagnostics="The export was cancelled and its files deleted.")]),
                         status=202)
+
+
+class MemberMatchView(PayerFHIRView):
+    """PDex 2.2 ``POST [base]/Group/$provider-member-match`` (asynchronous kick-off).
+
+    The body is a Parameters of MemberBundle repetitions; the answer is 202 with the
+    status URL in ``Content-Location``, which ends in a manifest listing the Group NDJSON
+    (provider-access-api-v2.md, "Async response delivery format"). The organization is
+    the access token's, never one named in the body. Needs a token that reads Group.
+    """
+
+    audit_action = "member-match"
+    parser_classes = [_FHIRJSONBodyParser, JSONParser]
+    http_method_names = ["post", "options"]
+
+    def post(self, request):
+        client, token = request.user, request.auth
+        respond_async, _ = _prefer(request)
+        try:
+            if not scope_grants(scopes=token.scopes, resource_type="Group", interaction="read"):
+                raise FHIRError("The access token's scopes do not allow reading Group.", status=403, code="forbidden")
+            if not respond_async:
+                raise FHIRError("$provider-member-match needs the header Prefer: respond-async.", code="required")
+            # DRF reads the stream itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE does not
+            # bound a JSON body: check the declared length before reading any of it.
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if limit is not None and length > limit:
+                raise FHIRError(f"The request body is larger than {limit} bytes; send fewer MemberBundles.",
+                                status=413, code="too-costly")
+            try:
+                body = request.data
+            except ParseError as exc:
+                raise FHIRError(f"The body is not JSON: {exc.detail}", code="structure") from None
+            job = member_match_job_create(client=client, scopes=token.scopes, body=body,
+                                          request_url=_absolute(request, request.path))
+        except FHIRError as exc:
+            audit_record(action="member-match", outcome="denied" if exc.status in (401, 403, 404, 429) else "error",
+                         client=client, request=request, status_code=exc.status,
+                         detail=exc.issues[0]["diagnostics"][:500])
+            raise
+        count = len(job.params["member_bundles"])
+        audit_record(action="member-match", outcome="success", client=client, request=request, status_code=202,
+                     resource_types=["Group"], detail=f"job {job.job_id}: {count} MemberBundle(s)")
+        status_url = _absolute(request, f"/payer/fhir/bulkstatus/{job.job_id}")
+        body = operation_outcome([outcome_issue(severity="information", code="informational",
+                                                diagnostics=f"Member match accepted; poll {status_url}")])
+        return Response(body, status=202, headers={"Content-Location": status_url})

@@ -12,6 +12,7 @@ from fhirkit.outcome import FHIRError
 from payer.services import fhir as fhir_services
 from payer.services.audit import audit_record
 from payer.services.auth import scope_grants
+from payer.services.member_match import match_group_read
 from payer.views.base import PayerFHIRView
 
 
@@ -190,6 +191,10 @@ class GroupReadView(_AuditedFHIRView):
             resource, patient_ids = fhir_services.group_read(
                 organization=request.auth.client.organization, group_id=group_id
             )
+            if resource is None and (match_group := match_group_read(fhir_id=group_id, client=request.auth.client)):
+                # PDex 2.2 §pdex-266/291: the client reads its own $provider-member-match result.
+                resource = match_group.resource
+                patient_ids = set(match_group.members.values_list("patient_id", flat=True))
             if resource is None:
                 # Another organization's Group, or none at all: the caller cannot tell which.
                 raise _not_found("Group", group_id, hidden=fhir_services.group_exists(group_id=group_id))

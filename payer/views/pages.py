@@ -275,7 +275,10 @@ def providers_page(request: HttpRequest) -> HttpResponse:
             ("GET", ".well-known/smart-configuration", "Discovery: the token URL and the signing algorithms we accept."),
             ("GET", "metadata", "Our CapabilityStatement: every resource type, search parameter and operation we support."),
             ("GET", "Group", "Your organization's attribution list (the members attributed to you)."),
-            ("GET", "Group/{id}/$davinci-data-export", "Da Vinci PDex bulk export of your attributed members' data."),
+            ("POST", "Group/$provider-member-match", "PDex 2.2: find new patients among our members with a treatment "
+             "attestation; the result names a Group to export (see below)."),
+            ("POST", "Group/{id}/$davinci-data-export", "Da Vinci PDex bulk export of your attributed members' data, "
+             "or of the MatchedMembers Group of your member match."),
             ("GET", "Group/{id}/$export", "FHIR Bulk Data export of your attributed members' data."),
             ("GET", "Patient/$export", "Bulk export for all members attributed to you."),
             ("GET", "[type]/{id}", "Read one record (Patient, Encounter, Condition, ExplanationOfBenefit, ...)."),
@@ -283,5 +286,11 @@ def providers_page(request: HttpRequest) -> HttpResponse:
         ],
         "provider_email": PROVIDER_RELATIONS_EMAIL,
         "provider_phone": PROVIDER_RELATIONS_PHONE,
+        "match_max_members": settings.PA_MEMBER_MATCH_MAX_MEMBERS,
+        "match_group_days": settings.PA_MEMBER_MATCH_GROUP_DAYS,
+        "relationship_days": settings.PA_TREATMENT_RELATIONSHIP_DAYS,
+        "attestation_max_age_days": settings.PA_ATTESTATION_MAX_AGE_DAYS,
+        "attestation_max_future_days": settings.PA_ATTESTATION_MAX_FUTURE_DAYS,
+        "disclose_opt_out": settings.PA_MEMBER_MATCH_DISCLOSE_OPT_OUT,
     }
     return render(request, "payer/providers.html", context)

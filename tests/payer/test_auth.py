@@ -445,7 +445,7 @@ def test_capability_statement(base, token_url):
     types = {r["type"]: r for r in rest["resource"]}
     for resource_type in ("Patient", "Encounter", "ExplanationOfBenefit", "Group", "Practitioner", "Location"):
         assert {i["code"] for i in types[resource_type]["interaction"]} == {"read", "search-type"}
-    assert {o["name"] for o in types["Group"]["operation"]} == {"group-export", "davinci-data-export"}
+    assert {o["name"] for o in types["Group"]["operation"]} == {"group-export", "davinci-data-export", "provider-member-match"}
     assert [o["name"] for o in types["Patient"]["operation"]] == ["patient-export"]
     assert [o["name"] for o in rest["operation"]] == ["export"]
     assert body["implementation"]["url"] == f"{base}/payer/fhir"

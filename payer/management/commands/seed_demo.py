@@ -5,7 +5,15 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from payer.services.demo import JACK_SHAW_MEMBER_ID, demo_access_seed, seed_demo
+from payer.services.demo import (
+    JACK_SHAW_MEMBER_ID,
+    NEW_PATIENT_BIRTH_DATE,
+    NEW_PATIENT_FAMILY,
+    NEW_PATIENT_GIVEN,
+    NEW_PATIENT_MEMBER_ID,
+    demo_access_seed,
+    seed_demo,
+)
 from payer.services.demo_keys import demo_key_kid, demo_key_path
 
 
@@ -26,6 +34,10 @@ class Command(BaseCommand):
         for name, npi, state in summary.organizations:
             self.stdout.write(f"  {name:<34} NPI {npi}  {state}")
         self.stdout.write(f"Dr. James Smith NPI {summary.dr_smith_npi}; Jack Shaw member id {JACK_SHAW_MEMBER_ID}")
+        self.stdout.write(
+            f"New patient (no claims at Grace Hospital; found by $provider-member-match): {NEW_PATIENT_GIVEN} "
+            f"{NEW_PATIENT_FAMILY}, born {NEW_PATIENT_BIRTH_DATE.isoformat()}, male, member id {NEW_PATIENT_MEMBER_ID}"
+        )
         self.stdout.write(
             f"{summary.members} members, {summary.clinical_resources} clinical resources (member records), "
             f"{summary.claims} claims, {summary.prior_authorizations} prior authorizations."
