@@ -36,5 +36,6 @@ urlpatterns = [
     ),
     # Unknown paths and operations: 404 OperationOutcome for every method. A bearer-token
     # API takes no cookies, so no CSRF check (else a POST got Django's 403 HTML page).
-    re_path(r"^fhir/(?P<path>.*)$", csrf_exempt(fhir_not_found)),
+    # [\s\S]: a path holding a newline (%0A) too.
+    re_path(r"^fhir/(?P<path>[\s\S]*)$", csrf_exempt(fhir_not_found)),
 ]

@@ -1,4 +1,5 @@
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from fhirkit.views import fhir_not_found
 from provider.views import fhir
@@ -19,5 +20,5 @@ urlpatterns = [
     re_path(r"^fhir/(?P<resource_type>[^/]+)/(?P<resource_id>[^/]+)$", fhir.ResourceReadView.as_view(), name="fhir-read"),
     re_path(r"^fhir/(?P<resource_type>[^/]+)$", fhir.ResourceSearchView.as_view(), name="fhir-search"),
     # [\s\S]: a path with a newline (%0A) is still a FHIR path, answered with an OperationOutcome.
-    re_path(r"^fhir/(?P<path>[\s\S]*)$", fhir_not_found),
+    re_path(r"^fhir/(?P<path>[\s\S]*)$", csrf_exempt(fhir_not_found)),
 ]

@@ -23,6 +23,7 @@ from fhirkit.bundles import (
     search_error,
     searchset_bundle,
     token_parse,
+    search_bounds_check,
     unknown_params_check,
 )
 from payer.mapping import (
@@ -203,6 +204,7 @@ def resource_search(
     tell the caller that the patient exists: R4 security.html "servers may choose to return
     not found ... to avoid leaking existence").
     """
+    search_bounds_check(params)
     ignored = unknown_params_check(params.keys(), allowed=allowed_search_params(resource_type), prefer=prefer)
     params = {name: values for name, values in params.items() if name not in ignored}
     for name in ("_count", PAGE_PARAM, "patient", "_id", "identifier"):
@@ -359,6 +361,7 @@ def group_search(
     *, organization: ProviderOrganization, params: Mapping[str, list[str]], base_url: str, prefer: str = ""
 ) -> SearchResult:
     """Search the caller's own Groups by ``_id``, ``identifier`` or ``name``."""
+    search_bounds_check(params)
     ignored = unknown_params_check(params.keys(), allowed=GROUP_SEARCH_PARAMS, prefer=prefer)
     params = {name: values for name, values in params.items() if name not in ignored}
     groups = groups_for(organization=organization)

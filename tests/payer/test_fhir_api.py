@@ -373,7 +373,9 @@ def test_nul_in_search_parameters_is_400_and_audited(world):
 def test_non_ascii_digits_in_count_and_offset_are_400(world):
     for params in ({"_count": "²"}, {"_offset": "²"}, {"_count": "٣"}):
         outcome(get(f"{world.base}/Encounter", world.token_a, params), 400, "invalid")
-    assert bundle(get(f"{world.base}/Encounter", world.token_a, {"_count": "9" * 5000}))["total"] == 1
+    assert bundle(get(f"{world.base}/Encounter", world.token_a, {"_count": "9" * 3000}))["total"] == 1  # clamped
+    # Past PA_FHIR_MAX_VALUE_LENGTH any value is refused as too costly (issue "hardening").
+    outcome(get(f"{world.base}/Encounter", world.token_a, {"_count": "9" * 5000}), 400, "too-costly")
 
 
 def test_unsupported_format_is_406_and_json_formats_are_fine(world):
@@ -406,3 +408,13 @@ def test_an_internal_error_is_audited(world):
     outcome(get(f"{world.base}/Encounter/{broken.resource_id}", world.token_a), 500, "exception")
     event = last_audit(action="read", status_code=500)
     assert event.outcome == "error" and event.resource_types == ["Encounter"]
+
+
+def test_costly_or_extreme_searches_answer_400_or_nothing_never_500(world):
+    # Issue "hardening": 30,000 identifiers ran 30,000 queries (15 s); an extreme date was a 500 on SQLite.
+    identifiers = ",".join(f"UCH{n:09d}" for n in range(300))
+    outcome(get(f"{world.base}/Patient", world.token_a, {"identifier": identifiers}), 400, "too-costly")
+    many = "&".join(f"identifier=UCH{n:09d}" for n in range(1200))
+    outcome(get(f"{world.base}/Patient?{many}", world.token_a), 400, "too-costly")
+    late = get(f"{world.base}/Encounter", world.token_a, {"date": "gt9999-12-31T23:59:59-12:00"})
+    assert bundle(late)["total"] == 0
