@@ -296,6 +296,9 @@ PA_FHIR_MAX_PARAMETERS = int(os.environ.get("PA_FHIR_MAX_PARAMETERS", "100"))
 PA_FHIR_MAX_VALUES = int(os.environ.get("PA_FHIR_MAX_VALUES", "100"))
 PA_FHIR_MAX_VALUE_LENGTH = int(os.environ.get("PA_FHIR_MAX_VALUE_LENGTH", "4000"))
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+# Kick-off bounds of $export and $davinci-data-export (payer/services/export_params.py).
+PA_EXPORT_MAX_TYPE_FILTERS = int(os.environ.get("PA_EXPORT_MAX_TYPE_FILTERS", "50"))
+PA_EXPORT_MAX_PATIENTS = int(os.environ.get("PA_EXPORT_MAX_PATIENTS", "1000"))
 
 # The public address of this deployment, for absolute URLs in manifests and
 # Content-Location when requests come through a proxy. Empty: taken from the request.

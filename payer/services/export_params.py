@@ -388,6 +388,40 @@ def _parse_type_filter(text: str, *, types: list[str], issues: _Issues) -> tuple
     return resource_type, criteria
 
 
+# A NUL or a lone surrogate: no FHIR string holds one, and no database column stores one.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bounds_check(raw: Mapping[str, list[str]]) -> None:
+    """Refuse a kick-off too large to plan cheaply, with 400 ``too-costly`` (lenient too).
+
+    Bounds (settings): ``PA_FHIR_MAX_PARAMETERS`` values in all, ``PA_EXPORT_MAX_TYPE_FILTERS``
+    ``_typeFilter`` alternatives, ``PA_EXPORT_MAX_PATIENTS`` patient references and
+    ``PA_FHIR_MAX_VALUE_LENGTH`` characters a value. 5,000 alternatives built a query tree
+    the database refused ("Expression tree is too large").
+    """
+    from django.conf import settings
+
+    bounds = {
+        "_typeFilter": getattr(settings, "PA_EXPORT_MAX_TYPE_FILTERS", 50),
+        "patient": getattr(settings, "PA_EXPORT_MAX_PATIENTS", 1000),
+    }
+    total = sum(len(values) for values in raw.values())
+    if total > getattr(settings, "PA_FHIR_MAX_PARAMETERS", 100) + bounds["patient"]:
+        raise FHIRError(f"The kick-off holds {total} parameter values, more than this server takes.", code="too-costly")
+    max_length = getattr(settings, "PA_FHIR_MAX_VALUE_LENGTH", 4000)
+    for name, values in raw.items():
+        # A comma list of patients or _typeFilter alternatives is bounded by its count below.
+        if name not in bounds and any(len(value) > max_length for value in values):
+            raise FHIRError(f"A value of {name[:64]!r} is longer than {max_length} characters.", code="too-costly",
+                            expression=[name[:64]])
+    for name, limit in bounds.items():
+        count = len(_split(raw.get(name, [])))
+        if count > limit:
+            raise FHIRError(f"{name} takes at most {limit} values; this kick-off has {count}.", code="too-costly",
+                            expression=[name])
+
+
 def export_params_parse(
     *,
     raw: Mapping[str, list[str]],
@@ -403,13 +437,15 @@ def export_params_parse(
     the scopes do not grant) unless ``lenient``.
     """
     issues = _Issues(lenient)
-    # No FHIR value holds a NUL, and Postgres text or jsonb cannot store one (the job keeps
-    # its parameters): a parameter holding one is malformed (ignored when lenient).
+    _bounds_check(raw)
+    # No FHIR value holds a NUL or a lone UTF-16 surrogate (a JSON body may spell one as
+    # "\ud800"), and Postgres text or jsonb cannot store either (the job keeps its
+    # parameters): a parameter holding one is malformed (ignored when lenient).
     clean: dict[str, list[str]] = {}
     for name, values in raw.items():
-        if "\x00" in name or any("\x00" in value for value in values):
-            issues.add(f"Parameter {name.replace(chr(0), '')!r} holds a NUL character.",
-                       expression=name.replace("\x00", ""))
+        if _UNSTORABLE.search(name) or any(_UNSTORABLE.search(value) for value in values):
+            shown = _UNSTORABLE.sub("\ufffd", name)
+            issues.add(f"Parameter {shown!r} holds a NUL character or invalid Unicode.", expression=shown)
             continue
         clean[name] = values
     raw = clean
@@ -476,13 +512,16 @@ def export_params_parse(
 
     # patient (req 85-89): references to Patients; checked against visibility at kick-off.
     patients: list[str] = []
-    for reference in _split(raw.get("patient", [])):
+    references = _split(raw.get("patient", []))
+    for reference in references:
         patient_id = reference.removeprefix("Patient/")
         if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient_id):
             issues.add(f"patient {reference!r} is not a Patient reference.", expression="patient")
             continue
         patients.append(patient_id)
-    if patients:
+    if references:
+        # Lenient drops what is malformed and never widens: a patient list whose every
+        # reference was malformed exports nobody, not the whole Group.
         params.patients = list(dict.fromkeys(patients))
 
     # includeAssociatedData (req 92-100): both Provenance presets add Provenance.

@@ -1014,3 +1014,32 @@ def test_only_the_latest_version_of_a_resource_is_exported(live_server, celery_w
     manifest = _run(live_server, pop["token"], "Patient/$export", celery_worker, params={"_type": "Observation"})
     rows = _resources(manifest, pop["token"])["Observation"]
     assert [(o["id"], o["status"]) for o in rows] == [("obs-versioned", "amended")]
+
+
+def test_hostile_kick_offs_answer_400_never_500_and_lenient_never_widens(live_server, celery_worker):
+    # Issue "hardening": a lone surrogate in a Parameters body was a 500 on Postgres (and on
+    # SQLite a unit that failed forever); 5,000 _typeFilter alternatives built a query tree
+    # the database refused; lenient handling with only malformed patients exported everyone.
+    pop = _population(members=2)
+    token, group = pop["token"], pop["group_id"]
+    surrogate = '{"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Encounter\\ud800"}]}'
+    response = requests.post(f"{live_server.url}/payer/fhir/Group/{group}/$export", data=surrogate.encode(),
+                             headers=_auth(token, **KICKOFF_HEADERS, **{"Content-Type": "application/fhir+json"}), timeout=30)
+    assert response.status_code == 400, response.text
+    OperationOutcome.model_validate(response.json())
+    response = _kick_off(live_server, token, f"Group/{group}/$export", method="POST", body={
+        "resourceType": "Parameters",
+        "parameter": [{"name": "_typeFilter", "valueString": f"Encounter?status=s{n}"} for n in range(5000)]})
+    assert response.status_code == 400 and response.json()["issue"][0]["code"] == "too-costly"
+    response = _kick_off(live_server, token, f"Group/{group}/$export", method="POST", body={
+        "resourceType": "Parameters",
+        "parameter": [{"name": "patient", "valueReference": {"reference": f"Patient/p{n}"}} for n in range(1500)]})
+    assert response.status_code == 400 and response.json()["issue"][0]["code"] == "too-costly"
+    assert ExportJob.objects.count() == 0
+
+    manifest = _run(live_server, token, f"Group/{group}/$export", celery_worker,
+                    params={"_type": "Encounter", "patient": "not a reference,Patient/$$$"},
+                    headers={**KICKOFF_HEADERS, "Prefer": "respond-async, handling=lenient"})
+    assert manifest["output"] == []
+    diagnostics = " ".join(i["diagnostics"] for o in _resources(manifest, token, kind="error")["OperationOutcome"] for i in o["issue"])
+    assert "not a Patient reference" in diagnostics
