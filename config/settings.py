@@ -296,6 +296,12 @@ PA_FHIR_MAX_PARAMETERS = int(os.environ.get("PA_FHIR_MAX_PARAMETERS", "100"))
 PA_FHIR_MAX_VALUES = int(os.environ.get("PA_FHIR_MAX_VALUES", "100"))
 PA_FHIR_MAX_VALUE_LENGTH = int(os.environ.get("PA_FHIR_MAX_VALUE_LENGTH", "4000"))
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+# Fetching a client's JWKS (payer/services/auth.py): size, connect and read timeouts, and
+# an overall deadline a slow host cannot stretch.
+PA_JWKS_MAX_BYTES = int(os.environ.get("PA_JWKS_MAX_BYTES", str(64 * 1024)))
+PA_JWKS_CONNECT_TIMEOUT = float(os.environ.get("PA_JWKS_CONNECT_TIMEOUT", "3"))
+PA_JWKS_READ_TIMEOUT = float(os.environ.get("PA_JWKS_READ_TIMEOUT", "3"))
+PA_JWKS_DEADLINE_SECONDS = float(os.environ.get("PA_JWKS_DEADLINE_SECONDS", "5"))
 # Kick-off bounds of $export and $davinci-data-export (payer/services/export_params.py).
 PA_EXPORT_MAX_TYPE_FILTERS = int(os.environ.get("PA_EXPORT_MAX_TYPE_FILTERS", "50"))
 PA_EXPORT_MAX_PATIENTS = int(os.environ.get("PA_EXPORT_MAX_PATIENTS", "1000"))

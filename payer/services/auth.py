@@ -10,6 +10,7 @@ from typing import Any
 
 import jwt
 import requests
+import urllib3
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
@@ -275,6 +276,31 @@ def jwks_url_allowed(*, url: str) -> bool:
     return url.startswith("https://") or (settings.DEBUG and url.startswith("http://"))
 
 
+def _jwks_body(url: str) -> bytes:
+    """Return the body at ``url``: at most ``PA_JWKS_MAX_BYTES``, within connect and read
+    timeouts and an overall deadline (``PA_JWKS_DEADLINE_SECONDS``), so that a JWKS that
+    drips a byte at a time cannot hold a token request (and a web worker) for long."""
+    max_bytes = getattr(settings, "PA_JWKS_MAX_BYTES", JWKS_MAX_BYTES)
+    deadline = time.monotonic() + getattr(settings, "PA_JWKS_DEADLINE_SECONDS", JWKS_FETCH_TIMEOUT)
+    timeout = (getattr(settings, "PA_JWKS_CONNECT_TIMEOUT", 3), getattr(settings, "PA_JWKS_READ_TIMEOUT", 3))
+    chunks, size = [], 0
+    with requests.get(
+        url, timeout=timeout, allow_redirects=False, stream=True,
+        headers={"Accept": "application/json, application/jwk-set+json"},
+    ) as response:
+        response.raise_for_status()
+        # read1: whatever has arrived (at most 4 KiB), so the deadline is checked as bytes
+        # trickle in; read(n) would wait for all n of them.
+        while chunk := response.raw.read1(4096, decode_content=True):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError("JWKS too large")
+            if time.monotonic() > deadline:
+                raise ValueError("JWKS fetch past its deadline")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def jwks_fetch(*, url: str, refresh: bool = False) -> list[dict[str, Any]]:
     """Return the keys served at ``url`` (a client's registered JWKS URL), cached for a few minutes.
 
@@ -288,18 +314,13 @@ def jwks_fetch(*, url: str, refresh: bool = False) -> list[dict[str, Any]]:
         if cached is not None:
             return cached
     try:
-        with requests.get(
-            url, timeout=JWKS_FETCH_TIMEOUT, allow_redirects=False, stream=True,
-            headers={"Accept": "application/json, application/jwk-set+json"},
-        ) as response:
-            response.raise_for_status()
-            body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
-        if len(body) > JWKS_MAX_BYTES:
-            raise ValueError("JWKS too large")
+        body = _jwks_body(url)
         keys = json.loads(body)["keys"]
         if not isinstance(keys, list):
             raise ValueError("keys is not a list")
-    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
+        # A body cut short (urllib3's ProtocolError), too slow, or too large: refused (401,
+        # audited by the caller), never a 500.
         raise TokenError("invalid_client", "The client's JWKS URL could not be read.") from exc
     keys = [k for k in keys if isinstance(k, dict)]
     cache.set(cache_key, keys, JWKS_CACHE_SECONDS)

@@ -405,6 +405,60 @@ def test_unreachable_jwks_url_is_invalid_client(token_url, org, settings):
     assert_refused(post_token(token_url, assertion), "invalid_client")
 
 
+class _HostileJWKSServer(_JWKSServer):
+    """A JWKS host that drips its body a byte at a time, or cuts it short."""
+
+    def __init__(self, mode: str) -> None:
+        outer = self
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "5000")
+                self.end_headers()
+                try:
+                    if mode == "drip":
+                        for _ in range(40):  # 20 s in all, unless the client gives up
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    else:
+                        self.wfile.write(b'{"keys": [')  # then the connection closes
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+
+@pytest.mark.parametrize("mode", ["drip", "cut"])
+def test_a_slow_or_cut_short_jwks_is_refused_within_the_deadline_and_audited(token_url, org, settings, mode):
+    # Issue "hardening": a dripping JWKS held a token request for 60 s, and a body cut
+    # short answered 500 with nothing audited.
+    settings.DEBUG = True  # the test host speaks plain http
+    settings.PA_JWKS_DEADLINE_SECONDS = 1.5
+    server = _HostileJWKSServer(mode)
+    try:
+        client = client_register(organization=org, jwks_url=server.url, scopes="system/*.read")
+        assertion = client_assertion(shared_rsa_key(), client_id=client.client_id, aud=token_url, kid=KID)
+        started = time.monotonic()
+        response = post_token(token_url, assertion)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert_refused(response, "invalid_client")
+    assert elapsed < 5, elapsed
+    assert AuditEvent.objects.filter(action="token", outcome=AuditEvent.Outcome.DENIED).count() == 1
+
+
 # --- Discovery and the CapabilityStatement ---------------------------------------------------
 
 
