@@ -41,6 +41,12 @@ class ExportFileView(PayerFHIRView):
             audit_record(action="download", outcome="denied", client=client, request=request, status_code=404)
             raise FHIRError("No such file, or it has expired.", status=404, code="not-found")
 
+        if not export_services.export_file_shared_allowed(export_file=export_file, organization=client.organization):
+            audit_record(action="download", outcome="denied", client=client, request=request, status_code=403,
+                         resource_types=[export_file.resource_type],
+                         detail=f"file {export_file.name}: the provider directory, and the contract has ended")
+            raise FHIRError("This organization's network contract has ended; directory files are no longer available.",
+                            status=403, code="forbidden")
         gzip_ok = services.accepts_gzip(header=request.headers.get("Accept-Encoding", ""))
         hidden = export_services.export_file_hidden_patients(export_file=export_file, organization=client.organization)
         if hidden:

@@ -1040,6 +1040,14 @@ def export_purge(*, now: datetime.datetime | None = None) -> int:
 _PATIENT_REFERENCE_FIELDS = ("subject", "patient", "beneficiary")
 
 
+def export_file_shared_allowed(*, export_file: ExportFile, organization) -> bool:
+    """Return False for a file of the provider directory (Practitioner, Location, ...) once
+    ``organization`` may no longer search the directory: its contract ended. Files are
+    downloadable only while the client could still search what they hold."""
+    resource_type = export_file.unit.resource_type if export_file.unit_id else export_file.resource_type
+    return resource_type not in SHARED_TYPES or organization_in_network(organization=organization)
+
+
 def export_file_hidden_patients(*, export_file: ExportFile, organization) -> set[str]:
     """Return the patients whose data the file holds and ``organization`` may no longer see.
 

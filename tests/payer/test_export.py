@@ -737,6 +737,29 @@ def test_opt_out_after_completion_withholds_the_members_lines_at_download(live_s
         assert emptied.status_code == 200 and emptied.content == b""
 
 
+def test_directory_files_are_refused_once_the_contract_ends(live_server, celery_worker):
+    # Issue "hardening": Practitioner, Location and Organization files of a finished export
+    # still downloaded while a search for them answered 403. A file is downloadable only
+    # while the client could still search what it holds.
+    pop = _population(members=1, encounters=1, observations=0)
+    token = pop["token"]
+    clinical_resource_create(resource_type="Practitioner")
+    manifest = _run(live_server, token, f"Group/{pop['group_id']}/$export", celery_worker,
+                    params={"_type": "Practitioner,Encounter"})
+    files = {item["type"]: item["url"] for item in manifest["output"]}
+    assert _download(files["Practitioner"], token)[0]["resourceType"] == "Practitioner"
+
+    from payer.models import NetworkContract
+
+    NetworkContract.objects.filter(organization=pop["org"]).update(end=timezone.localdate() - datetime.timedelta(days=1))
+    refused = requests.get(files["Practitioner"], headers=_auth(token), timeout=30)
+    assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "forbidden"
+    assert requests.get(f"{live_server.url}/payer/fhir/Practitioner", headers=_auth(token), timeout=30).status_code == 403
+    assert AuditEvent.objects.filter(action="download", outcome="denied", status_code=403).count() == 1
+    # The member's files release nothing either (as before).
+    assert requests.get(files["Encounter"], headers=_auth(token), timeout=30).content == b""
+
+
 def test_nul_in_kick_off_parameters_is_400_and_audited(live_server, transactional_db):
     # Postgres jsonb holds no NUL (the job stores its parameters): once a 500.
     pop = _population(members=1)
