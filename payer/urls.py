@@ -1,7 +1,6 @@
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from fhirkit.views import fhir_not_found
 from payer.views import auth, export, fhir, metadata, pages
 
 app_name = "payer"
@@ -37,5 +36,5 @@ urlpatterns = [
     # Unknown paths and operations: 404 OperationOutcome for every method. A bearer-token
     # API takes no cookies, so no CSRF check (else a POST got Django's 403 HTML page).
     # [\s\S]: a path holding a newline (%0A) too.
-    re_path(r"^fhir/(?P<path>[\s\S]*)$", csrf_exempt(fhir_not_found)),
+    re_path(r"^fhir/(?P<path>[\s\S]*)$", csrf_exempt(fhir.unknown_path)),
 ]

@@ -8,6 +8,8 @@ enough to call on every request. Tokens, assertions and keys are never stored.
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
+
 from payer.models import AuditEvent
 
 # Query parameters whose values must never reach the audit trail.
@@ -17,7 +19,10 @@ _SECRET_PARAMS = frozenset({"access_token", "client_assertion", "token", "code",
 def _request_path(request: Any) -> str:
     """Return the request path with the query, minus any secret-looking parameter values."""
     path = request.path
-    query = getattr(request, "GET", None)
+    try:
+        query = getattr(request, "GET", None)
+    except SuspiciousOperation:  # more fields than Django parses (TooManyFieldsSent)
+        return f"{path}?(too many parameters)"[:500]
     if query:
         kept = [
             f"{name}={'***' if name in _SECRET_PARAMS else value}"
@@ -36,6 +41,16 @@ def _clean(text: str) -> str:
 def _remote_addr(request: Any) -> str | None:
     addr = request.META.get("REMOTE_ADDR") or None
     return addr
+
+
+def _mark_recorded(request: Any) -> None:
+    # On Django's request under DRF's wrapper, so both see it.
+    setattr(getattr(request, "_request", request), "_pa_audited", True)
+
+
+def audit_recorded(request: Any) -> bool:
+    """Return True once an audit event was recorded for ``request`` (a Django or DRF request)."""
+    return bool(getattr(getattr(request, "_request", request), "_pa_audited", False))
 
 
 def audit_record(
@@ -67,6 +82,7 @@ def audit_record(
     if request is not None:
         request_path = _request_path(request)
         remote_addr = _remote_addr(request)
+        _mark_recorded(request)
     return AuditEvent.objects.create(
         action=_clean(action)[:40],
         outcome=outcome,

@@ -5,8 +5,8 @@ from rest_framework.views import APIView
 from fhirkit.outcome import FHIRError
 from fhirkit.renderers import FHIRJSONRenderer, JSONAliasRenderer
 from payer.authentication import BearerTokenAuthentication
-from payer.models import AuditEvent
-from payer.services.audit import audit_record
+from payer.models import AuditEvent, SmartClient
+from payer.services.audit import audit_record, audit_recorded
 
 # R4 http.html#mime-type: ``_format`` may name json by its short name or a JSON mime type.
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
@@ -60,6 +60,19 @@ class PayerFHIRView(APIView):
                     f"_format {value!r} is not supported; this server answers in application/fhir+json.",
                     status=406, code="not-supported", expression=["_format"],
                 ), outcome="error")
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        # Every refusal is on record: what the views and services did not audit themselves
+        # (405 for PUT/DELETE, 406 from content negotiation, a 404 of DRF's) is audited here.
+        if response.status_code >= 400 and not audit_recorded(request):
+            client = request.user if isinstance(getattr(request, "user", None), SmartClient) else None
+            audit_record(
+                action=self.audit_action,
+                outcome=AuditEvent.Outcome.DENIED if response.status_code in (401, 403, 404, 405, 406, 429) else AuditEvent.Outcome.ERROR,
+                client=client, request=request, status_code=response.status_code,
+                detail=f"{request.method} refused with {response.status_code}.",
+            )
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def handle_exception(self, exc):
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):

@@ -9,6 +9,8 @@ from django.conf import settings
 from rest_framework.response import Response
 
 from fhirkit.outcome import FHIRError
+from fhirkit.views import fhir_not_found
+from payer.models import AuditEvent
 from payer.services import fhir as fhir_services
 from payer.services.audit import audit_record
 from payer.services.auth import scope_grants
@@ -208,3 +210,11 @@ class GroupReadView(_AuditedFHIRView):
 # that ``metadata``, ``$export`` and ``.well-known`` stay free for their own views.
 TYPE_PATTERN = "(?P<resource_type>" + "|".join(fhir_services.READABLE_TYPES) + ")"
 ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"
+
+
+def unknown_path(request, path: str = ""):
+    """Answer an unknown path or operation under the FHIR base with a 404 OperationOutcome,
+    audited like every refusal (the caller is not authenticated here: none is named)."""
+    audit_record(action="request", outcome=AuditEvent.Outcome.DENIED, request=request, status_code=404,
+                 detail=f"{request.method} of an unknown FHIR path.")
+    return fhir_not_found(request, path)

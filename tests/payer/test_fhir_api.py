@@ -418,3 +418,19 @@ def test_costly_or_extreme_searches_answer_400_or_nothing_never_500(world):
     outcome(get(f"{world.base}/Patient?{many}", world.token_a), 400, "too-costly")
     late = get(f"{world.base}/Encounter", world.token_a, {"date": "gt9999-12-31T23:59:59-12:00"})
     assert bundle(late)["total"] == 0
+
+
+def test_every_refusal_is_audited_405_406_404(world):
+    # Issue "hardening": 405 (PUT/DELETE), 406 (Accept: application/fhir+xml) and 404 for
+    # unknown types left no record.
+    before = AuditEvent.objects.count()
+    url = f"{world.base}/Patient/{world.jack.patient_id}"
+    assert requests.put(url, headers={"Authorization": f"Bearer {world.token_a}"}, json={}, timeout=10).status_code == 405
+    assert requests.delete(url, headers={"Authorization": f"Bearer {world.token_a}"}, timeout=10).status_code == 405
+    assert requests.get(url, headers={"Authorization": f"Bearer {world.token_a}", "Accept": "application/fhir+xml"},
+                        timeout=10).status_code == 406
+    assert requests.get(f"{world.base}/Spaceship/1", headers={"Authorization": f"Bearer {world.token_a}"}, timeout=10).status_code == 404
+    events = list(AuditEvent.objects.order_by("pk")[before:])
+    assert [event.status_code for event in events] == [405, 405, 406, 404]
+    assert all(event.outcome == AuditEvent.Outcome.DENIED for event in events)
+    assert not any(world.token_a in (event.detail + event.request_path) for event in events)
