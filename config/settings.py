@@ -220,8 +220,12 @@ if "payer" in ROLES:
         "access-tokens-purge": {"task": "payer.tasks.access_tokens_purge_task", "schedule": 60 * 60},
     }
 if "provider" in ROLES:
-    # Provider sync jobs whose worker died: resume them from the saved status URL.
-    CELERY_BEAT_SCHEDULE["sync-jobs-resume"] = {"task": "provider.tasks.sync_jobs_resume_task", "schedule": 60}
+    # Provider sync jobs whose worker died (its lease ran out) or whose task was lost:
+    # take them over. Every 15 s, so that with 30 s leases a killed worker's step or file
+    # is picked up within a minute.
+    CELERY_BEAT_SCHEDULE["sync-jobs-resume"] = {"task": "provider.tasks.sync_jobs_resume_task", "schedule": 15}
+    # Panel sync: each connection's attribution Group on its own schedule (nightly by default).
+    CELERY_BEAT_SCHEDULE["panel-syncs-run"] = {"task": "provider.tasks.panel_syncs_run_task", "schedule": 5 * 60}
 
 # Bulk Data exports (payer/services/export.py, storage/).
 PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))

@@ -394,6 +394,64 @@ def _error_for(response: requests.Response, what: str) -> BulkDataError:
     return BulkDataError(message, status=response.status_code, outcome=outcome)
 
 
+_RESOURCE_TYPE_RE = __import__("re").compile(r"[A-Z][A-Za-z]{1,63}")
+MANIFEST_KINDS = (("output", None), ("deleted", "Bundle"), ("error", "OperationOutcome"))
+
+
+def manifest_check(manifest: Any, *, policy: OriginPolicy, max_files: int) -> list[tuple[str, dict]]:
+    """Return the manifest's files as (kind, entry), or raise ManifestError saying what is wrong.
+
+    Bulk Data 2.0 "Response - Complete Status": a JSON object with ``transactionTime``
+    (an instant), ``request``, ``requiresAccessToken`` (boolean) and ``output`` and
+    ``error`` arrays (``deleted`` too, optionally) whose items have ``type`` and an
+    absolute ``url``, and MAY have a non-negative integer ``count``. Checked whole before
+    anything is recorded: one bad entry fails the job with this message, nothing half-stored.
+    """
+    if not isinstance(manifest, dict):
+        raise ManifestError("The manifest is not a JSON object.")
+    if not isinstance(manifest.get("transactionTime"), str):
+        raise ManifestError("The manifest has no transactionTime.")
+    if not isinstance(manifest.get("requiresAccessToken", False), bool):
+        raise ManifestError("The manifest's requiresAccessToken is not true or false.")
+    entries: list[tuple[str, dict]] = []
+    urls: set[str] = set()
+    for kind, fixed_type in MANIFEST_KINDS:
+        items = manifest.get(kind, [])
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise ManifestError(f"The manifest's `{kind}` is not a list.")
+        if len(entries) + len(items) > max_files:
+            raise ManifestError(f"The manifest lists more than {max_files} files, this connection's limit.")
+        for index, item in enumerate(items):
+            where = f"The manifest's {kind}[{index}]"
+            if not isinstance(item, dict):
+                raise ManifestError(f"{where} is not an object.")
+            url, resource_type, count = item.get("url"), item.get("type"), item.get("count")
+            if not isinstance(url, str) or not url:
+                raise ManifestError(f"{where} has no url.")
+            if len(url) > 950:
+                raise ManifestError(f"{where} has a url longer than 950 characters.")
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+                raise ManifestError(f"{where} has a url that is not absolute http(s): {_url_text(url)}.")
+            try:
+                policy.check(url)
+            except OriginRefused as error:
+                raise ManifestError(f"{where}: {error}") from None
+            if url in urls:
+                raise ManifestError(f"{where} lists {_url_text(url)} a second time.")
+            urls.add(url)
+            if not isinstance(resource_type, str) or not _RESOURCE_TYPE_RE.fullmatch(resource_type):
+                raise ManifestError(f"{where} has no valid resource type.")
+            if fixed_type and resource_type != fixed_type:
+                raise ManifestError(f"{where} has type {resource_type}, not {fixed_type}.")
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**31):
+                raise ManifestError(f"{where} has a count that is not a non-negative integer.")
+            entries.append((kind, {"url": url, "type": resource_type, "count": count}))
+    return entries
+
+
 class BulkDataClient:
     """Talk to one Bulk Data server as one registered backend client.
 

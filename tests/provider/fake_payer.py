@@ -211,6 +211,11 @@ def _outcome(code: str, text: str) -> dict:
     return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
 
 
+def _code_for(status: int) -> str:
+    """Return the OperationOutcome issue code a scripted error answer carries: 503 transient, 429 throttled, else processing."""
+    return {503: "transient", 429: "throttled"}.get(status, "processing")
+
+
 def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -343,7 +348,7 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
         def _kick_off(self, rest: str, query: dict[str, list[str]], body: Any) -> None:
             if payer.kickoff_script:
                 status, headers = payer.kickoff_script.pop(0)
-                return self._send(status, _outcome("transient" if status >= 500 else "throttled", "Busy"), headers)
+                return self._send(status, _outcome(_code_for(status), "Busy"), headers)
             if self.headers.get("Prefer") != "respond-async":
                 return self._send(400, _outcome("invalid", "Prefer: respond-async is required."))
             params: dict[str, list[str]] = {k: list(v) for k, v in query.items()}
@@ -378,7 +383,7 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
             export.polls += 1
             if payer.poll_script:
                 status, headers = payer.poll_script.pop(0)
-                body = None if status == 202 else _outcome("transient" if status >= 500 else "throttled", "Try later")
+                body = None if status == 202 else _outcome(_code_for(status), "Try later")
                 return self._send(status, body, headers)
             self._send(200, payer.manifest(export), {"Expires": email.utils.formatdate(time.time() + 3600, usegmt=True)},
                        content_type="application/json")
