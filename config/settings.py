@@ -227,6 +227,13 @@ if "provider" in ROLES:
     # Panel sync: each connection's attribution Group on its own schedule (nightly by default).
     CELERY_BEAT_SCHEDULE["panel-syncs-run"] = {"task": "provider.tasks.panel_syncs_run_task", "schedule": 5 * 60}
 
+# The hospital's Bulk Data client (provider/services/sync.py): claims last this long
+# without a heartbeat; a big output file is ingested in chunks of this many lines, one task
+# each; transient payer errors are retried for at most this long in a row.
+PA_SYNC_LEASE_SECONDS = int(os.environ.get("PA_SYNC_LEASE_SECONDS", "30"))
+PA_SYNC_CHUNK_LINES = int(os.environ.get("PA_SYNC_CHUNK_LINES", "50000"))
+PA_SYNC_TRANSIENT_BUDGET_SECONDS = int(os.environ.get("PA_SYNC_TRANSIENT_BUDGET_SECONDS", "3600"))
+
 # Bulk Data exports (payer/services/export.py, storage/).
 PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))
 # Expired files stay this long so that a download in progress is not cut off.
