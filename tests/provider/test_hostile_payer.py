@@ -304,3 +304,20 @@ def test_panel_sync_runs_nightly_then_sends_since(fake_payer, connection):
     [second] = panel_syncs_run(now=night + timedelta(hours=23), enqueue=False)
     assert second.since == first.transaction_time  # only the changes (#provider-delta on a PDex payer)
     assert len(FakePayer.requests_to(fake_payer, "$export")) == 1
+
+
+def test_an_unforeseen_answer_fails_the_job_visibly(fake_payer, connection):
+    # A Group whose member is not a list: nothing above foresaw it, and the step crashes;
+    # the job fails with a message instead of waiting for ever on a chain that stopped.
+    fake_payer.groups[0]["member"] = "everyone"
+    job = run(connection, member_id="M100")
+    assert_failed(job, "failed on the hospital's side")
+    assert "everyone" not in job.error
+
+
+def test_transient_errors_have_a_time_budget(fake_payer, connection, settings):
+    settings.PA_SYNC_TRANSIENT_BUDGET_SECONDS = 0
+    fake_payer.poll_script = [(503, {"Retry-After": "0"})] * 5
+    job = run(connection)
+    assert_failed(job, "kept failing for more than 0:00:00")
+    assert job.poll_count == 2
