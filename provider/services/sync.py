@@ -890,10 +890,13 @@ def sync_jobs_resume(*, stale_after: timedelta = timedelta(minutes=5)) -> int:
         if not unsettled.exists():
             sync_job_finish_if_done(job_id=job.pk)  # a worker died between its last file and the close
             continue
-        lost = unsettled.filter(
-            Q(claimed_until__lt=now - grace) | Q(claimed_until__isnull=True, job__updated_at__lt=now - stale_after)
-        )
-        file_ids = list(lost.values_list("pk", flat=True).distinct())
+        # Expired leases: each a file a dead worker held. Unclaimed files of a job idle for
+        # stale_after: a lost message; a few tasks suffice, each goes on with the next file.
+        file_ids = list(unsettled.filter(claimed_until__lt=now - grace).values_list("pk", flat=True))
+        if job.updated_at < now - stale_after:
+            idle = unsettled.filter(claimed_until__isnull=True).order_by(*LARGEST_FIRST)
+            file_ids += list(idle.values_list("pk", flat=True)[: _setting("PA_SYNC_FILE_TASKS", FILE_TASKS)])
+            SyncJob.objects.filter(pk=job.pk).update(updated_at=now)  # not again before stale_after
         if file_ids:
             resumed += 1
         for file_id in file_ids:
