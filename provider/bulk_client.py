@@ -24,10 +24,12 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,6 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import jwt
 import requests
 import urllib3
-import zlib
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def _error_for(response: requests.Response, what: str) -> BulkDataError:
     return BulkDataError(message, status=response.status_code, outcome=outcome)
 
 
-_RESOURCE_TYPE_RE = __import__("re").compile(r"[A-Z][A-Za-z]{1,63}")
+_RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 MANIFEST_KINDS = (("output", None), ("deleted", "Bundle"), ("error", "OperationOutcome"))
 
 

@@ -511,7 +511,7 @@ _BOMBS: dict[int, bytes] = {}
 
 def _gzip_bomb(size: int) -> bytes:
     if size not in _BOMBS:
-        compressor = __import__("zlib").compressobj(9, wbits=31)
+        compressor = zlib.compressobj(9, wbits=31)
         block = b"\n" * (1 << 20)
         parts = [compressor.compress(block) for _ in range(size >> 20)]
         _BOMBS[size] = b"".join(parts) + compressor.flush()

@@ -19,7 +19,7 @@ from provider.services.sync import (
     sync_job_start,
 )
 from tests.provider.bulk_data import CLIENT_ID, encounter
-from tests.provider.fake_payer import FakePayer, RecordingServer
+from tests.provider.fake_payer import RecordingServer
 
 pytestmark = pytest.mark.django_db
 
@@ -303,7 +303,7 @@ def test_panel_sync_runs_nightly_then_sends_since(fake_payer, connection):
     assert panel_syncs_run(now=night + timedelta(hours=12), enqueue=False) == []  # not before the next night
     [second] = panel_syncs_run(now=night + timedelta(hours=23), enqueue=False)
     assert second.since == first.transaction_time  # only the changes (#provider-delta on a PDex payer)
-    assert len(FakePayer.requests_to(fake_payer, "$export")) == 1
+    assert len(fake_payer.requests_to("$export")) == 1
 
 
 def test_an_unforeseen_answer_fails_the_job_visibly(fake_payer, connection):
