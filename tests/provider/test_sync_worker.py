@@ -145,3 +145,16 @@ def test_big_file_chunks_are_ingested_by_two_workers(start_worker, fake_payer, c
     assert SyncFile.objects.filter(job=job, parent__isnull=False, status=SyncFile.Status.INGESTED).count() == 7
     # Each worker ingested some of the chunks.
     assert all("Ingested http" in worker.log() for worker in workers), [w.log()[-1500:] for w in workers]
+
+
+def test_worker_ends_a_job_whose_manifest_is_bad(celery_worker, fake_payer, connection):
+    # On a real worker too: the crash of the issue (IntegrityError on a negative count)
+    # is now a refused manifest and a failed job, not a job "kicked_off" for ever.
+    fake_payer.poll_script = []
+    fake_payer.manifest_hook = lambda manifest: {**manifest, "output": [{**manifest["output"][0], "count": -1}]}
+    with transaction.atomic():
+        job = sync_job_start(connection=connection, group_id="g1")
+    job = wait_for(lambda: finished(job), timeout=60, message=f"the job\n{celery_worker.log()[-2000:]}")
+    assert job.status == SyncJob.Status.FAILED and "count that is not a non-negative integer" in job.error
+    assert not SyncFile.objects.filter(job=job).exists()
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1
