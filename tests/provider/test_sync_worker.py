@@ -85,7 +85,7 @@ def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_paye
     job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
     def between_polls() -> bool:
         # Polled once and waiting on its next poll, not inside a step: a step holds the
-        # job for STEP_LEASE, and a worker killed there is resumed only after that lease.
+        # job for its lease (PA_SYNC_LEASE_SECONDS), and a worker killed there is resumed only after it.
         return SyncJob.objects.filter(
             pk=job.pk, poll_count__gte=1, next_step_at__lt=timezone.now() + timedelta(seconds=30)
         ).exists()
