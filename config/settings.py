@@ -249,8 +249,19 @@ if "payer" in ROLES:
         "access-tokens-purge": {"task": "payer.tasks.access_tokens_purge_task", "schedule": 60 * 60},
     }
 if "provider" in ROLES:
-    # Provider sync jobs whose worker died: resume them from the saved status URL.
-    CELERY_BEAT_SCHEDULE["sync-jobs-resume"] = {"task": "provider.tasks.sync_jobs_resume_task", "schedule": 60}
+    # Provider sync jobs whose worker died (its lease ran out) or whose task was lost:
+    # take them over. Every 15 s, so that with 30 s leases a killed worker's step or file
+    # is picked up within a minute.
+    CELERY_BEAT_SCHEDULE["sync-jobs-resume"] = {"task": "provider.tasks.sync_jobs_resume_task", "schedule": 15}
+    # Panel sync: each connection's attribution Group on its own schedule (nightly by default).
+    CELERY_BEAT_SCHEDULE["panel-syncs-run"] = {"task": "provider.tasks.panel_syncs_run_task", "schedule": 5 * 60}
+
+# The hospital's Bulk Data client (provider/services/sync.py): claims last this long
+# without a heartbeat; a big output file is ingested in chunks of this many lines, one task
+# each; transient payer errors are retried for at most this long in a row.
+PA_SYNC_LEASE_SECONDS = int(os.environ.get("PA_SYNC_LEASE_SECONDS", "30"))
+PA_SYNC_CHUNK_LINES = int(os.environ.get("PA_SYNC_CHUNK_LINES", "50000"))
+PA_SYNC_TRANSIENT_BUDGET_SECONDS = int(os.environ.get("PA_SYNC_TRANSIENT_BUDGET_SECONDS", "3600"))
 
 # Bulk Data exports (payer/services/export.py, storage/).
 PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))

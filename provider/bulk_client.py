@@ -8,24 +8,37 @@ long to wait, and the caller (a task rescheduled with ``countdown``, or the comm
 Specs: Bulk Data IG 2.0.0 (https://hl7.org/fhir/uv/bulkdata/STU2/export.html), SMART App
 Launch 2.x Backend Services (https://hl7.org/fhir/smart-app-launch/backend-services.html),
 Da Vinci PDex STU2 / ATR ``$davinci-data-export``.
+
+One door: every request goes through ``BulkDataClient.request``, which enforces where the
+client may go (``OriginPolicy``: the FHIR base's origin, the token endpoint, and origins the
+connection lists; no private addresses unless the base is one), where the bearer token may
+go (never across a redirect to another origin: redirects are followed by hand), and reads
+bodies through a bounded decoder, so a gzip bomb or a giant line stops at the limit.
+Error texts carry the payer's OperationOutcome diagnostics (truncated), never a body.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
+import json
 import logging
 import random
+import re
+import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urljoin
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import jwt
 import requests
+import urllib3
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +49,20 @@ PDEX_PROVIDER_DOWNLOAD = "hl7.fhir.us.davinci-pdex#provider-download"
 PDEX_PROVIDER_DELTA = "hl7.fhir.us.davinci-pdex#provider-delta"
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
-# Status codes worth another try later: the server is busy or briefly unavailable.
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-TRANSIENT_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# Status codes worth another try later: throttled (429), unavailable (503), and the
+# timeouts and bad gateways that intermediaries answer for a network failure (408, 502,
+# 504). Any other 4xx/5xx is the payer's answer and fails at once, unless its
+# OperationOutcome says the issue is transient or throttled (FHIR R4 issue-type codes).
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+TRANSIENT_ISSUE_CODES = frozenset({"transient", "throttled", "timeout"})
+TRANSIENT_NETWORK_ERRORS = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# Error texts show at most this much of the payer's diagnostics.
+DIAGNOSTICS_LIMIT = 500
 
 
 # FHIR R4 search.html "Search result parameters": they shape a search's response, and
@@ -82,6 +106,174 @@ class TransientError(BulkDataError):
 
 class CountMismatch(BulkDataError):
     """A downloaded file has not as many resources as the manifest's ``count`` said."""
+
+
+class OriginRefused(BulkDataError):
+    """A URL the connection does not allow: another origin, or a private address."""
+
+
+class LimitExceeded(BulkDataError):
+    """A body, file, line or manifest went past the connection's limit."""
+
+
+class ManifestError(BulkDataError):
+    """The completion manifest is not what Bulk Data 2.0 "Response - Complete Status" describes."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the client takes from a payer (per connection, safe defaults)."""
+
+    max_file_bytes: int = 4 * 1024**3
+    max_line_bytes: int = 16 * 1024**2
+    max_manifest_files: int = 10_000
+    # JSON answers (manifests, Bundles, tokens); a manifest entry is ~200 bytes.
+    max_json_bytes: int = 64 * 1024**2
+    max_manifest_pages: int = 1_000
+
+
+def origin_of(url: str) -> str:
+    """Return ``scheme://host:port`` of ``url`` (RFC 6454 origin), lower case, with the default port."""
+    parts = urlsplit(url.strip())
+    scheme = (parts.scheme or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise OriginRefused("The URL has an invalid port.") from None
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def origins_parse(text: str | list[str] | tuple[str, ...] | None) -> set[str]:
+    """Return the origins of a one-per-line (or whitespace or comma separated) list."""
+    items = text.replace(",", " ").split() if isinstance(text, str) else list(text or [])
+    return {origin_of(item) for item in items if item.strip()}
+
+
+def host_is_private(host: str) -> bool:
+    """Return whether ``host`` is (or resolves to) a private, loopback, link-local or otherwise non-public address.
+
+    A name that does not resolve is not refused here; the request then fails as a
+    network error. (The check and the connection resolve separately, so a DNS answer
+    that changes in between is not caught; an egress proxy closes that gap.)
+    """
+    host = host.strip("[]")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)]
+        except (socket.gaierror, UnicodeError, ValueError):
+            return False
+    return any(not address.is_global or address.is_multicast for address in addresses)
+
+
+class OriginPolicy:
+    """Where requests may go and where the bearer token may go.
+
+    Bulk Data 2.0 req 201 and SMART Backend Services: the access token is a bearer
+    credential; it goes to the FHIR server that issued the export and to origins the
+    connection names as token-bearing, nowhere else. Requests without it may also go to
+    the token endpoint and to the file origins the connection lists (a storage bucket).
+    Private, loopback and link-local addresses are refused unless the FHIR base itself
+    is on one (a demo on 127.0.0.1, a payer inside the hospital's network).
+    """
+
+    def __init__(self, base_url: str, *, file_origins: Any = None, token_origins: Any = None) -> None:
+        self.base_origin = origin_of(base_url)
+        self.token_origins = {self.base_origin} | origins_parse(token_origins)
+        self.allowed = self.token_origins | origins_parse(file_origins)
+        self._private_ok: bool | None = None
+
+    def allow(self, origin: str) -> None:
+        """Allow requests (without the token) to ``origin``: the discovered token endpoint's."""
+        self.allowed.add(origin)
+
+    @property
+    def private_ok(self) -> bool:
+        if self._private_ok is None:
+            self._private_ok = host_is_private(urlsplit(self.base_origin).hostname or "")
+        return self._private_ok
+
+    def check(self, url: str) -> bool:
+        """Raise OriginRefused unless ``url`` may be requested; return whether it may carry the token."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+            raise OriginRefused(f"Refused a request to {_url_text(url)}: not an absolute http(s) URL.")
+        origin = origin_of(url)
+        if origin not in self.allowed:
+            raise OriginRefused(
+                f"Refused a request to {_url_text(url)}: {origin} is neither the payer's FHIR server ({self.base_origin}) "
+                "nor an origin the connection lists."
+            )
+        if not self.private_ok and host_is_private(parts.hostname):
+            raise OriginRefused(f"Refused a request to {_url_text(url)}: it is a private or local address.")
+        return origin in self.token_origins
+
+
+def _url_text(url: str) -> str:
+    """Return a URL for an error text: without its query (a pre-signed URL's signature), shortened."""
+    parts = urlsplit(url)
+    text = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _decoded_chunks(response: requests.Response, *, chunk_size: int, limit: int, what: str) -> Iterator[bytes]:
+    """Yield the body of a streamed response, decoded, and raise LimitExceeded past ``limit`` bytes.
+
+    The decoding is ours, not urllib3's: ``max_length`` bounds what each compressed
+    chunk may expand to, so a gzip bomb costs one chunk of memory, and counting stops it
+    at the limit, not after it filled the disk.
+    """
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding in {"gzip", "x-gzip"}:
+        decoder = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    elif encoding == "identity":
+        decoder = None
+    else:
+        raise BulkDataError(f"{what}: unsupported Content-Encoding {encoding[:40]!r}.")
+    total = 0
+    for raw in response.raw.stream(chunk_size, decode_content=False):
+        pieces = [raw]
+        if decoder is not None:
+            pieces = []
+            data = raw
+            while data:
+                try:
+                    piece = decoder.decompress(data, chunk_size)
+                except zlib.error as error:
+                    raise BulkDataError(f"{what}: the compressed body is corrupt.") from error
+                pieces.append(piece)
+                data = decoder.unconsumed_tail
+                if piece:
+                    total += len(piece)
+                    if total > limit:
+                        raise LimitExceeded(f"{what} is larger than the limit of {limit} bytes.")
+                    yield piece
+                    pieces = []
+                elif not data:
+                    break
+            continue
+        for piece in pieces:
+            total += len(piece)
+            if total > limit:
+                raise LimitExceeded(f"{what} is larger than the limit of {limit} bytes.")
+            yield piece
+
+
+def response_json(response: requests.Response, *, limit: int, what: str) -> Any:
+    """Return a streamed response's JSON body, read up to ``limit`` bytes; ValueError if it is not JSON."""
+    with response:
+        body = b"".join(_decoded_chunks(response, chunk_size=64 * 1024, limit=limit, what=what))
+    return json.loads(body)
+
+
+def issue_is_transient(outcome: dict | None) -> bool:
+    """Return whether an OperationOutcome's issues all say to try again (transient, throttled, timeout)."""
+    issues = (outcome or {}).get("issue") or []
+    return bool(issues) and all(isinstance(i, dict) and i.get("code") in TRANSIENT_ISSUE_CODES for i in issues)
 
 
 @dataclass
@@ -145,6 +337,23 @@ def poll_delay(*, attempt: int, retry_after: float | None, base: float = 1.0, ca
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def _line_length_check(chunk: bytes, current: int, limit: int, url: str) -> int:
+    """Return the length of the line still open after ``chunk``; raise LimitExceeded past ``limit``."""
+    if current + len(chunk) <= limit:  # no line in here can be too long: find the tail only
+        newline = chunk.rfind(b"\n")
+        return current + len(chunk) if newline < 0 else len(chunk) - newline - 1
+    start = 0
+    while (newline := chunk.find(b"\n", start)) >= 0:
+        if current + newline - start > limit:
+            break
+        current, start = 0, newline + 1
+    else:
+        current += len(chunk) - start
+        if current <= limit:
+            return current
+    raise LimitExceeded(f"The file {_url_text(url)} has a line longer than the limit of {limit} bytes.")
+
+
 def ndjson_line_count(path: Path) -> int:
     """Return the number of non-empty lines of an NDJSON file, reading it in blocks."""
     count = 0
@@ -156,21 +365,92 @@ def ndjson_line_count(path: Path) -> int:
 
 
 def _outcome_of(response: requests.Response) -> dict | None:
+    """Return the response's OperationOutcome (read up to 1 MB), or None; the body is never kept otherwise."""
     try:
-        body = response.json()
-    except ValueError:
+        body = response_json(response, limit=1024 * 1024, what="An error body")
+    except (ValueError, BulkDataError, *TRANSIENT_NETWORK_ERRORS):
         return None
     return body if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
 
 
 def _outcome_text(outcome: dict | None, fallback: str) -> str:
+    """Return the issues' diagnostics (truncated) after ``fallback``; never any other part of a body."""
     if not outcome:
         return fallback
     texts = [
-        issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", "")
-        for issue in outcome.get("issue", [])
+        str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", ""))
+        for issue in outcome.get("issue", []) if isinstance(issue, dict)
     ]
-    return "; ".join(text for text in texts if text) or fallback
+    diagnostics = "; ".join(text for text in texts if text)[:DIAGNOSTICS_LIMIT]
+    return f"{fallback} The payer said: {diagnostics}" if diagnostics else fallback
+
+
+def _error_for(response: requests.Response, what: str) -> BulkDataError:
+    """Return the error a failed answer means: TransientError (retry) or BulkDataError (fail now)."""
+    outcome = _outcome_of(response)
+    message = _outcome_text(outcome, f"{what} answered {response.status_code}.")
+    if response.status_code in TRANSIENT_STATUSES or issue_is_transient(outcome):
+        return TransientError(message, status=response.status_code,
+                              retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+    return BulkDataError(message, status=response.status_code, outcome=outcome)
+
+
+_RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+MANIFEST_KINDS = (("output", None), ("deleted", "Bundle"), ("error", "OperationOutcome"))
+
+
+def manifest_check(manifest: Any, *, policy: OriginPolicy, max_files: int) -> list[tuple[str, dict]]:
+    """Return the manifest's files as (kind, entry), or raise ManifestError saying what is wrong.
+
+    Bulk Data 2.0 "Response - Complete Status": a JSON object with ``transactionTime``
+    (an instant), ``request``, ``requiresAccessToken`` (boolean) and ``output`` and
+    ``error`` arrays (``deleted`` too, optionally) whose items have ``type`` and an
+    absolute ``url``, and MAY have a non-negative integer ``count``. Checked whole before
+    anything is recorded: one bad entry fails the job with this message, nothing half-stored.
+    """
+    if not isinstance(manifest, dict):
+        raise ManifestError("The manifest is not a JSON object.")
+    if not isinstance(manifest.get("transactionTime"), str):
+        raise ManifestError("The manifest has no transactionTime.")
+    if not isinstance(manifest.get("requiresAccessToken", False), bool):
+        raise ManifestError("The manifest's requiresAccessToken is not true or false.")
+    entries: list[tuple[str, dict]] = []
+    urls: set[str] = set()
+    for kind, fixed_type in MANIFEST_KINDS:
+        items = manifest.get(kind, [])
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise ManifestError(f"The manifest's `{kind}` is not a list.")
+        if len(entries) + len(items) > max_files:
+            raise ManifestError(f"The manifest lists more than {max_files} files, this connection's limit.")
+        for index, item in enumerate(items):
+            where = f"The manifest's {kind}[{index}]"
+            if not isinstance(item, dict):
+                raise ManifestError(f"{where} is not an object.")
+            url, resource_type, count = item.get("url"), item.get("type"), item.get("count")
+            if not isinstance(url, str) or not url:
+                raise ManifestError(f"{where} has no url.")
+            if len(url) > 950:
+                raise ManifestError(f"{where} has a url longer than 950 characters.")
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+                raise ManifestError(f"{where} has a url that is not absolute http(s): {_url_text(url)}.")
+            try:
+                policy.check(url)
+            except OriginRefused as error:
+                raise ManifestError(f"{where}: {error}") from None
+            if url in urls:
+                raise ManifestError(f"{where} lists {_url_text(url)} a second time.")
+            urls.add(url)
+            if not isinstance(resource_type, str) or not _RESOURCE_TYPE_RE.fullmatch(resource_type):
+                raise ManifestError(f"{where} has no valid resource type.")
+            if fixed_type and resource_type != fixed_type:
+                raise ManifestError(f"{where} has type {resource_type}, not {fixed_type}.")
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**31):
+                raise ManifestError(f"{where} has a count that is not a non-negative integer.")
+            entries.append((kind, {"url": url, "type": resource_type, "count": count}))
+    return entries
 
 
 class BulkDataClient:
@@ -196,6 +476,9 @@ class BulkDataClient:
         session: requests.Session | None = None,
         timeout: float = 30.0,
         chunk_size: int = 64 * 1024,
+        file_origins: Any = None,
+        token_origins: Any = None,
+        limits: Limits | None = None,
     ) -> None:
         if algorithm not in {"RS384", "ES384"}:
             # SMART Backend Services: clients SHALL sign with RS384 or ES384.
@@ -214,6 +497,10 @@ class BulkDataClient:
         self._token_expires_at = 0.0
         self._lock = threading.Lock()
         self.tokens_issued = 0
+        self.policy = OriginPolicy(self.base_url, file_origins=file_origins, token_origins=token_origins)
+        self.limits = limits or Limits()
+        if self._token_url:
+            self.policy.allow(origin_of(self._token_url))
 
     def __repr__(self) -> str:  # never show the key
         return f"BulkDataClient({self.base_url!r}, client_id={self.client_id!r})"
@@ -224,7 +511,9 @@ class BulkDataClient:
     def token_url(self) -> str:
         """Return the token endpoint, discovering it on first use."""
         if not self._token_url:
-            self._token_url = self.token_url_discover()
+            url = self.token_url_discover()
+            self.policy.allow(origin_of(url))
+            self._token_url = url
         return self._token_url
 
     def token_url_discover(self) -> str:
@@ -235,22 +524,24 @@ class BulkDataClient:
         CapabilityStatement's ``oauth-uris`` extension on ``rest.security``.
         """
         try:
-            response = self.session.get(
-                f"{self.base_url}/.well-known/smart-configuration",
+            response = self.request(
+                "GET", f"{self.base_url}/.well-known/smart-configuration", authorize=False,
                 headers={"Accept": "application/json"},
-                timeout=self.timeout,
             )
-            if response.status_code == 200 and (url := response.json().get("token_endpoint")):
-                return url
-        except (requests.RequestException, ValueError, AttributeError):
+            if response.status_code == 200:
+                url = self._json(response, "The SMART configuration").get("token_endpoint")
+                if isinstance(url, str) and url:
+                    return urljoin(self.base_url + "/", url)
+            response.close()
+        except (requests.RequestException, ValueError, AttributeError, *TRANSIENT_NETWORK_ERRORS):
             pass
         statement = self.capability_statement()
         for rest in statement.get("rest", []):
             for extension in (rest.get("security") or {}).get("extension", []):
                 if extension.get("url") == OAUTH_URIS_EXTENSION:
                     for inner in extension.get("extension", []):
-                        if inner.get("url") == "token" and inner.get("valueUri"):
-                            return inner["valueUri"]
+                        if inner.get("url") == "token" and isinstance(inner.get("valueUri"), str):
+                            return urljoin(self.base_url + "/", inner["valueUri"])
         raise BulkDataError(f"{self.base_url} publishes no token endpoint (smart-configuration nor oauth-uris).")
 
     def client_assertion(self) -> str:
@@ -275,8 +566,8 @@ class BulkDataClient:
         with self._lock:
             if not force and self._token and time.time() < self._token_expires_at - self.TOKEN_EXPIRY_MARGIN:
                 return self._token
-            response = self.session.post(
-                self.token_url,
+            response = self.request(
+                "POST", self.token_url, authorize=False,
                 data={
                     "grant_type": "client_credentials",
                     "scope": self.scopes,
@@ -284,21 +575,23 @@ class BulkDataClient:
                     "client_assertion": self.client_assertion(),
                 },
                 headers={"Accept": "application/json"},
-                timeout=self.timeout,
             )
             if response.status_code in TRANSIENT_STATUSES:
+                response.close()
                 raise TransientError(
                     f"Token endpoint answered {response.status_code}.",
                     status=response.status_code,
                     retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 )
             try:
-                body = response.json()
-            except ValueError:
+                body = response_json(response, limit=1024 * 1024, what="The token response")
+            except (ValueError, BulkDataError):
                 body = {}
-            if response.status_code != 200 or not body.get("access_token"):
-                # RFC 6749 §5.2 error body: error + error_description.
-                detail = body.get("error_description") or body.get("error") or response.reason
+            body = body if isinstance(body, dict) else {}
+            if response.status_code != 200 or not isinstance(body.get("access_token"), str):
+                # RFC 6749 §5.2 error body: error + error_description (the OAuth
+                # counterpart of diagnostics; shown truncated, nothing else of the body).
+                detail = str(body.get("error_description") or body.get("error") or response.reason or "")[:DIAGNOSTICS_LIMIT]
                 raise BulkDataError(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
             self._token = body["access_token"]
             self._token_expires_at = time.time() + float(body.get("expires_in") or 300)
@@ -306,36 +599,68 @@ class BulkDataClient:
             return self._token
 
     def request(self, method: str, url: str, *, authorize: bool = True, **kwargs: Any) -> requests.Response:
-        """Send one request with the bearer token; on a 401 get a new token and try once more.
+        """Send one request: the only way out of this client. Return the streamed final response.
 
-        A 401 in the middle of a job usually means the token expired early (a server clock
-        or a revoked token); a fresh assertion fixes that, a second 401 does not.
+        Every URL, the first and each redirect's, passes ``OriginPolicy.check``. The
+        bearer token (``authorize``) goes only to a token-bearing origin, and never to a
+        redirect onto another origin: redirects are followed here, by hand, at most
+        ``MAX_REDIRECTS``. On a 401 a new token is got and the request tried once more: a
+        401 in the middle of a job usually means the token expired early (a server clock
+        or a revoked token); a fresh assertion fixes that, a second 401 does not. Bodies
+        are streamed: read them with ``response_json`` or ``_decoded_chunks`` (bounded).
         """
         kwargs.setdefault("timeout", self.timeout)
-        headers = dict(kwargs.pop("headers", {}) or {})
-        if authorize:
-            headers["Authorization"] = f"Bearer {self.access_token()}"
-        response = self.session.request(method, url, headers=headers, **kwargs)
-        if authorize and response.status_code == 401:
+        kwargs.pop("stream", None)
+        base_headers = dict(kwargs.pop("headers", {}) or {})
+        renewed = False
+        for _ in range(MAX_REDIRECTS + 1):
+            token_ok = self.policy.check(url)
+            send_token = authorize and token_ok
+            headers = dict(base_headers)
+            if send_token:
+                headers["Authorization"] = f"Bearer {self.access_token(force=renewed)}"
+            response = self.session.request(method, url, headers=headers, allow_redirects=False, stream=True, **kwargs)
+            if send_token and response.status_code == 401 and not renewed:
+                response.close()
+                renewed = True
+                headers["Authorization"] = f"Bearer {self.access_token(force=True)}"
+                response = self.session.request(method, url, headers=headers, allow_redirects=False, stream=True, **kwargs)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                return response
             response.close()
-            headers["Authorization"] = f"Bearer {self.access_token(force=True)}"
-            response = self.session.request(method, url, headers=headers, **kwargs)
-        return response
+            target = urljoin(url, location)
+            if origin_of(target) != origin_of(url):
+                # RFC 9110 §15.4 leaves credentials on redirects to the client: ours
+                # never follow the request onto another origin.
+                authorize = False
+            if response.status_code == 303 or (response.status_code in {301, 302} and method == "POST"):
+                method = "GET"
+                kwargs.pop("json", None)
+                kwargs.pop("data", None)
+            kwargs.pop("params", None)  # the Location carries the query
+            url = target
+        raise BulkDataError(f"More than {MAX_REDIRECTS} redirects from {_url_text(url)}.")
+
+    def _json(self, response: requests.Response, what: str) -> Any:
+        """Return a response's JSON body, bounded by ``Limits.max_json_bytes``; ValueError if not JSON."""
+        return response_json(response, limit=self.limits.max_json_bytes, what=what)
 
     # --- Discovery and member lookup ----------------------------------------------
 
     def capability_statement(self) -> dict:
         """Return the server's CapabilityStatement (``GET [base]/metadata``, no token needed)."""
-        response = self.session.get(f"{self.base_url}/metadata", headers={"Accept": FHIR_JSON}, timeout=self.timeout)
+        response = self.request("GET", f"{self.base_url}/metadata", authorize=False, headers={"Accept": FHIR_JSON})
         if response.status_code != 200:
-            raise BulkDataError(f"GET metadata answered {response.status_code}.", status=response.status_code)
-        return response.json()
+            raise _error_for(response, "GET metadata")
+        body = self._json(response, "The CapabilityStatement")
+        return body if isinstance(body, dict) else {}
 
     def supports_operation(self, name: str, *, resource_type: str = "Group") -> bool:
         """Return whether the CapabilityStatement declares ``$name`` (on ``resource_type`` or system-wide)."""
         try:
             statement = self.capability_statement()
-        except (BulkDataError, requests.RequestException, ValueError):
+        except (BulkDataError, requests.RequestException, ValueError, *TRANSIENT_NETWORK_ERRORS):
             return False
         for rest in statement.get("rest", []):
             operations = list(rest.get("operation", []))
@@ -352,29 +677,40 @@ class BulkDataClient:
         while url:
             response = self.request("GET", url, params=params, headers={"Accept": FHIR_JSON})
             if response.status_code != 200:
-                outcome = _outcome_of(response)
-                raise BulkDataError(
-                    _outcome_text(outcome, f"GET {resource_type} answered {response.status_code}."),
-                    status=response.status_code,
-                    outcome=outcome,
-                )
-            bundle = response.json()
-            for entry in bundle.get("entry", []):
+                raise _error_for(response, f"GET {resource_type}")
+            try:
+                bundle = self._json(response, f"The {resource_type} search Bundle")
+            except ValueError:
+                raise BulkDataError(f"GET {resource_type} answered with a body that is not JSON.") from None
+            if not isinstance(bundle, dict):
+                raise BulkDataError(f"GET {resource_type} answered with something other than a Bundle.")
+            for entry in bundle.get("entry") or []:
+                if not isinstance(entry, dict):
+                    continue
                 resource = entry.get("resource") or {}
                 # Only matches: a search may add included or OperationOutcome entries.
                 if resource.get("resourceType") == resource_type and (entry.get("search") or {}).get("mode", "match") == "match":
                     yield resource
-            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+            links = [link for link in bundle.get("link") or [] if isinstance(link, dict)]
+            url = next((link.get("url") for link in links if link.get("relation") == "next"), None)
+            if url is not None and not isinstance(url, str):
+                raise BulkDataError(f"The {resource_type} search Bundle has a next link that is not a URL.")
+            # A next link is requested like any URL: through the policy (another origin is refused).
             params = None  # the next link carries the query
 
     def read(self, resource_type: str, resource_id: str) -> dict | None:
         """Return one resource, or None if the server does not have it (404/410)."""
         response = self.request("GET", f"{self.base_url}/{resource_type}/{resource_id}", headers={"Accept": FHIR_JSON})
         if response.status_code in {404, 410}:
+            response.close()
             return None
         if response.status_code != 200:
-            raise BulkDataError(f"GET {resource_type}/{resource_id} answered {response.status_code}.", status=response.status_code)
-        return response.json()
+            raise _error_for(response, f"GET {resource_type}/{resource_id}")
+        try:
+            body = self._json(response, f"{resource_type}/{resource_id}")
+        except ValueError:
+            raise BulkDataError(f"GET {resource_type}/{resource_id} answered with a body that is not JSON.") from None
+        return body if isinstance(body, dict) else None
 
     def group_find_member(self, *, member_identifier: str, group_id: str | None = None) -> MemberMatch:
         """Find the attribution Group listing the member with this identifier, and their Patient id.
@@ -475,20 +811,19 @@ class BulkDataClient:
                 params.append(("exportType", export_type))
             response = self.request("GET", url, params=params, headers=headers)
         if response.status_code == 202 and response.headers.get("Content-Location"):
-            return urljoin(url, response.headers["Content-Location"])
-        if response.status_code in TRANSIENT_STATUSES:
-            # req 118: a server busy with our previous export answers 429 + Retry-After.
-            raise TransientError(
-                f"Kick-off answered {response.status_code}.",
-                status=response.status_code,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        outcome = _outcome_of(response)
-        raise BulkDataError(
-            _outcome_text(outcome, f"Kick-off answered {response.status_code} without a status URL."),
-            status=response.status_code,
-            outcome=outcome,
-        )
+            response.close()
+            status_url = urljoin(url, response.headers["Content-Location"])
+            if len(status_url) > 1000:
+                raise BulkDataError("The kick-off's status URL (Content-Location) is longer than 1000 characters.")
+            # Checked now, so a status URL on another origin fails the job at once
+            # rather than on each poll; polls pass the same check.
+            self.policy.check(status_url)
+            return status_url
+        if response.status_code == 202:
+            response.close()
+            raise BulkDataError("Kick-off answered 202 without a Content-Location (Bulk Data req 47).", status=202)
+        # req 118: a server busy with our previous export answers 429 + Retry-After.
+        raise _error_for(response, "Kick-off")
 
     def poll(self, status_url: str) -> PollResult:
         """Send one status request and say what it means; never waits.
@@ -500,35 +835,76 @@ class BulkDataClient:
         """
         try:
             response = self.request("GET", status_url, headers={"Accept": "application/json"})
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            progress = response.headers.get("X-Progress", "")[:200]
+            if response.status_code == 202:
+                response.close()
+                return PollResult(state="in_progress", status=202, progress=progress, retry_after=retry_after)
+            if response.status_code == 200:
+                try:
+                    manifest = self._json(response, "The manifest")
+                except ValueError:
+                    return PollResult(state="retry", status=200, retry_after=retry_after, message="The manifest is not JSON.")
+                # Bulk Data 2.0: a big manifest MAY be paged with `link` (relation
+                # "next"); the client follows every page and sees one manifest.
+                manifest = self.manifest_pages_follow(manifest)
+                return PollResult(state="complete", status=200, progress=progress, manifest=manifest)
         except TRANSIENT_NETWORK_ERRORS as error:
             return PollResult(state="retry", message=f"Network error: {error.__class__.__name__}")
         except TransientError as error:  # the token endpoint was busy
             return PollResult(state="retry", status=error.status, retry_after=error.retry_after, message=str(error))
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        progress = response.headers.get("X-Progress", "")
-        if response.status_code == 202:
-            return PollResult(state="in_progress", status=202, progress=progress, retry_after=retry_after)
-        if response.status_code == 200:
-            try:
-                manifest = response.json()
-            except ValueError:
-                return PollResult(state="retry", status=200, retry_after=retry_after, message="The manifest is not JSON.")
-            return PollResult(state="complete", status=200, progress=progress, manifest=manifest)
-        outcome = _outcome_of(response)
-        if response.status_code in TRANSIENT_STATUSES:
-            return PollResult(
-                state="retry", status=response.status_code, retry_after=retry_after, outcome=outcome,
-                message=_outcome_text(outcome, f"Status request answered {response.status_code}."),
-            )
-        # A 5xx with an OperationOutcome whose issues are all "transient" (req 140) is
-        # a polling hiccup, not a failed export.
-        if response.status_code >= 500 and outcome and all(i.get("code") == "transient" for i in outcome.get("issue", [])):
-            return PollResult(state="retry", status=response.status_code, retry_after=retry_after, outcome=outcome,
-                              message=_outcome_text(outcome, "Transient error."))
+        # 429 (req 128), 503, and a 5xx whose OperationOutcome issues are all transient
+        # (req 140) are polling hiccups; any other error answer means the export failed.
+        error = _error_for(response, "The status request")
+        if isinstance(error, TransientError):
+            return PollResult(state="retry", status=error.status, retry_after=error.retry_after, message=str(error))
         return PollResult(
-            state="error", status=response.status_code, outcome=outcome,
-            message=_outcome_text(outcome, f"The export failed: status request answered {response.status_code}."),
+            state="error", status=error.status, outcome=error.outcome,
+            message=f"The export failed: {error}",
         )
+
+    def manifest_pages_follow(self, manifest: Any) -> Any:
+        """Return the manifest with the ``output``, ``deleted`` and ``error`` entries of every page.
+
+        Each page is requested through the same door (origin policy, token rules), and
+        the pages and their files are bounded by ``Limits`` so a paging loop ends.
+        """
+        if not isinstance(manifest, dict) or not manifest.get("link"):
+            return manifest
+        merged = {**manifest, "link": []}
+        for key in ("output", "deleted", "error"):
+            if key in merged and not isinstance(merged[key], list):
+                return manifest  # manifest_check names the problem
+            merged[key] = list(merged.get(key) or [])
+        seen: set[str] = set()
+        page = manifest
+        for _ in range(self.limits.max_manifest_pages):
+            links = page.get("link") if isinstance(page, dict) else None
+            if not isinstance(links, list):
+                raise ManifestError("The manifest's `link` is not a list.")
+            url = next((link.get("url") for link in links if isinstance(link, dict) and link.get("relation") == "next"), None)
+            if url is None:
+                return merged
+            if not isinstance(url, str) or url in seen:
+                raise ManifestError("The manifest's next link is not a URL, or loops.")
+            seen.add(url)
+            response = self.request("GET", url, headers={"Accept": "application/json"})
+            if response.status_code != 200:
+                raise _error_for(response, "A manifest page")
+            try:
+                page = self._json(response, "A manifest page")
+            except ValueError:
+                raise ManifestError("A manifest page is not JSON.") from None
+            if not isinstance(page, dict):
+                raise ManifestError("A manifest page is not a JSON object.")
+            for key in ("output", "deleted", "error"):
+                items = page.get(key) or []
+                if not isinstance(items, list):
+                    raise ManifestError(f"A manifest page's `{key}` is not a list.")
+                merged[key] += items
+            if sum(len(merged[key]) for key in ("output", "deleted", "error")) > self.limits.max_manifest_files:
+                raise ManifestError(f"The manifest lists more than {self.limits.max_manifest_files} files, this connection's limit.")
+        raise ManifestError(f"The manifest has more than {self.limits.max_manifest_pages} pages.")
 
     def cancel(self, status_url: str) -> bool:
         """Cancel an export, or tell the server we are done with its files (``DELETE`` on the status URL).
@@ -538,13 +914,24 @@ class BulkDataClient:
         """
         response = self.request("DELETE", status_url, headers={"Accept": FHIR_JSON})
         if response.status_code in {404, 410}:
+            response.close()
             return False
         if response.status_code >= 400:
-            outcome = _outcome_of(response)
-            raise BulkDataError(_outcome_text(outcome, f"DELETE answered {response.status_code}."), status=response.status_code, outcome=outcome)
+            raise _error_for(response, "DELETE")
+        response.close()
         return True
 
     # --- Output files -----------------------------------------------------------------
+
+    @staticmethod
+    def _line_tail(path: Path) -> int:
+        """Return the length of the unfinished last line of a partly downloaded file."""
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            stream.seek(max(0, size - 1024 * 1024))
+            tail = stream.read()
+        newline = tail.rfind(b"\n")
+        return len(tail) - newline - 1 if newline >= 0 else size
 
     def download(
         self,
@@ -562,7 +949,10 @@ class BulkDataClient:
         manifest's ``requiresAccessToken`` is true (req 201; a pre-signed S3 URL rejects an
         unexpected Authorization header). Ask for gzip; a dropped connection is resumed with
         a ``Range`` request from the bytes already on disk, up to ``attempts`` times. 429
-        and 5xx raise ``TransientError`` for the caller to reschedule. With
+        and 5xx raise ``TransientError`` for the caller to reschedule. A file past
+        ``Limits.max_file_bytes`` decoded, or with a line past ``max_line_bytes``, raises
+        ``LimitExceeded`` and is removed; lines are checked here, as they arrive, so
+        the ingest's line reader never meets one too long. With
         ``expected_count`` (the manifest's ``count``), a file with another number of
         resources raises ``CountMismatch``.
         """
@@ -590,31 +980,31 @@ class BulkDataClient:
                 if response.status_code == 416 and offset:
                     # Range Not Satisfiable: we already have every byte.
                     break
-                if response.status_code in TRANSIENT_STATUSES:
-                    raise TransientError(
-                        f"Download answered {response.status_code}.",
-                        status=response.status_code,
-                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                    )
                 if response.status_code not in {200, 206}:
-                    outcome = _outcome_of(response)
-                    raise BulkDataError(_outcome_text(outcome, f"Download answered {response.status_code}."),
-                                        status=response.status_code, outcome=outcome)
+                    raise _error_for(response, f"The download of {_url_text(url)}")
                 # 200 to a Range request: the server ignored the range; start over.
-                mode = "ab" if response.status_code == 206 and offset else "wb"
+                append = response.status_code == 206 and offset
+                mode = "ab" if append else "wb"
+                written = offset if append else 0
+                line = self._line_tail(dest) if append else 0
                 try:
                     with open(dest, mode) as out:
-                        for chunk in response.iter_content(self.chunk_size):
+                        for chunk in _decoded_chunks(response, chunk_size=self.chunk_size,
+                                                     limit=self.limits.max_file_bytes - written, what=f"The file {_url_text(url)}"):
+                            line = _line_length_check(chunk, line, self.limits.max_line_bytes, url)
                             out.write(chunk)
-                except TRANSIENT_NETWORK_ERRORS + (requests.exceptions.ContentDecodingError,) as error:
+                except TRANSIENT_NETWORK_ERRORS as error:
                     failures += 1
-                    logger.info("Download of %s interrupted at %s bytes; resuming.", url, dest.stat().st_size)
+                    logger.info("Download of %s interrupted at %s bytes; resuming.", _url_text(url), dest.stat().st_size)
                     if failures >= attempts:
                         raise TransientError(f"Download interrupted {failures} times.") from error
                     continue
+                except LimitExceeded:
+                    dest.unlink(missing_ok=True)  # a bounded disk: nothing of a refused file stays
+                    raise
             break
         if expected_count is not None:
             found = ndjson_line_count(dest)
             if found != expected_count:
-                raise CountMismatch(f"{url}: the manifest says {expected_count} resources, the file has {found}.")
+                raise CountMismatch(f"{_url_text(url)}: the manifest says {expected_count} resources, the file has {found}.")
         return dest.stat().st_size

@@ -1,7 +1,9 @@
 """The hospital's side: connections to payers, sync jobs, and the local FHIR store."""
 
+from datetime import timedelta
+
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 
@@ -24,7 +26,8 @@ class PayerConnection(models.Model):
     display_name = models.CharField(max_length=200, help_text="Shown to clinicians, e.g. UnitedCare Health.")
     fhir_base_url = models.URLField()
     token_url = models.URLField(blank=True, help_text="Empty: discovered from .well-known/smart-configuration.")
-    client_id = models.CharField(max_length=200)
+    # Any length: SMART's reference server issues 225- and 788-character client ids.
+    client_id = models.TextField()
     # The private key stays out of the database: a PEM file under var/keys/ (or a
     # mounted secret); only its path and key id are stored.
     private_key_path = models.CharField(max_length=500)
@@ -32,6 +35,40 @@ class PayerConnection(models.Model):
     algorithm = models.CharField(max_length=5, choices=[("RS384", "RS384"), ("ES384", "ES384")], default="RS384")
     scopes = models.CharField(max_length=1000, default="system/*.read")
     validation_level = models.CharField(max_length=10, choices=ValidationLevel.choices, default=ValidationLevel.FULL)
+    # Where the client may go besides the FHIR base's own origin (provider/bulk_client.py
+    # OriginPolicy): "scheme://host[:port]" per line. File origins get no bearer token
+    # (e.g. a pre-signed S3 bucket), token origins do.
+    file_origins = models.TextField(
+        blank=True, default="",
+        help_text="Other origins output files may come from, without the access token (one per line, e.g. https://bucket.s3.amazonaws.com).",
+    )
+    token_origins = models.TextField(
+        blank=True, default="",
+        help_text="Other origins that may receive the access token (one per line). Leave empty unless the payer documents one.",
+    )
+    # Limits, so that a broken or hostile payer cannot make a job run forever or fill the disk.
+    poll_deadline = models.DurationField(
+        default=timedelta(hours=24), help_text="A job still not done this long after its kick-off fails."
+    )
+    max_file_bytes = models.PositiveBigIntegerField(
+        default=4 * 1024**3, help_text="Decompressed bytes per output file."
+    )
+    max_line_bytes = models.PositiveIntegerField(
+        default=16 * 1024**2, help_text="Bytes per NDJSON line (one resource)."
+    )
+    max_manifest_files = models.PositiveIntegerField(default=10_000, help_text="Files per manifest (all pages).")
+    max_job_resources = models.PositiveBigIntegerField(default=50_000_000, help_text="Resources per job.")
+    # Panel sync: keep the organization's whole attribution Group up to date with a
+    # scheduled _since fetch (PDex #provider-delta when the payer declares it).
+    panel_group_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="The attribution Group to keep up to date; empty: no panel sync."
+    )
+    panel_sync_hours = models.PositiveIntegerField(
+        default=24, validators=[MinValueValidator(1)], help_text="Hours between panel syncs (24: nightly)."
+    )
+    panel_sync_hour = models.PositiveSmallIntegerField(
+        default=2, validators=[MaxValueValidator(23)], help_text="UTC hour the schedule is anchored on (2: 02:00 UTC)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -85,6 +122,14 @@ class SyncJob(models.Model):
     # every file downloaded): once only.
     status_url_deleted_at = models.DateTimeField(null=True, blank=True)
     counts = models.JSONField(default=dict, blank=True, help_text="Resources ingested per type.")
+    # Resources removed because the manifest's `deleted` files listed them.
+    deleted_count = models.PositiveIntegerField(default=0)
+    # A scheduled panel sync of the connection's attribution Group (not a clinician's fetch).
+    panel = models.BooleanField(default=False, db_index=True)
+    # When polling gives up (kick-off + the connection's poll_deadline).
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # When the current run of transient failures began; bounded by PA_SYNC_TRANSIENT_BUDGET_SECONDS.
+    transient_since = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     kicked_off_at = models.DateTimeField(null=True, blank=True)
@@ -126,8 +171,15 @@ class SyncFile(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
-    # A task working on the file holds it until then; a duplicate task finds it taken.
+    # A task working on the file holds it until then (renewed by a heartbeat while it
+    # runs); a duplicate task finds it taken, and a dead worker's claim soon runs out.
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # A big output file is ingested in chunks of whole lines, each its own SyncFile with
+    # the parent's local file and a byte range (services/ingest.py ndjson_chunk_plan).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="chunks")
+    chunk_start = models.PositiveBigIntegerField(null=True, blank=True)
+    chunk_end = models.PositiveBigIntegerField(null=True, blank=True)
+    chunk_first_line = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "url"], name="sync_file_job_url_unique")]

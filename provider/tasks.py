@@ -22,3 +22,8 @@ def sync_file_advance_task(file_id: int) -> None:
 @shared_task(ignore_result=True)
 def sync_jobs_resume_task() -> None:
     sync.sync_jobs_resume()
+
+
+@shared_task(ignore_result=True)
+def panel_syncs_run_task() -> None:
+    sync.panel_syncs_run()

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from provider.bulk_client import BulkDataClient
+from provider.bulk_client import BulkDataClient, Limits
 from provider.models import PayerConnection
 
 # One client per connection and process, so a worker reuses the cached access token and
@@ -82,6 +82,8 @@ def bulk_client_for(*, connection: PayerConnection) -> BulkDataClient:
     key = (
         connection.pk, connection.fhir_base_url, connection.client_id, connection.private_key_path,
         connection.key_id, connection.algorithm, connection.scopes, connection.token_url,
+        connection.file_origins, connection.token_origins, connection.max_file_bytes, connection.max_line_bytes,
+        connection.max_manifest_files,
     )
     with _clients_lock:
         client = _clients.get(key)
@@ -94,6 +96,12 @@ def bulk_client_for(*, connection: PayerConnection) -> BulkDataClient:
                 algorithm=connection.algorithm,
                 scopes=connection.scopes,
                 token_url=connection.token_url or None,
+                file_origins=connection.file_origins,
+                token_origins=connection.token_origins,
+                limits=Limits(
+                    max_file_bytes=connection.max_file_bytes, max_line_bytes=connection.max_line_bytes,
+                    max_manifest_files=connection.max_manifest_files,
+                ),
             )
             _clients[key] = client
         return client

@@ -9,34 +9,47 @@ Idempotency (tasks are ``acks_late`` and may run twice): a job step claims the j
 ``next_step_at``, a file step claims the file with ``claimed_until``, and every state
 change is a conditional UPDATE on the expected status, so a redelivered task finds the
 work done or taken. Ingest itself upserts by (type, id).
+
+Every job ends: claims are short leases (``PA_SYNC_LEASE_SECONDS``) renewed by a heartbeat
+thread while a step runs, so a killed worker's step or file is taken over by the
+``sync_jobs_resume`` sweep within a minute; the manifest is checked whole before a file is
+recorded; polling has a deadline per connection and transient errors a time budget; a
+step that crashes fails the job with a message rather than ending the chain unseen. Big
+output files are cut into chunks (``ingest.ndjson_chunk_plan``), each a SyncFile of its
+own, ingested in parallel by as many workers as there are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from provider.bulk_client import (
+    TRANSIENT_NETWORK_ERRORS,
     PDEX_PROVIDER_DELTA,
     PDEX_PROVIDER_DOWNLOAD,
     BulkDataError,
     CountMismatch,
+    ManifestError,
     TransientError,
+    manifest_check,
     poll_delay,
     type_filters_check,
 )
@@ -49,9 +62,9 @@ logger = logging.getLogger(__name__)
 NO_DATA_MESSAGE = "The payer returned no data for this patient"
 TERMINAL = (SyncJob.Status.COMPLETED, SyncJob.Status.NO_DATA, SyncJob.Status.FAILED, SyncJob.Status.CANCELLED)
 ACTIVE = (SyncJob.Status.PENDING, SyncJob.Status.KICKED_OFF, SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING)
-# How long a claimed step or file may run before another task may take it over.
-STEP_LEASE = timedelta(minutes=2)
-FILE_LEASE = timedelta(minutes=30)
+# How long a claimed step or file may go without a heartbeat before another task may take
+# it over; the heartbeat renews it every third of that while the step runs.
+LEASE_SECONDS = 30
 # The first status request, before the server has said anything (no Retry-After yet).
 # Bulk Data 2.0 leaves its timing to the client; later polls follow Retry-After (req 126)
 # or back off (req 124). A one-member export on a server with idle workers is ready in
@@ -64,6 +77,43 @@ FILE_TASKS = 4
 
 def _setting(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=_setting("PA_SYNC_LEASE_SECONDS", LEASE_SECONDS))
+
+
+@contextmanager
+def _heartbeat(model: type, pk: int, field_name: str, until: datetime) -> Iterator[None]:
+    """Renew a claim (``field_name`` = ``until``) every third of the lease while the block runs.
+
+    The renewal is conditional on the value the heartbeat itself set: once the step
+    writes its own (the next poll's time, a released claim), the heartbeat stops. A
+    worker that dies stops beating, and its claim runs out within one lease.
+    """
+    stop = threading.Event()
+    lease = _lease()
+
+    def beat() -> None:
+        current = until
+        try:
+            while not stop.wait(lease.total_seconds() / 3):
+                renewed = timezone.now() + lease
+                if not model.objects.filter(pk=pk, **{field_name: current}).update(**{field_name: renewed}):
+                    return
+                current = renewed
+        except DatabaseError as error:  # the step goes on; its lease may run out
+            logger.warning("Heartbeat of %s %s failed: %s", model.__name__, pk, error)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{model.__name__}-{pk}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 @dataclass
@@ -109,6 +159,7 @@ def sync_job_start(
     type_filters: list[str] | None = None,
     requested_by: Any = None,
     enqueue: bool = True,
+    panel: bool = False,
 ) -> SyncJob:
     """Create a sync job and, once committed, start it on a worker.
 
@@ -151,6 +202,7 @@ def sync_job_start(
         types=list(types or []),
         type_filters=list(type_filters or []),
         since=since,
+        panel=panel,
         progress="Waiting to start",
     )
     if enqueue:
@@ -178,10 +230,12 @@ def sync_job_cancel(*, job: SyncJob) -> SyncJob:
 def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
     """Return a job's live progress for the EMR: status, step, the payer's X-Progress, files, counts, errors."""
     job.refresh_from_db()
+    # Chunks (parent set) are a file's parts: counted in resources, not as files.
+    whole = Q(parent__isnull=True)
     files = job.files.aggregate(
-        total=Count("id"),
-        downloaded=Count("id", filter=Q(status__in=[SyncFile.Status.DOWNLOADED, SyncFile.Status.INGESTED])),
-        ingested=Count("id", filter=Q(status=SyncFile.Status.INGESTED)),
+        total=Count("id", filter=whole),
+        downloaded=Count("id", filter=whole & Q(status__in=[SyncFile.Status.DOWNLOADED, SyncFile.Status.INGESTED])),
+        ingested=Count("id", filter=whole & Q(status=SyncFile.Status.INGESTED)),
         failed=Count("id", filter=Q(status=SyncFile.Status.FAILED)),
         bytes=Sum("bytes_downloaded"),
         resources=Sum("ingested_count", filter=Q(kind=SyncFile.Kind.OUTPUT)),
@@ -213,6 +267,10 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
         # Stored: new resources or newer versions; unchanged: already held, left as they were.
         "resources_ingested": files["resources"] or 0,
         "resources_unchanged": files["unchanged"] or 0,
+        # Removed because the manifest's deleted files listed them (Bulk Data _since).
+        "resources_deleted": job.deleted_count or _deleted_count(job),
+        "panel": job.panel,
+        "deadline_at": job.deadline_at.isoformat() if job.deadline_at else None,
         "counts": counts,
         "issues": IngestIssue.objects.filter(sync_file__job=job).count(),
         "error": job.error,
@@ -239,8 +297,13 @@ def _claim_step(job: SyncJob) -> bool:
     # A second early: Celery's countdown is not exact to the millisecond.
     due = Q(next_step_at__isnull=True) | Q(next_step_at__lte=now + timedelta(seconds=1))
     return bool(
-        SyncJob.objects.filter(due, pk=job.pk, status=job.status).update(next_step_at=now + STEP_LEASE, updated_at=now)
+        SyncJob.objects.filter(due, pk=job.pk, status=job.status).update(next_step_at=_claim_time(job, now), updated_at=now)
     )
+
+
+def _claim_time(job: SyncJob, now: datetime) -> datetime:
+    job.next_step_at = now + _lease()
+    return job.next_step_at
 
 
 def _fail(job: SyncJob, message: str) -> SyncStep:
@@ -280,12 +343,24 @@ def _again(job: SyncJob, delay: float, **fields: Any) -> SyncStep:
 
 
 def _transient(job: SyncJob, message: str, retry_after: float | None) -> SyncStep:
-    """Count one transient failure; give up after a bound rather than retry forever."""
+    """Count one transient failure; give up after a count and a time budget rather than retry forever."""
     errors = job.transient_errors + 1
+    now = timezone.now()
+    since = job.transient_since or now
     if errors > _setting("PA_SYNC_MAX_TRANSIENT_ERRORS", 10):
         return _fail(job, f"The payer kept failing ({errors} times in a row): {message}")
+    budget = timedelta(seconds=_setting("PA_SYNC_TRANSIENT_BUDGET_SECONDS", 3600))
+    if now - since > budget:
+        return _fail(job, f"The payer kept failing for more than {budget}: {message}")
+    if job.deadline_at and now > job.deadline_at:
+        return _fail(job, _deadline_message(job))
     delay = poll_delay(attempt=errors, retry_after=retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
-    return _again(job, delay, transient_errors=errors, progress=f"Retrying: {message}"[:200])
+    return _again(job, delay, transient_errors=errors, transient_since=since, progress=f"Retrying: {message}"[:200])
+
+
+def _deadline_message(job: SyncJob) -> str:
+    return (f"The payer did not finish the export within {job.connection.poll_deadline} of the kick-off "
+            f"(the connection's poll deadline); the job was stopped.")
 
 
 def sync_job_step(*, job_id: int) -> SyncStep:
@@ -299,15 +374,26 @@ def sync_job_step(*, job_id: int) -> SyncStep:
     if not _claim_step(job):
         return SyncStep()
     try:
-        if job.status == SyncJob.Status.PENDING:
-            return _kick_off(job)
-        return _poll(job)
-    except requests.RequestException as error:
+        with _heartbeat(SyncJob, job.pk, "next_step_at", job.next_step_at):
+            if job.status == SyncJob.Status.KICKED_OFF and job.deadline_at and timezone.now() > job.deadline_at:
+                return _fail(job, _deadline_message(job))
+            if job.status == SyncJob.Status.PENDING:
+                return _kick_off(job)
+            return _poll(job)
+    except (requests.RequestException, *TRANSIENT_NETWORK_ERRORS) as error:
         return _transient(job, f"Network error: {error.__class__.__name__}", None)
     except TransientError as error:
         return _transient(job, str(error), error.retry_after)
     except BulkDataError as error:
         return _fail(job, str(error))
+    except OperationalError as error:  # the database was briefly away: try the step again
+        logger.warning("Sync job %s step hit a database error: %s", job.pk, error)
+        return _transient(job, "A database error on the hospital's side", None)
+    except Exception as error:
+        # A bug, or an answer nothing above foresaw: fail the job where people see it,
+        # rather than leave it waiting forever on a chain that stopped.
+        logger.exception("Sync job %s step crashed", job.pk)
+        return _fail(job, f"The step failed on the hospital's side ({error.__class__.__name__}); see the worker log.")
 
 
 def _kick_off(job: SyncJob) -> SyncStep:
@@ -338,10 +424,12 @@ def _kick_off(job: SyncJob) -> SyncStep:
         patients=job.patient_ids or None,
         operation=operation,
     )
+    now = timezone.now()
     return _again(
         job, _setting("PA_SYNC_FIRST_POLL_SECONDS", FIRST_POLL_SECONDS),
-        status=SyncJob.Status.KICKED_OFF, status_url=status_url, kicked_off_at=timezone.now(), operation=operation,
-        export_type=export_type, transient_errors=0, progress="Accepted by the payer",
+        status=SyncJob.Status.KICKED_OFF, status_url=status_url, kicked_off_at=now, operation=operation,
+        export_type=export_type, transient_errors=0, transient_since=None, progress="Accepted by the payer",
+        deadline_at=now + job.connection.poll_deadline,
     )
 
 
@@ -355,32 +443,50 @@ def _poll(job: SyncJob) -> SyncStep:
     if result.state == "in_progress":
         delay = poll_delay(attempt=job.poll_count, retry_after=result.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
         # req 135: the client MAY show X-Progress to the user.
-        return _again(job, delay, progress=(result.progress or "In progress")[:200], transient_errors=0)
+        if job.deadline_at:
+            # The last poll at the deadline, not an hour after it.
+            delay = max(0.0, min(delay, (job.deadline_at - timezone.now()).total_seconds() + 0.5))
+        return _again(job, delay, progress=(result.progress or "In progress")[:200], transient_errors=0, transient_since=None)
     return _manifest_accept(job, result.manifest or {})
 
 
 def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
-    """Record the manifest's files (output, deleted, error) and move on to downloading them."""
+    """Check the manifest whole, then record its files (output, deleted, error) and move on to downloading them."""
+    connection = job.connection
+    client = bulk_client_for(connection=connection)
+    try:
+        entries = manifest_check(manifest, policy=client.policy, max_files=connection.max_manifest_files)
+    except ManifestError as error:
+        return _fail(job, f"The payer's manifest was refused: {error}")
+    announced = sum(entry["count"] or 0 for kind, entry in entries if kind == "output")
+    if announced > connection.max_job_resources:
+        return _fail(job, f"The manifest announces {announced} resources, more than this connection's limit of "
+                          f"{connection.max_job_resources} per job.")
     requires_token = bool(manifest.get("requiresAccessToken"))
     folder = Path(_setting("PA_SYNC_DIR", Path(settings.VAR_DIR) / "sync")) / f"job{job.pk}-{uuid.uuid4().hex[:8]}"
-    entries = [(SyncFile.Kind.OUTPUT, item) for item in manifest.get("output", [])]
-    # Bulk Data 2.0 "Response - Complete Status": `deleted` lists Bundles of deleted
-    # resources (for _since requests); `error` lists OperationOutcome files.
-    entries += [(SyncFile.Kind.DELETED, item) for item in manifest.get("deleted", [])]
-    entries += [(SyncFile.Kind.ERROR, item) for item in manifest.get("error", [])]
+    kinds = {"output": SyncFile.Kind.OUTPUT, "deleted": SyncFile.Kind.DELETED, "error": SyncFile.Kind.ERROR}
     with transaction.atomic():
-        for index, (kind, item) in enumerate(entries):
-            SyncFile.objects.get_or_create(
-                job=job, url=item["url"],
-                defaults={
-                    "kind": kind,
-                    "resource_type": item.get("type", ""),
-                    "expected_count": item.get("count"),
-                    "local_path": str(folder / f"{index:04d}-{kind}-{item.get('type', 'file')}.ndjson"),
-                },
-            )
+        # Bulk Data 2.0 "Response - Complete Status": `deleted` lists Bundles of deleted
+        # resources (for _since requests); `error` lists OperationOutcome files.
+        SyncFile.objects.bulk_create(
+            [
+                SyncFile(
+                    job=job, url=entry["url"], kind=kinds[kind], resource_type=entry["type"],
+                    expected_count=entry["count"],
+                    local_path=str(folder / f"{index:05d}-{kinds[kind]}-{entry['type']}.ndjson"),
+                )
+                for index, (kind, entry) in enumerate(entries)
+            ],
+            ignore_conflicts=True,  # a redelivered step finds them recorded
+            batch_size=1000,
+        )
         transaction_time = parse_datetime(manifest.get("transactionTime") or "") or None
-        stored = {**manifest, "requiresAccessToken": requires_token}
+        # Kept for the admin: the manifest's own fields and the checked entries, not unknown extras.
+        stored = {
+            "transactionTime": manifest.get("transactionTime"), "request": str(manifest.get("request") or "")[:2000],
+            "requiresAccessToken": requires_token,
+            **{kind: [entry for k, entry in entries if k == kind] for kind in kinds},
+        }
         if not entries:
             empty = NO_DATA_MESSAGE if job.member_id and not job.since else "No changes since the last fetch" if job.since else "The export is empty"
             status = SyncJob.Status.NO_DATA if job.member_id and not job.since else SyncJob.Status.COMPLETED
@@ -388,7 +494,8 @@ def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
                     progress=empty, finished_at=timezone.now(), next_step_at=None, transient_errors=0, counts={})
             return SyncStep()
         _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time,
-                status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None, transient_errors=0)
+                status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None,
+                transient_errors=0, transient_since=None)
     return SyncStep(file_ids=list(job.files.order_by(*LARGEST_FIRST).values_list("pk", flat=True)), new_files=True)
 
 
@@ -396,19 +503,24 @@ def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
 
 # The biggest files first, so that parallel tasks end together (longest processing time first).
 LARGEST_FIRST = (F("expected_count").desc(nulls_last=True), "pk")
+UNSETTLED = Q(status__in=[SyncFile.Status.PENDING, SyncFile.Status.DOWNLOADED])
+# Lines per chunk of a big output file (each chunk one task, on any worker).
+CHUNK_LINES = 50_000
 
 
 def sync_file_next(*, job_id: int) -> int | None:
     """Return the job's next file no task has started yet (largest first), or None.
 
-    Files that were tried already are left to their own task: one rescheduled with
-    ``countdown`` after a transient error, or the ``sync_jobs_resume`` sweep.
+    Files not downloaded and not tried yet, and chunks of a downloaded file. Files that
+    were tried already are left to their own task: one rescheduled with ``countdown``
+    after a transient error, or the ``sync_jobs_resume`` sweep.
     """
     now = timezone.now()
+    fresh = Q(status=SyncFile.Status.PENDING, attempts=0) | Q(status=SyncFile.Status.DOWNLOADED, parent__isnull=False)
     return (
         SyncFile.objects.filter(
-            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), job_id=job_id, status=SyncFile.Status.PENDING,
-            attempts=0, job__status__in=[SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING],
+            fresh, Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), job_id=job_id,
+            job__status__in=[SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING],
         )
         .order_by(*LARGEST_FIRST)
         .values_list("pk", flat=True)
@@ -418,9 +530,12 @@ def sync_file_next(*, job_id: int) -> int | None:
 
 def _claim_file(file: SyncFile) -> bool:
     now = timezone.now()
+    file.claimed_until = now + _lease()
+    # A second early: a retry's countdown may fire just before the claim it left runs out.
     return bool(
-        SyncFile.objects.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), pk=file.pk, status=file.status)
-        .update(claimed_until=now + FILE_LEASE)
+        SyncFile.objects.filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now + timedelta(seconds=1)), pk=file.pk, status=file.status
+        ).update(claimed_until=file.claimed_until)
     )
 
 
@@ -438,35 +553,103 @@ def _job_note(job_id: int, message: str) -> None:
         job.save(update_fields=["error", "updated_at"])
 
 
-def sync_file_step(*, file_id: int) -> float | None:
-    """Download one manifest file (resuming) and ingest it once; return a retry delay, or None when settled."""
+def sync_file_step(*, file_id: int, enqueue_chunks: bool = True) -> float | None:
+    """Download one manifest file (resuming) and ingest it once, or one chunk of it; return a retry delay, or None.
+
+    A file of more than ``PA_SYNC_CHUNK_LINES`` lines is cut into chunks after its
+    download; each chunk is a SyncFile handed to its own task (``enqueue_chunks``) or,
+    inline, picked up by the caller's loop.
+    """
     file = SyncFile.objects.select_related("job__connection").get(pk=file_id)
     job = file.job
     if job.status in TERMINAL or file.status in (SyncFile.Status.INGESTED, SyncFile.Status.FAILED):
         return None
+    if file.parent_id is None and file.status == SyncFile.Status.DOWNLOADED and file.chunks.exists():
+        return None  # its chunks are ingested on their own
     if not _claim_file(file):
         return None
+    delay: float | None = None
+    chunk_ids: list[int] = []
     try:
-        if file.status == SyncFile.Status.PENDING:
-            delay = _file_download(file)
-            if delay is not None:
-                return delay
-            if file.status != SyncFile.Status.FAILED and not job.files.filter(status=SyncFile.Status.PENDING).exists():
-                if SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
-                    status=SyncJob.Status.INGESTING, progress="Storing records", updated_at=timezone.now()
-                ):
-                    # Every file is here: the payer may drop them (reqs 120, 121).
-                    _status_url_delete(job)
-        job.refresh_from_db(fields=["status"])
-        if job.status == SyncJob.Status.CANCELLED:
-            return None
-        if file.status != SyncFile.Status.FAILED:
-            _file_ingest(file)
+        with _heartbeat(SyncFile, file.pk, "claimed_until", file.claimed_until):
+            delay, chunk_ids = _file_work(file)
+    except Exception as error:
+        # Not foreseen (a bug, a full disk): the file fails where people see it and the
+        # job can end, rather than wait on a chain that stopped.
+        logger.exception("Sync file %s crashed", file.pk)
+        _file_update(file, status=SyncFile.Status.FAILED, error=f"Failed on the hospital's side: {error.__class__.__name__}")
+        _job_note(job.pk, f"{file.resource_type} file: failed on the hospital's side ({error.__class__.__name__}).")
+        _parent_settle(file)
     finally:
-        SyncFile.objects.filter(pk=file.pk).update(claimed_until=None)
+        # A retry keeps the file claimed until it is due, so the sweep does not start it early.
+        until = timezone.now() + timedelta(seconds=delay) if delay is not None else None
+        SyncFile.objects.filter(pk=file.pk).update(claimed_until=until)
+    if delay is not None:
+        return delay
+    if chunk_ids and enqueue_chunks:
+        from provider.tasks import sync_file_advance_task
+
+        for chunk_id in chunk_ids:
+            transaction.on_commit(lambda chunk_id=chunk_id: sync_file_advance_task.delay(chunk_id))
     # Also after a failed download: it may have been the job's last file.
     sync_job_finish_if_done(job_id=job.pk)
     return None
+
+
+def _file_work(file: SyncFile) -> tuple[float | None, list[int]]:
+    job = file.job
+    if file.status == SyncFile.Status.PENDING:
+        delay = _file_download(file)
+        if delay is not None:
+            return delay, []
+        if file.status == SyncFile.Status.FAILED:
+            return None, []
+        if not _job_resources_within_limit(job):
+            return None, []
+        if not job.files.filter(status=SyncFile.Status.PENDING).exists():
+            if SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.DOWNLOADING).update(
+                status=SyncJob.Status.INGESTING, progress="Storing records", updated_at=timezone.now()
+            ):
+                # Every file is here: the payer may drop them (reqs 120, 121).
+                _status_url_delete(job)
+    job.refresh_from_db(fields=["status"])
+    if job.status in TERMINAL or file.status == SyncFile.Status.FAILED:
+        return None, []
+    if file.parent_id is None and file.kind == SyncFile.Kind.OUTPUT and file.line_count > _setting("PA_SYNC_CHUNK_LINES", CHUNK_LINES):
+        chunk_ids = _file_split(file)
+        if chunk_ids:
+            return None, chunk_ids
+    _file_ingest(file)
+    return None, []
+
+
+def _job_resources_within_limit(job: SyncJob) -> bool:
+    """Fail the job once its downloaded files hold more resources than the connection allows."""
+    limit = job.connection.max_job_resources
+    total = job.files.filter(parent__isnull=True, kind=SyncFile.Kind.OUTPUT).aggregate(n=Sum("line_count"))["n"] or 0
+    if total <= limit:
+        return True
+    _fail(job, f"The payer sent more than {limit} resources, this connection's limit per job; the job was stopped.")
+    return False
+
+
+def _file_split(file: SyncFile) -> list[int]:
+    """Cut a downloaded output file into chunks of whole lines, each a SyncFile; return their ids."""
+    plan = ingest.ndjson_chunk_plan(path=file.local_path, lines_per_chunk=_setting("PA_SYNC_CHUNK_LINES", CHUNK_LINES))
+    if len(plan) < 2:
+        return []
+    SyncFile.objects.bulk_create(
+        [
+            SyncFile(
+                job_id=file.job_id, parent=file, kind=file.kind, resource_type=file.resource_type,
+                url=f"{file.url}#chunk{index}", local_path=file.local_path, status=SyncFile.Status.DOWNLOADED,
+                chunk_start=chunk.start_byte, chunk_end=chunk.end_byte, chunk_first_line=chunk.first_line,
+            )
+            for index, chunk in enumerate(plan)
+        ],
+        ignore_conflicts=True,  # a redelivered task finds them made
+    )
+    return list(file.chunks.order_by("pk").values_list("pk", flat=True))
 
 
 def _file_download(file: SyncFile) -> float | None:
@@ -484,18 +667,19 @@ def _file_download(file: SyncFile) -> float | None:
             size = client.download(file.url, file.local_path, requires_token=requires_token, resume=False)
             found = _line_count(file.local_path)
             if found != expected:
-                message = f"{file.resource_type} file {file.url}: the manifest says {expected} resources, the file has {found}."
+                message = f"{file.resource_type} file: the manifest says {expected} resources, the file has {found}."
                 _file_update(file, error=message)
                 _job_note(job.pk, message)
     except TransientError as error:
         if attempts >= _setting("PA_SYNC_FILE_ATTEMPTS", 6):
-            _file_update(file, status=SyncFile.Status.FAILED, error=str(error))
-            _job_note(job.pk, f"{file.url}: {error}")
+            _file_update(file, status=SyncFile.Status.FAILED, error=str(error)[:2000])
+            _job_note(job.pk, f"{file.resource_type} file: {error}")
             return None
         return poll_delay(attempt=attempts, retry_after=error.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
-    except (BulkDataError, requests.RequestException, OSError) as error:
+    except (BulkDataError, requests.RequestException, *TRANSIENT_NETWORK_ERRORS, OSError) as error:
+        Path(file.local_path).unlink(missing_ok=True)
         _file_update(file, status=SyncFile.Status.FAILED, error=str(error)[:2000])
-        _job_note(job.pk, f"{file.url}: {error}")
+        _job_note(job.pk, f"{file.resource_type} file: {error}"[:2000])
         return None
     _file_update(file, status=SyncFile.Status.DOWNLOADED, bytes_downloaded=size, line_count=_line_count(file.local_path))
     return None
@@ -508,32 +692,56 @@ def _line_count(path: str) -> int:
 
 
 def _file_ingest(file: SyncFile) -> None:
-    """Store a downloaded file once: resources, deletions, or the server's OperationOutcomes."""
+    """Store a downloaded file, or one chunk of it, once: resources, deletions, or the server's OperationOutcomes."""
     job = file.job
     path = Path(file.local_path)
     # A redelivered task re-ingests a file whose ingest was cut short: the upsert makes
     # the resources idempotent, and the file's issues are written afresh.
     IngestIssue.objects.filter(sync_file=file).delete()
     ingested, unchanged, errors = 0, 0, 0
-    with open(path, "rb") as stream:
-        if file.kind == SyncFile.Kind.OUTPUT:
-            result = ingest.ndjson_ingest(
-                stream=stream, file_name=file.url, expected_type=file.resource_type, connection=job.connection,
-                sync_job=job, sync_file=file, export_time=job.transaction_time,
-                validation_level=job.connection.validation_level,
-            )
-            ingested, unchanged, errors = result.stored, result.unchanged, result.errors
-        elif file.kind == SyncFile.Kind.DELETED:
-            result = ingest.deleted_apply(stream=stream, file_name=file.url, connection=job.connection, sync_file=file)
-            ingested, unchanged, errors = result.stored, result.unchanged, result.errors
-        else:
-            ingested, errors = _error_file_record(file, stream)
+    file_name = file.parent.url if file.parent_id else file.url
+    if file.kind == SyncFile.Kind.OUTPUT and file.parent_id:
+        result = ingest.ndjson_ingest_chunk(
+            path=str(path),
+            chunk=ingest.NDJSONChunk(start_byte=file.chunk_start, end_byte=file.chunk_end, first_line=file.chunk_first_line),
+            file_name=file_name, expected_type=file.resource_type, connection=job.connection, sync_job=job,
+            sync_file=file, export_time=job.transaction_time, validation_level=job.connection.validation_level,
+        )
+        ingested, unchanged, errors = result.stored, result.unchanged, result.errors
+    else:
+        with open(path, "rb") as stream:
+            if file.kind == SyncFile.Kind.OUTPUT:
+                result = ingest.ndjson_ingest(
+                    stream=stream, file_name=file_name, expected_type=file.resource_type, connection=job.connection,
+                    sync_job=job, sync_file=file, export_time=job.transaction_time,
+                    validation_level=job.connection.validation_level,
+                )
+                ingested, unchanged, errors = result.stored, result.unchanged, result.errors
+            elif file.kind == SyncFile.Kind.DELETED:
+                result = ingest.deleted_apply(stream=stream, file_name=file_name, connection=job.connection, sync_file=file)
+                ingested, unchanged, errors = result.stored, result.unchanged, result.errors
+            else:
+                ingested, errors = _error_file_record(file, stream)
     updated = SyncFile.objects.filter(pk=file.pk, status=SyncFile.Status.DOWNLOADED).update(
         status=SyncFile.Status.INGESTED, ingested_count=ingested, unchanged_count=unchanged, error_count=errors
     )
-    if updated:
-        file.status = SyncFile.Status.INGESTED
+    if not updated:
+        return
+    file.status = SyncFile.Status.INGESTED
+    if file.parent_id is None:
         path.unlink(missing_ok=True)
+        return
+    _parent_settle(file)
+
+
+def _parent_settle(chunk: SyncFile) -> None:
+    """Once a file's last chunk is settled, settle the file (failed if a chunk failed) and remove its local copy."""
+    if chunk.parent_id is None or SyncFile.objects.filter(UNSETTLED, parent_id=chunk.parent_id).exists():
+        return
+    failed = SyncFile.objects.filter(parent_id=chunk.parent_id, status=SyncFile.Status.FAILED).exists()
+    status = SyncFile.Status.FAILED if failed else SyncFile.Status.INGESTED
+    if SyncFile.objects.filter(pk=chunk.parent_id, status=SyncFile.Status.DOWNLOADED).update(status=status):
+        Path(chunk.local_path).unlink(missing_ok=True)
 
 
 def _error_file_record(file: SyncFile, stream: Any) -> tuple[int, int]:
@@ -571,10 +779,17 @@ def sync_job_unchanged_counts(*, job: SyncJob) -> dict[str, int]:
     return {row["resource_type"]: row["n"] or 0 for row in rows if row["n"]}
 
 
-def stored_summary(*, stored: int, unchanged: int) -> str:
-    """Return "N resources stored" and, when some were already up to date, ", M unchanged"."""
+def _deleted_count(job: SyncJob) -> int:
+    """Return the resources removed because the job's ``deleted`` files listed them."""
+    return job.files.filter(kind=SyncFile.Kind.DELETED).aggregate(n=Sum("ingested_count"))["n"] or 0
+
+
+def stored_summary(*, stored: int, unchanged: int, deleted: int = 0) -> str:
+    """Return "N resources stored" and, when some were already up to date or removed, ", M unchanged, D deleted"."""
     text = f"{stored} resource{'s' if stored != 1 else ''} stored"
-    return f"{text}, {unchanged} unchanged" if unchanged else text
+    if unchanged:
+        text += f", {unchanged} unchanged"
+    return f"{text}, {deleted} deleted" if deleted else text
 
 
 def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
@@ -585,7 +800,9 @@ def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
             return job
         if job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).exists():
             return job
-        incomplete = job.files.filter(Q(status=SyncFile.Status.FAILED) | (Q(kind=SyncFile.Kind.OUTPUT) & ~Q(error="")))
+        incomplete = job.files.filter(parent__isnull=True).filter(
+            Q(status=SyncFile.Status.FAILED) | (Q(kind=SyncFile.Kind.OUTPUT) & ~Q(error=""))
+        )
         counts = _output_counts(job)
         if incomplete.exists():
             # Not "completed": an incomplete fetch must not be the base of the next
@@ -594,9 +811,10 @@ def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
         else:
             job.status = SyncJob.Status.COMPLETED
             unchanged = sum(sync_job_unchanged_counts(job=job).values())
-            job.progress = stored_summary(stored=sum(counts.values()), unchanged=unchanged)
+            job.progress = stored_summary(stored=sum(counts.values()), unchanged=unchanged, deleted=_deleted_count(job))
         job.counts, job.finished_at, job.next_step_at = counts, timezone.now(), None
-        job.save(update_fields=["status", "progress", "counts", "finished_at", "next_step_at", "updated_at"])
+        job.deleted_count = _deleted_count(job)
+        job.save(update_fields=["status", "progress", "counts", "deleted_count", "finished_at", "next_step_at", "updated_at"])
     if job.status_url:
         # Normally sent when the last file was downloaded; here for a job whose last
         # download failed (req 119), or one resumed from before that step existed.
@@ -647,26 +865,41 @@ def sync_file_advance(*, file_id: int) -> None:
 def sync_jobs_resume(*, stale_after: timedelta = timedelta(minutes=5)) -> int:
     """Re-enqueue active jobs whose tasks were lost (a killed worker); return how many.
 
-    Safe to run any time (e.g. from celery beat): duplicate tasks find the job's or the
-    file's claim taken, or the work done.
+    Run by celery beat every 15 s. A step or file whose lease ran out (its heartbeat
+    stopped: the worker died) is taken over at once; a job or file with no claim at all
+    and no change for ``stale_after`` (a lost message) too. Safe to run any time:
+    duplicate tasks find the job's or the file's claim taken, or the work done.
     """
     from provider.tasks import sync_file_advance_task, sync_job_advance_task
 
     now = timezone.now()
-    jobs = SyncJob.objects.filter(status__in=ACTIVE, updated_at__lt=now - stale_after).filter(
-        Q(next_step_at__isnull=True) | Q(next_step_at__lt=now - stale_after)
+    grace = min(stale_after, timedelta(seconds=5))
+    jobs = SyncJob.objects.filter(status__in=ACTIVE).filter(
+        Q(next_step_at__lt=now - grace) | Q(next_step_at__isnull=True, updated_at__lt=now - stale_after)
+        | Q(status__in=[SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING])
     )
     resumed = 0
     for job in jobs:
-        resumed += 1
         if job.status in (SyncJob.Status.PENDING, SyncJob.Status.KICKED_OFF):
-            SyncJob.objects.filter(pk=job.pk).update(next_step_at=None)
+            resumed += 1
+            SyncJob.objects.filter(pk=job.pk, next_step_at=job.next_step_at).update(next_step_at=None)
             transaction.on_commit(lambda job_id=job.pk: sync_job_advance_task.delay(job_id))
             continue
-        files = job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).filter(
-            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
-        )
-        for file_id in files.values_list("pk", flat=True):
+        split = SyncFile.objects.filter(job=job, parent__isnull=False).values("parent_id")
+        unsettled = job.files.filter(UNSETTLED).exclude(pk__in=split)  # a split file waits on its chunks
+        if not unsettled.exists():
+            sync_job_finish_if_done(job_id=job.pk)  # a worker died between its last file and the close
+            continue
+        # Expired leases: each a file a dead worker held. Unclaimed files of a job idle for
+        # stale_after: a lost message; a few tasks suffice, each goes on with the next file.
+        file_ids = list(unsettled.filter(claimed_until__lt=now - grace).values_list("pk", flat=True))
+        if job.updated_at < now - stale_after:
+            idle = unsettled.filter(claimed_until__isnull=True).order_by(*LARGEST_FIRST)
+            file_ids += list(idle.values_list("pk", flat=True)[: _setting("PA_SYNC_FILE_TASKS", FILE_TASKS)])
+            SyncJob.objects.filter(pk=job.pk).update(updated_at=now)  # not again before stale_after
+        if file_ids:
+            resumed += 1
+        for file_id in file_ids:
             transaction.on_commit(lambda file_id=file_id: sync_file_advance_task.delay(file_id))
     return resumed
 
@@ -676,8 +909,8 @@ def sync_job_run_inline(
 ) -> SyncJob:
     """Run a job to its end in this process, without a broker (the ``bulk_fetch`` command).
 
-    The same steps as on Celery; here waiting is a plain sleep, and files download in a
-    bounded thread pool.
+    The same steps as on Celery; here waiting is a plain sleep, and files (and the chunks
+    of big ones) run in a bounded thread pool.
     """
     report = on_progress or (lambda progress: None)
     while True:
@@ -690,12 +923,17 @@ def sync_job_run_inline(
                     with ThreadPoolExecutor(max_workers=parallel) as pool:
                         delays = list(pool.map(_file_step_in_thread, pending))
                 else:
-                    delays = [sync_file_step(file_id=file_id) for file_id in pending]
+                    delays = [sync_file_step(file_id=file_id, enqueue_chunks=False) for file_id in pending]
                 retry = [(fid, d) for fid, d in zip(pending, delays) if d is not None]
                 report(sync_job_progress(job=job))
                 if retry:
                     time.sleep(max(d for _, d in retry))
-                pending = [fid for fid, _ in retry]
+                # Retries, and the chunks big files were cut into.
+                chunks = job.files.filter(status=SyncFile.Status.DOWNLOADED, parent__isnull=False)
+                pending = [fid for fid, _ in retry] + list(chunks.values_list("pk", flat=True))
+                job.refresh_from_db(fields=["status"])
+                if job.status in TERMINAL:
+                    break
             sync_job_finish_if_done(job_id=job.pk)
         else:
             time.sleep(step.delay if step.delay is not None else 1.0)
@@ -707,6 +945,44 @@ def sync_job_run_inline(
 
 def _file_step_in_thread(file_id: int) -> float | None:
     try:
-        return sync_file_step(file_id=file_id)
+        return sync_file_step(file_id=file_id, enqueue_chunks=False)
     finally:
         connections.close_all()  # this thread's connections only
+
+
+# --- Panel sync: the organization's whole attribution Group, on a schedule ------------------
+
+
+def panel_sync_due_since(*, connection: PayerConnection, now: datetime) -> datetime:
+    """Return the start of the connection's current panel-sync slot (every ``panel_sync_hours``, anchored on ``panel_sync_hour`` UTC)."""
+    hours, anchor = max(1, connection.panel_sync_hours), connection.panel_sync_hour
+    epoch_hours = int(now.timestamp() // 3600)
+    slot = (epoch_hours - anchor) // hours * hours + anchor
+    return datetime.fromtimestamp(slot * 3600, tz=UTC)
+
+
+def panel_sync_start(*, connection: PayerConnection, requested_by: Any = None, enqueue: bool = True) -> SyncJob:
+    """Start a sync of the connection's attribution Group: everything the first time, then changes only.
+
+    The job's scope is the Group, so ``sync_job_start`` sends ``_since`` = the last
+    complete panel fetch's transactionTime, and a payer declaring
+    ``$davinci-data-export`` is asked for ``#provider-delta`` (PDex STU2 Provider Access).
+    """
+    if not connection.panel_group_id:
+        raise ValueError(f"{connection} has no panel group.")
+    return sync_job_start(connection=connection, group_id=connection.panel_group_id, requested_by=requested_by,
+                          enqueue=enqueue, panel=True)
+
+
+def panel_syncs_run(*, now: datetime | None = None, enqueue: bool = True) -> list[SyncJob]:
+    """Start each connection's panel sync that is due and not running; return the jobs started (celery beat)."""
+    now = now or timezone.now()
+    started = []
+    for connection in PayerConnection.objects.exclude(panel_group_id=""):
+        panel_jobs = SyncJob.objects.filter(connection=connection, panel=True)
+        if panel_jobs.filter(status__in=ACTIVE).exists():
+            continue
+        last = panel_jobs.order_by("-created_at").values_list("created_at", flat=True).first()
+        if last is None or last < panel_sync_due_since(connection=connection, now=now):
+            started.append(panel_sync_start(connection=connection, enqueue=enqueue))
+    return started

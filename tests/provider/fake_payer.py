@@ -4,6 +4,9 @@ It is not a mock of our code: it speaks HTTP like any payer would, checks SMART 
 Services assertions with the client's public key, and can be told to misbehave the way
 real servers do (429, 503, Retry-After as seconds or an HTTP-date, a connection dropped
 mid-download, an expired token, a corrupt NDJSON line) while recording what it was sent.
+Hostile modes, for the client's limits: a manifest rewritten by ``manifest_hook``, a
+``Content-Location`` or a Group Bundle ``next`` link elsewhere, 202 for ever, and file
+faults that redirect, send a gzip bomb or a giant line, or trickle slowly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import threading
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +87,16 @@ class FakePayer:
     identifier_search: bool = True
     davinci: bool = False
     well_known: bool = True
+    # Hostile modes: rewrite the manifest; send the status URL or the Group Bundle's next
+    # link elsewhere; answer 202 to every poll; manifest pages of this many entries (link).
+    manifest_hook: Callable[[dict], dict] | None = None
+    content_location: str | None = None
+    group_next: str | None = None
+    poll_forever: bool = False
+    manifest_page_size: int = 0
+    # More file faults by resource type: ("redirect", url), ("bomb", decoded bytes),
+    # ("longline", bytes), ("trickle", seconds per 1/20 of the body).
+    file_hostile: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log: list[Recorded] = []
@@ -214,6 +229,11 @@ def _outcome(code: str, text: str) -> dict:
     return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
 
 
+def _code_for(status: int) -> str:
+    """Return the OperationOutcome issue code a scripted error answer carries: 503 transient, 429 throttled, else processing."""
+    return {503: "transient", 429: "throttled"}.get(status, "processing")
+
+
 def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -289,8 +309,13 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                 return self._kick_off(rest, query, body)
             if rest.startswith("/status/"):
                 return self._status(rest.split("/")[2])
+            if rest.startswith("/manifest/"):
+                _, _, export_id, page = rest.split("/")
+                export = payer.exports[export_id]
+                return self._send(200, self._manifest_page(export, payer.manifest(export), int(page)), content_type="application/json")
             if rest == "/Group":
-                return self._bundle(payer.groups)
+                links = [{"relation": "next", "url": payer.group_next}] if payer.group_next else []
+                return self._bundle(payer.groups, links)
             if rest.startswith("/Group/"):
                 group = next((g for g in payer.groups if g["id"] == rest.split("/")[2]), None)
                 return self._send(200, group) if group else self._send(404, _outcome("not-found", "No such Group."))
@@ -305,8 +330,8 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, patient) if patient else self._send(404, _outcome("not-found", "No such Patient."))
             return self._send(404, _outcome("not-found", f"Unknown path {path}"))
 
-        def _bundle(self, resources: list[dict]) -> None:
-            self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+        def _bundle(self, resources: list[dict], links: list[dict] | None = None) -> None:
+            self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(resources), "link": links or [],
                              "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]})
 
         # -- SMART Backend Services token endpoint --
@@ -346,7 +371,7 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
         def _kick_off(self, rest: str, query: dict[str, list[str]], body: Any) -> None:
             if payer.kickoff_script:
                 status, headers = payer.kickoff_script.pop(0)
-                return self._send(status, _outcome("transient" if status >= 500 else "throttled", "Busy"), headers)
+                return self._send(status, _outcome(_code_for(status), "Busy"), headers)
             if self.headers.get("Prefer") != "respond-async":
                 return self._send(400, _outcome("invalid", "Prefer: respond-async is required."))
             params: dict[str, list[str]] = {k: list(v) for k, v in query.items()}
@@ -369,7 +394,8 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
             types = [t for value in params.get("_type", []) for t in value.split(",")] or None
             since = (params.get("_since") or [None])[0]
             export = payer.export_create(request=f"{payer.base_url}{rest}", types=types, since=since, patients=patients)
-            self._send(202, _outcome("informational", "Accepted"), {"Content-Location": f"{payer.base_url}/status/{export.id}"})
+            location = payer.content_location or f"{payer.base_url}/status/{export.id}"
+            self._send(202, _outcome("informational", "Accepted"), {"Content-Location": location})
 
         def _status(self, export_id: str) -> None:
             export = payer.exports.get(export_id)
@@ -379,12 +405,27 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                 export.cancelled = True
                 return self._send(202, _outcome("informational", "Deleted"))
             export.polls += 1
+            if payer.poll_forever:
+                return self._send(202, None, {"X-Progress": "Still working", "Retry-After": "1"})
             if payer.poll_script:
                 status, headers = payer.poll_script.pop(0)
-                body = None if status == 202 else _outcome("transient" if status >= 500 else "throttled", "Try later")
+                body = None if status == 202 else _outcome(_code_for(status), "Try later")
                 return self._send(status, body, headers)
-            self._send(200, payer.manifest(export), {"Expires": email.utils.formatdate(time.time() + 3600, usegmt=True)},
+            manifest = payer.manifest(export)
+            if payer.manifest_page_size:
+                manifest = self._manifest_page(export, manifest, 0)
+            if payer.manifest_hook:
+                manifest = payer.manifest_hook(manifest)
+            self._send(200, manifest, {"Expires": email.utils.formatdate(time.time() + 3600, usegmt=True)},
                        content_type="application/json")
+
+        def _manifest_page(self, export: Export, manifest: dict, page: int) -> dict:
+            size = payer.manifest_page_size
+            items = manifest["output"][page * size:(page + 1) * size]
+            more = len(manifest["output"]) > (page + 1) * size
+            link = [{"relation": "next", "url": f"{payer.base_url}/manifest/{export.id}/{page + 1}"}] if more else []
+            return {**manifest, "output": items, "deleted": manifest["deleted"] if page == 0 else [],
+                    "error": manifest["error"] if page == 0 else [], "link": link}
 
         def _file(self, name: str) -> None:
             faults = payer.file_faults.get(name.split("-", 1)[-1].rsplit(".", 1)[0], [])
@@ -397,6 +438,8 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
             if export is None:
                 return self._send(404, _outcome("not-found", "No such file."))
             resource_type = name.split("-", 1)[1].rsplit(".", 1)[0]
+            if resource_type in payer.file_hostile:
+                return self._hostile_file(*payer.file_hostile[resource_type], data=export.files[name])
             faults = payer.file_faults.get(resource_type, [])
             if "503" in faults:
                 faults.remove("503")
@@ -429,4 +472,90 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                 return None
             self._send(200, body, headers, content_type="application/fhir+ndjson")
 
+        def _hostile_file(self, mode: str, value: Any, *, data: bytes) -> None:
+            if mode == "redirect":
+                return self._send(302, None, {"Location": value})
+            if mode == "bomb":
+                # Newlines only: short lines, so only the decoded-size limit can stop it.
+                return self._send(200, _gzip_bomb(value), {"Content-Encoding": "gzip"}, content_type="application/fhir+ndjson")
+            if mode == "longline":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+ndjson")
+                self.send_header("Content-Length", str(value + 1))
+                self.end_headers()
+                block = b"x" * 65536
+                try:
+                    for start in range(0, value, len(block)):
+                        self.wfile.write(block[: min(len(block), value - start)])
+                    self.wfile.write(b"\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up at its limit
+                return None
+            if mode == "trickle":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+ndjson")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                step = max(1, len(data) // 20)
+                try:
+                    for start in range(0, len(data), step):
+                        self.wfile.write(data[start:start + step])
+                        self.wfile.flush()
+                        time.sleep(value)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return None
+            raise ValueError(mode)
+
     return Handler
+
+
+_BOMBS: dict[int, bytes] = {}
+
+
+def _gzip_bomb(size: int) -> bytes:
+    if size not in _BOMBS:
+        compressor = zlib.compressobj(9, wbits=31)
+        block = b"\n" * (1 << 20)
+        parts = [compressor.compress(block) for _ in range(size >> 20)]
+        _BOMBS[size] = b"".join(parts) + compressor.flush()
+    return _BOMBS[size]
+
+
+class RecordingServer:
+    """Another origin (an internal page, a foreign host): answers anything with 200 and records each request."""
+
+    def __init__(self, body: bytes = b"<html>internal admin page: secret</html>") -> None:
+        self.log: list[Recorded] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                recorder.log.append(Recorded(self.command, urlsplit(self.path).path, {}, dict(self.headers.items())))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,5 +1,6 @@
 """Sync jobs driven by a REAL Celery worker process against the test Bulk Data server."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -7,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.celery_app import app as celery_app
-from provider.models import IngestIssue, LocalResource, SyncJob
+from provider.models import IngestIssue, LocalResource, SyncFile, SyncJob
 from provider.services.connections import payer_connection_create
 from provider.services.sync import sync_job_progress, sync_job_start, sync_jobs_resume
 from tests.conftest import wait_for
@@ -84,7 +85,7 @@ def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_paye
     job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
     def between_polls() -> bool:
         # Polled once and waiting on its next poll, not inside a step: a step holds the
-        # job for STEP_LEASE, and a worker killed there is resumed only after that lease.
+        # job for its lease (PA_SYNC_LEASE_SECONDS), and a worker killed there is resumed only after it.
         return SyncJob.objects.filter(
             pk=job.pk, poll_count__gte=1, next_step_at__lt=timezone.now() + timedelta(seconds=30)
         ).exists()
@@ -101,3 +102,59 @@ def test_killed_worker_resumes_from_the_saved_status_url(start_worker, fake_paye
     assert len(fake_payer.requests_to("/Group/g1/$export")) == 1
     assert len(fake_payer.requests_to("/files/")) == 1
     assert LocalResource.objects.filter(resource_type="Encounter").count() == 8
+
+
+def test_killed_worker_mid_download_is_taken_over_within_a_minute(start_worker, fake_payer, connection):
+    # The file's claim is a 30 s lease renewed by a heartbeat while the download runs; a
+    # killed worker stops beating, and the sweep (celery beat, every 15 s) hands the
+    # file to another worker once the lease ran out.
+    fake_payer.poll_script = []
+    fake_payer.file_hostile = {"Encounter": ("trickle", 0.5)}  # 20 pieces, 10 s
+    worker = start_worker()
+    job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
+
+    def downloading() -> bool:
+        return SyncFile.objects.filter(job=job, status=SyncFile.Status.PENDING, claimed_until__isnull=False, attempts=1).exists()
+
+    wait_for(lambda: worker.kill_if(downloading), timeout=30, interval=0.05, message="the download")
+    killed = time.monotonic()
+    celery_app.control.purge()
+    fake_payer.file_hostile = {}
+    start_worker()
+
+    def taken_over():
+        sync_jobs_resume(stale_after=timedelta(minutes=5))  # what beat runs every 15 s
+        return finished(job)
+
+    job = wait_for(taken_over, timeout=90, interval=1, message="the taken-over file")
+    assert time.monotonic() - killed < 60
+    assert job.status == SyncJob.Status.COMPLETED, job.error
+    assert SyncFile.objects.get(job=job).attempts == 2
+    assert LocalResource.objects.filter(resource_type="Encounter").count() == 8
+
+
+def test_big_file_chunks_are_ingested_by_two_workers(start_worker, fake_payer, connection):
+    fake_payer.poll_script = []
+    fake_payer.resources["Encounter"] += [encounter(f"e1-x{n:04d}", "p1", "2023-01-01T09:00:00Z") for n in range(3000)]
+    workers = [start_worker(PA_SYNC_CHUNK_LINES="500"), start_worker(PA_SYNC_CHUNK_LINES="500")]
+    with transaction.atomic():
+        job = sync_job_start(connection=connection, group_id="g1", types=["Encounter"])
+    job = wait_for(lambda: finished(job), timeout=120, message=f"the chunked job\n{workers[0].log()[-2000:]}")
+    assert job.status == SyncJob.Status.COMPLETED, job.error
+    assert job.counts == {"Encounter": 3008}
+    assert SyncFile.objects.filter(job=job, parent__isnull=False, status=SyncFile.Status.INGESTED).count() == 7
+    # Each worker ingested some of the chunks.
+    assert all("Ingested http" in worker.log() for worker in workers), [w.log()[-1500:] for w in workers]
+
+
+def test_worker_ends_a_job_whose_manifest_is_bad(celery_worker, fake_payer, connection):
+    # On a real worker too: the crash of the issue (IntegrityError on a negative count)
+    # is now a refused manifest and a failed job, not a job "kicked_off" for ever.
+    fake_payer.poll_script = []
+    fake_payer.manifest_hook = lambda manifest: {**manifest, "output": [{**manifest["output"][0], "count": -1}]}
+    with transaction.atomic():
+        job = sync_job_start(connection=connection, group_id="g1")
+    job = wait_for(lambda: finished(job), timeout=60, message=f"the job\n{celery_worker.log()[-2000:]}")
+    assert job.status == SyncJob.Status.FAILED and "count that is not a non-negative integer" in job.error
+    assert not SyncFile.objects.filter(job=job).exists()
+    assert len(fake_payer.requests_to("/status/", "DELETE")) == 1

@@ -70,7 +70,8 @@ class Command(BaseCommand):
         total, done = progress["files_total"], progress["files_ingested"]
         width = 30
         filled = int(width * done / total) if total else 0
-        resources = stored_summary(stored=progress["resources_ingested"], unchanged=progress["resources_unchanged"])
+        resources = stored_summary(stored=progress["resources_ingested"], unchanged=progress["resources_unchanged"],
+                                   deleted=progress["resources_deleted"])
         label = progress["progress"] if not total else f"{done}/{total} files, {resources}"
         line = f"\r[{'#' * filled}{'.' * (width - filled)}] {progress['step']}: {label}"[:150]
         self.stdout.write(line.ljust(150), ending="")
@@ -84,6 +85,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  {'':<28} {'stored':>8} {'unchanged':>10}")
         for resource_type in sorted(set(stored) | set(unchanged)):
             self.stdout.write(f"  {resource_type:<28} {stored.get(resource_type, 0):>8} {unchanged.get(resource_type, 0):>10}")
+        if job.deleted_count:
+            # Bulk Data `deleted` files (a _since fetch): resources the payer removed.
+            self.stdout.write(f"  Deleted: {job.deleted_count} resource(s) removed as the payer's deleted files listed.")
         issues = sum(job.files.values_list("error_count", flat=True))
         if issues:
             self.stdout.write(self.style.WARNING(f"  {issues} line(s) not stored; see the sync job's ingest issues."))
