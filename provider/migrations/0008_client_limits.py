@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('provider', '0004_organization_scope'),
+        ("provider", "0007_store_reader"),
     ]
 
     operations = [
