@@ -320,19 +320,14 @@ def test_every_refusal_is_audited_without_secrets(token_url, client):
 class _JWKSServer:
     """A tiny JWKS host on 127.0.0.1 that counts its requests."""
 
-    def __init__(self, jwks: dict) -> None:
+    def __init__(self, jwks: dict | None) -> None:
         self.jwks, self.hits = jwks, 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.hits += 1
-                body = json.dumps(outer.jwks).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                outer.answer(self)
 
             def log_message(self, *args):
                 pass
@@ -341,6 +336,14 @@ class _JWKSServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = json.dumps(self.jwks).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -409,34 +412,24 @@ class _HostileJWKSServer(_JWKSServer):
     """A JWKS host that drips its body a byte at a time, or cuts it short."""
 
     def __init__(self, mode: str) -> None:
-        outer = self
-        self.hits = 0
+        self.mode = mode
+        super().__init__(None)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                outer.hits += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "5000")
-                self.end_headers()
-                try:
-                    if mode == "drip":
-                        for _ in range(40):  # 20 s in all, unless the client gives up
-                            self.wfile.write(b" ")
-                            self.wfile.flush()
-                            time.sleep(0.5)
-                    else:
-                        self.wfile.write(b'{"keys": [')  # then the connection closes
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", "5000")
+        handler.end_headers()
+        try:
+            if self.mode == "drip":
+                for _ in range(40):  # 20 s in all, unless the client gives up
+                    handler.wfile.write(b" ")
+                    handler.wfile.flush()
+                    time.sleep(0.5)
+            else:
+                handler.wfile.write(b'{"keys": [')  # then the connection closes
+        except OSError:
+            pass
 
 
 @pytest.mark.parametrize("mode", ["drip", "cut"])

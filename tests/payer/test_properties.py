@@ -23,6 +23,7 @@ from payer.services.export_params import EXPORT_PARAMS, PDEX_PARAMS
 from payer.services.fhir import READABLE_TYPES, allowed_search_params
 from tests.factories import attribution_create, clinical_resource_create, contract_create, member_create, organization_create
 from tests.payer.auth_helpers import bearer_token_for, client_assertion, shared_rsa_key
+from tests.strategies import DATE_TEXT, value_bytes
 
 KID = "test-key-1"  # register_test_client's default
 
@@ -30,17 +31,7 @@ pytestmark = pytest.mark.django_db
 
 NAMES = sorted({name for resource_type in READABLE_TYPES for name in allowed_search_params(resource_type)}
                | {"_format", "_elements", "_sort", "_include"})
-DATE_TEXT = st.from_regex(
-    r"(eq|gt|ge|lt|le|ne|sa|eb|ap)?[0-9]{1,5}(-[0-9]{1,2}(-[0-9]{1,2}(T[0-9]{1,2}:[0-9]{1,2}"
-    r"(:[0-9]{1,2}(\.[0-9]{1,12})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?",
-    fullmatch=True,
-)
-VALUE_BYTES = st.one_of(
-    st.binary(max_size=40),
-    st.text(max_size=40).map(str.encode),
-    DATE_TEXT.map(str.encode),
-    st.sampled_from([b"UCH100000001", b"Patient/pat-1", b"a,b", b"http://x|AMB", b"\x00", b"\xed\xa0\x80"]),
-)
+VALUE_BYTES = value_bytes(b"UCH100000001", b"Patient/pat-1")
 
 
 @pytest.fixture

@@ -24,22 +24,13 @@ from provider.models import IngestIssue, LocalResource, PayerConnection
 from provider.selectors import SEARCH_PARAMETERS
 from provider.services.ingest import ndjson_ingest
 from tests.provider import fhir_samples as fx
+from tests.strategies import DATE_TEXT, value_bytes
 
 pytestmark = pytest.mark.django_db
 
 NAMES = sorted({name for parameters in SEARCH_PARAMETERS.values() for name in parameters}
                | {"_count", "_offset", "_sort", "_include", "_format", "_elements"})
-DATE_TEXT = st.from_regex(
-    r"(eq|gt|ge|lt|le|ne|sa|eb|ap)?[0-9]{1,5}(-[0-9]{1,2}(-[0-9]{1,2}(T[0-9]{1,2}:[0-9]{1,2}"
-    r"(:[0-9]{1,2}(\.[0-9]{1,12})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?",
-    fullmatch=True,
-)
-VALUE_BYTES = st.one_of(
-    st.binary(max_size=40),
-    st.text(max_size=40).map(lambda text: text.encode()),
-    DATE_TEXT.map(str.encode),
-    st.sampled_from([b"jack", b"Patient/jack", b"e1,e2", b"http://x|AMB", b"-date", b"Encounter:practitioner", b"\x00"]),
-)
+VALUE_BYTES = value_bytes(b"jack", b"Patient/jack", b"e1,e2", b"-date", b"Encounter:practitioner")
 
 
 @pytest.fixture

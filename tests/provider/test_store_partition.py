@@ -40,11 +40,6 @@ def _practitioner(family: str, given: str, updated: str = "2025-01-01T00:00:00Z"
             "name": [{"family": family, "given": [given]}]}
 
 
-@pytest.fixture(autouse=True)
-def fast_sync(settings, tmp_path):
-    settings.PA_SYNC_POLL_CAP_SECONDS = 2
-    settings.PA_SYNC_DIR = str(tmp_path / "sync")
-
 
 @pytest.fixture
 def unitedcare(fake_payer) -> FakePayer:

@@ -23,18 +23,6 @@ from tests.provider.bulk_data import CLIENT_ID, encounter
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fast_sync(settings, tmp_path):
-    settings.PA_SYNC_POLL_CAP_SECONDS = 2
-    settings.PA_SYNC_DIR = str(tmp_path / "sync")
-
-
-@pytest.fixture
-def connection(fake_payer, key_file) -> PayerConnection:
-    return payer_connection_create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=fake_payer.base_url,
-        client_id=CLIENT_ID, private_key_path=str(key_file), key_id=fake_payer.key_id,
-    )
 
 
 def stored(resource_type: str) -> list[str]:

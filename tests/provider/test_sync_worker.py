@@ -17,13 +17,6 @@ from tests.provider.bulk_data import CLIENT_ID, encounter
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 
-@pytest.fixture
-def connection(fake_payer, key_file):
-    return payer_connection_create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=fake_payer.base_url,
-        client_id=CLIENT_ID, private_key_path=str(key_file), key_id=fake_payer.key_id,
-    )
-
 
 def finished(job: SyncJob):
     job.refresh_from_db()
