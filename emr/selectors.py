@@ -16,6 +16,7 @@ from typing import Any
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils.dateparse import parse_date, parse_datetime
 
+from emr import linking
 from emr.models import Clinician, HospitalPatient, PatientSync
 from provider.models import LocalResource, PayerConnection, SyncJob
 
@@ -107,6 +108,9 @@ def sync_progress(*, job: SyncJob) -> dict[str, Any]:
         # Not attributed and opted out look the same from here: the payer simply returns
         # nothing, and the page says so without guessing why.
         message = f"{payer} returned no data for this patient."
+        if data.get("no_data_reason"):
+            # The payer's member match said why (PDex 2.2 §pdex-261).
+            message = f"{payer} returned no data for this patient: {data['no_data_reason']}."
     elif job.status == SyncJob.Status.FAILED:
         message = f"The fetch from {payer} failed: the payer could not be reached or refused the request."
     elif job.status == SyncJob.Status.CANCELLED:
@@ -175,9 +179,13 @@ def linked_payer_patient_id(*, patient: HospitalPatient) -> str:
     jobs = SyncJob.objects.filter(
         emr_sync__patient=patient, status=SyncJob.Status.COMPLETED,
         connection__organization_npi=patient.organization_npi,
-    ).values_list("patient_ids", flat=True)
+    ).select_related("connection").order_by("-created_at", "-pk")
     # JSON "contains" is not portable to SQLite; a patient has few jobs.
-    return pid if any(pid in [str(p).removeprefix("Patient/") for p in ids or []] for ids in jobs) else ""
+    job = next((j for j in jobs if pid in [str(p).removeprefix("Patient/") for p in j.patient_ids or []]), None)
+    if job is None:
+        return ""
+    # The link is checked, never assumed: name, birth date and sex (emr/linking.py).
+    return pid if linking.link_allows(patient=patient, connection=job.connection, payer_patient_id=pid) else ""
 
 
 # --- FHIR display helpers ---------------------------------------------------------------
