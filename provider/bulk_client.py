@@ -792,7 +792,7 @@ def _submitted_ref(member: dict, group: dict) -> str:
 
 # The identifier the client puts on each MemberPatient so that it can find it again in the
 # result Groups whatever local id the responder gives the contained copy.
-SUBMITTED_ID_SYSTEM = "urn:ietf:rfc:3986#provider-access-submitted-patient"
+SUBMITTED_ID_SYSTEM = "urn:provider-access:submitted-patient-id"
 
 
 def member_match_groups_parse(groups: list[dict]) -> MemberMatchResult:
