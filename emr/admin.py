@@ -1,11 +1,11 @@
 from django.contrib import admin
 
-from emr.models import AccessEvent, Clinician, HospitalPatient, PatientSync
+from emr.models import AccessEvent, Clinician, HospitalPatient, LinkDecision, PatientSync, TreatmentAttestation
 
 
 @admin.register(Clinician)
 class ClinicianAdmin(admin.ModelAdmin):
-    list_display = ["display_name", "user", "organization_name", "organization_npi"]
+    list_display = ["display_name", "user", "npi", "organization_name", "organization_npi"]
     search_fields = ["display_name", "user__username", "organization_name", "organization_npi"]
 
 
@@ -33,3 +33,28 @@ class AccessEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Records of what happened: visible to staff, never edited."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(TreatmentAttestation)
+class TreatmentAttestationAdmin(_ReadOnlyAdmin):
+    list_display = ["attested_at", "patient", "practitioner_name", "practitioner_npi", "organization_npi"]
+    list_filter = ["organization_npi"]
+    search_fields = ["patient__family", "patient__mrn", "practitioner_npi"]
+
+
+@admin.register(LinkDecision)
+class LinkDecisionAdmin(_ReadOnlyAdmin):
+    list_display = ["decided_at", "patient", "connection", "payer_patient_id", "member_id", "verdict",
+                    "name_matches", "birth_date_matches", "sex_matches", "decided_by"]
+    list_filter = ["verdict", "connection"]
+    search_fields = ["patient__family", "patient__mrn", "member_id", "payer_patient_id"]

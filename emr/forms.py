@@ -24,6 +24,10 @@ class PatientForm(forms.Form):
         queryset=PayerConnection.objects.none(), required=False, empty_label="No insurer / self-pay"
     )
     member_id = forms.CharField(label="Member id", max_length=64, required=False)
+    attest = forms.BooleanField(
+        required=False, label="I attest a treatment relationship with this patient",
+        help_text="Sent to the insurer with the patient's demographics, so that a new patient is found.",
+    )
 
     def __init__(self, *args, organization_npi: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -44,3 +48,7 @@ class PatientForm(forms.Form):
         if data.get("member_id") and not data.get("insurer"):
             self.add_error("insurer", "Choose the insurer that issued the member id.")
         return data
+
+
+class MemberIdForm(forms.Form):
+    member_id = forms.CharField(label="Member id on the insurance card", max_length=64)

@@ -15,6 +15,9 @@ class Clinician(models.Model):
     display_name = models.CharField(max_length=200, help_text="e.g. Dr. James Smith")
     organization_name = models.CharField(max_length=200)
     organization_npi = models.CharField(max_length=10, db_index=True, help_text="The hospital's NPI.")
+    # The clinician's own (individual) NPI: a treatment attestation names the practitioner
+    # by it (PDex Provider Treatment Attestation); without one the clinician cannot attest.
+    npi = models.CharField("NPI", max_length=10, blank=True, default="")
 
     def __str__(self) -> str:
         return f"{self.display_name} ({self.organization_name})"
@@ -79,6 +82,8 @@ class AccessEvent(models.Model):
         VIEW_ENCOUNTER = "view_encounter", "Viewed an encounter"
         FETCH = "fetch", "Fetched history from a payer"
         CREATE = "create", "Registered the patient"
+        ATTEST = "attest", "Attested a treatment relationship"
+        CORRECT = "correct_member_id", "Corrected the member id"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     organization_npi = models.CharField(max_length=10)
@@ -89,3 +94,69 @@ class AccessEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class TreatmentAttestation(models.Model):
+    """A clinician's explicit statement that the organization treats the patient: who, when.
+
+    Sent to the payer as the PDex 2.2 Provider Treatment Attestation (a Consent) with the
+    patient's demographics in ``$provider-member-match``; kept here as the hospital's record
+    of what was attested, by whom and when.
+    """
+
+    patient = models.ForeignKey(HospitalPatient, on_delete=models.CASCADE, related_name="attestations")
+    clinician = models.ForeignKey(Clinician, null=True, on_delete=models.SET_NULL, related_name="attestations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    practitioner_npi = models.CharField(max_length=10)
+    practitioner_name = models.CharField(max_length=200)
+    organization_npi = models.CharField(max_length=10)
+    organization_name = models.CharField(max_length=200)
+    # The words the clinician agreed to, as shown next to the checkbox.
+    statement = models.CharField(max_length=500)
+    period_start = models.DateField(help_text="Start of the treatment relationship attested.")
+    attested_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-attested_at"]
+
+    def __str__(self) -> str:
+        return f"{self.practitioner_name} for {self.patient} at {self.attested_at:%Y-%m-%d %H:%M}"
+
+
+class LinkDecision(models.Model):
+    """One check of a hospital patient against the payer's Patient record: who, when, what matched.
+
+    The payer record's name, birth date and sex are compared with the hospital's; only a
+    ``match`` lets the patient's page show that payer's data (emr/linking.py).
+    """
+
+    class Verdict(models.TextChoices):
+        MATCH = "match", "Same person"
+        MISMATCH = "mismatch", "Another person"
+        UNVERIFIED = "unverified", "No payer Patient record to compare"
+
+    patient = models.ForeignKey(HospitalPatient, on_delete=models.CASCADE, related_name="link_decisions")
+    connection = models.ForeignKey(PayerConnection, on_delete=models.CASCADE, related_name="+")
+    payer_patient_id = models.CharField(max_length=64)
+    member_id = models.CharField(max_length=64, blank=True)
+    verdict = models.CharField(max_length=12, choices=Verdict.choices)
+    # None: not compared (the payer record or the hospital's has no value).
+    name_matches = models.BooleanField(null=True)
+    birth_date_matches = models.BooleanField(null=True)
+    sex_matches = models.BooleanField(null=True)
+    # A digest of the compared values (the hospital's and the payer's), so that one decision
+    # is stored per distinct comparison and a change on either side is decided anew.
+    inputs_digest = models.CharField(max_length=64)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    decided_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-decided_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "connection", "payer_patient_id", "inputs_digest"], name="emr_link_decision_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.patient} ~ Patient/{self.payer_patient_id}: {self.verdict}"

@@ -16,6 +16,7 @@ from typing import Any
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils.dateparse import parse_date, parse_datetime
 
+from emr import linking
 from emr.models import Clinician, HospitalPatient, PatientSync
 from provider.models import LocalResource, PayerConnection, SyncJob
 
@@ -107,6 +108,9 @@ def sync_progress(*, job: SyncJob) -> dict[str, Any]:
         # Not attributed and opted out look the same from here: the payer simply returns
         # nothing, and the page says so without guessing why.
         message = f"{payer} returned no data for this patient."
+        if data.get("no_data_reason"):
+            # The payer's member match said why (PDex 2.2 §pdex-261).
+            message = f"{payer} returned no data for this patient: {data['no_data_reason']}."
     elif job.status == SyncJob.Status.FAILED:
         message = f"The fetch from {payer} failed: the payer could not be reached or refused the request."
     elif job.status == SyncJob.Status.CANCELLED:
@@ -205,6 +209,9 @@ def payer_link(*, patient: HospitalPatient) -> PayerLink | None:
     # JSON "contains" is not portable to SQLite; a patient has few jobs.
     linked = next((job for job in jobs if job.status == SyncJob.Status.COMPLETED and pid in _patient_ids(job)), None)
     if linked is None:
+        return None
+    # The link is checked, never assumed: name, birth date and sex (emr/linking.py).
+    if linking.link_allows(patient=patient, connection=linked.connection, payer_patient_id=pid) is not True:
         return None
     # A later fetch through the same connection that the payer answered with nothing for
     # this patient means its sharing ended (CMS-0057-F: data flows only while the member

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from emr import selectors
-from emr.models import AccessEvent, Clinician, HospitalPatient, PatientSync
+from emr import linking, selectors
+from emr.models import AccessEvent, Clinician, HospitalPatient, PatientSync, TreatmentAttestation
 from provider.models import PayerConnection, SyncJob
+
+# The payer refuses an attestation older than its limit (the demo payer: 30 days); past
+# this the EMR asks the clinician again rather than send a stale one.
+ATTESTATION_DAYS = 30
 
 
 class PatientError(ValueError):
@@ -48,8 +54,10 @@ def hospital_patient_create(
     member_id: str = "",
     mrn: str = "",
     created_by=None,
+    attest: bool = False,
 ) -> HospitalPatient:
-    """Register a patient in the clinician's organization."""
+    """Register a patient in the clinician's organization; with ``attest``, record the
+    clinician's treatment attestation too (sent with the first fetch)."""
     if birth_date > dt.date.today():
         raise PatientError("The date of birth is in the future.")
     if member_id.strip() and insurer is None:
@@ -70,12 +78,68 @@ def hospital_patient_create(
     except IntegrityError as exc:
         raise PatientError(f"MRN {mrn} is already registered.") from exc
     access_record(user=created_by, patient=patient, action=AccessEvent.Action.CREATE)
+    if attest:
+        treatment_attestation_record(patient=patient, clinician=clinician, user=created_by)
     return patient
 
 
-def patient_fetch_start(*, patient: HospitalPatient, connection: PayerConnection, user) -> SyncJob:
-    """Start fetching the patient's history from the payer (a sync job run by Celery)."""
-    from provider.services.sync import sync_job_start
+def attestation_statement(*, clinician: Clinician, on: dt.date, patient: HospitalPatient | None = None) -> str:
+    """Return the words a clinician attests to, as the checkbox shows them (who, for whom, when)."""
+    whom = f"{patient.name} (born {patient.birth_date.isoformat()})" if patient else "this patient"
+    return (f"I, {clinician.display_name} (NPI {clinician.npi or 'none on file'}), attest that "
+            f"{clinician.organization_name} has a treatment relationship with {whom} as of {on.isoformat()}.")
+
+
+def treatment_attestation_record(*, patient: HospitalPatient, clinician: Clinician, user) -> TreatmentAttestation:
+    """Record the clinician's explicit attestation of a treatment relationship with the patient."""
+    if clinician.organization_npi != patient.organization_npi:
+        raise PatientError("Only a clinician of the patient's organization can attest a treatment relationship.")
+    if not clinician.npi:
+        raise PatientError("Your profile has no NPI, so you cannot attest a treatment relationship; ask an administrator.")
+    now = timezone.now()
+    attestation = TreatmentAttestation.objects.create(
+        patient=patient, clinician=clinician, user=user if getattr(user, "is_authenticated", False) else None,
+        practitioner_npi=clinician.npi, practitioner_name=clinician.display_name,
+        organization_npi=clinician.organization_npi, organization_name=clinician.organization_name,
+        statement=attestation_statement(patient=patient, clinician=clinician, on=now.date())[:500],
+        period_start=now.date(), attested_at=now,
+    )
+    access_record(user=user, patient=patient, action=AccessEvent.Action.ATTEST, detail=attestation.statement)
+    return attestation
+
+
+def attestation_current(*, patient: HospitalPatient) -> TreatmentAttestation | None:
+    """Return the patient's newest attestation still young enough to send, or None."""
+    days = getattr(settings, "EMR_ATTESTATION_DAYS", ATTESTATION_DAYS)
+    return patient.attestations.filter(attested_at__gte=timezone.now() - dt.timedelta(days=days)).first()
+
+
+def patient_member_id_correct(*, patient: HospitalPatient, member_id: str, user) -> HospitalPatient:
+    """Correct the member id on file; the old link goes, and the next fetch is checked anew."""
+    member_id = member_id.strip()
+    if not member_id or len(member_id) > 64:
+        raise PatientError("Enter the member id as printed on the insurance card.")
+    if patient.insurer is None:
+        raise PatientError("A member id needs the insurer that issued it.")
+    old = patient.member_id
+    patient.member_id, patient.payer_patient_id = member_id, ""
+    patient.save(update_fields=["member_id", "payer_patient_id"])
+    access_record(user=user, patient=patient, action=AccessEvent.Action.CORRECT, detail=f"Member id {old} -> {member_id}")
+    return patient
+
+
+def patient_fetch_start(
+    *, patient: HospitalPatient, connection: PayerConnection, user, clinician: Clinician | None = None,
+    attest: bool = False,
+) -> SyncJob:
+    """Start fetching the patient's history from the payer (a sync job run by Celery).
+
+    With a current treatment attestation (given now with ``attest``, or at registration),
+    the job sends the patient's demographics, coverage and the attestation to the payer's
+    PDex 2.2 ``$provider-member-match`` first, so that a new patient with no claims at the
+    organization is found; without one, only the payer's attribution list can find them.
+    """
+    from provider.services.sync import member_bundle_build, sync_job_start
 
     # A connection is one organization's SMART client: fetching through another
     # organization's would show this clinician patients the payer attributes to that one.
@@ -84,19 +148,39 @@ def patient_fetch_start(*, patient: HospitalPatient, connection: PayerConnection
     if connection not in selectors.connections_for_fetch(patient=patient):
         raise PatientError(f"{connection.display_name} holds no member id for this patient.")
     with transaction.atomic():
-        job = sync_job_start(connection=connection, member_id=patient.member_id, requested_by=user)
+        if attest:
+            if clinician is None:
+                raise PatientError("Only a clinician can attest a treatment relationship.")
+            treatment_attestation_record(patient=patient, clinician=clinician, user=user)
+        attestation = attestation_current(patient=patient)
+        member_bundle = None
+        if attestation is not None:
+            member_bundle = member_bundle_build(
+                submitted_id=f"{patient.organization_npi}-{patient.mrn}".replace(" ", "")[:64],
+                family=patient.family, given=patient.given, birth_date=patient.birth_date.isoformat(),
+                gender=patient.gender, member_id=patient.member_id, payer_name=connection.display_name,
+                practitioner_npi=attestation.practitioner_npi, practitioner_name=attestation.practitioner_name,
+                organization_npi=attestation.organization_npi, organization_name=attestation.organization_name,
+                attested_at=attestation.attested_at, period_start=attestation.period_start.isoformat(),
+            )
+        job = sync_job_start(
+            connection=connection, member_id=patient.member_id, requested_by=user, member_bundle=member_bundle
+        )
         PatientSync.objects.create(patient=patient, job=job)
         access_record(user=user, patient=patient, action=AccessEvent.Action.FETCH, detail=connection.display_name)
     return job
 
 
-def patient_sync_link(*, patient: HospitalPatient, job: SyncJob) -> HospitalPatient:
+def patient_sync_link(*, patient: HospitalPatient, job: SyncJob, user=None) -> HospitalPatient:
     """Remember the payer's Patient id once a fetch for the patient completed, so the
-    patient page can read the local store by it."""
+    patient page can read the local store by it, and check (and record) that the payer's
+    record is this patient's (emr/linking.py)."""
     if job.status != SyncJob.Status.COMPLETED:
         return patient
     payer_patient_id = selectors.payer_patient_find(patient=patient, job=job)
     if payer_patient_id and payer_patient_id != patient.payer_patient_id:
         patient.payer_patient_id = payer_patient_id
         patient.save(update_fields=["payer_patient_id"])
+    if payer_patient_id:
+        linking.link_decide(patient=patient, connection=job.connection, payer_patient_id=payer_patient_id, user=user)
     return patient

@@ -14,6 +14,7 @@ urlpatterns = [
     path("", views.patient_list, name="patients"),
     path("patients/add/", views.patient_add, name="patient_add"),
     path("patients/<int:pk>/", views.patient_detail, name="patient"),
+    path("patients/<int:pk>/member-id/", views.patient_member_id, name="patient_member_id"),
     path("patients/<int:pk>/fetch/<int:connection_id>/", views.patient_fetch, name="patient_fetch"),
     path("patients/<int:pk>/syncs/<int:job_id>/", views.sync_status, name="sync_status"),
     path("patients/<int:pk>/encounters/<str:encounter_id>/", views.encounter_detail, name="encounter"),

@@ -10,8 +10,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from emr import selectors, services
-from emr.forms import PatientForm, PatientSearchForm
+from emr import linking, selectors, services
+from emr.forms import MemberIdForm, PatientForm, PatientSearchForm
+from django.utils import timezone
+
 from emr.models import AccessEvent, PatientSync
 from provider.models import PayerConnection
 
@@ -57,6 +59,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
 @clinician_required
 def patient_add(request: HttpRequest) -> HttpResponse:
     form = PatientForm(request.POST or None, organization_npi=request.clinician.organization_npi)
+    form.fields["attest"].label = services.attestation_statement(clinician=request.clinician, on=timezone.localdate())
     if request.method == "POST" and form.is_valid():
         try:
             patient = services.hospital_patient_create(clinician=request.clinician, created_by=request.user, **form.cleaned_data)
@@ -74,9 +77,16 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     patient = _patient(request, pk)
     job = selectors.sync_latest(patient=patient)
     if job:
-        patient = services.patient_sync_link(patient=patient, job=job)
+        patient = services.patient_sync_link(patient=patient, job=job, user=request.user)
     services.access_record(user=request.user, patient=patient, action=AccessEvent.Action.VIEW)
+    attestation = services.attestation_current(patient=patient)
     context = {
+        "link": linking.patient_link_status(patient=patient, user=request.user),
+        "member_id_form": MemberIdForm(initial={"member_id": patient.member_id}),
+        "attestation": attestation,
+        "attestation_statement": services.attestation_statement(
+            patient=patient, clinician=request.clinician, on=timezone.localdate()
+        ),
         "patient": patient,
         "job": job,
         "sync": selectors.sync_progress(job=job) if job else None,
@@ -93,7 +103,10 @@ def patient_fetch(request: HttpRequest, pk: int, connection_id: int) -> HttpResp
     patient = _patient(request, pk)
     connection = get_object_or_404(PayerConnection, pk=connection_id)
     try:
-        job = services.patient_fetch_start(patient=patient, connection=connection, user=request.user)
+        job = services.patient_fetch_start(
+            patient=patient, connection=connection, user=request.user, clinician=request.clinician,
+            attest=request.POST.get("attest") == "on",
+        )
     except services.PatientError as exc:
         if _wants_json(request):
             return JsonResponse({"error": str(exc)}, status=400)
@@ -111,8 +124,25 @@ def patient_fetch(request: HttpRequest, pk: int, connection_id: int) -> HttpResp
 def sync_status(request: HttpRequest, pk: int, job_id: int) -> JsonResponse:
     patient = _patient(request, pk)
     sync = get_object_or_404(PatientSync.objects.select_related("job__connection"), patient=patient, job_id=job_id)
-    services.patient_sync_link(patient=patient, job=sync.job)
+    services.patient_sync_link(patient=patient, job=sync.job, user=request.user)
     return JsonResponse(selectors.sync_progress(job=sync.job))
+
+
+@require_POST
+@clinician_required
+def patient_member_id(request: HttpRequest, pk: int) -> HttpResponse:
+    patient = _patient(request, pk)
+    form = MemberIdForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter the member id as printed on the insurance card.")
+        return redirect("emr:patient", pk=patient.pk)
+    try:
+        services.patient_member_id_correct(patient=patient, member_id=form.cleaned_data["member_id"], user=request.user)
+    except services.PatientError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"The member id is now {patient.member_id}; fetch the history again to check it.")
+    return redirect("emr:patient", pk=patient.pk)
 
 
 @require_GET

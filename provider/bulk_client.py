@@ -749,6 +749,79 @@ class BulkDataClient:
                     return MemberMatch(group_id=gid, patient_id=patient_id, groups_seen=seen)
         return MemberMatch(group_id=None, patient_id=None, groups_seen=seen)
 
+    # --- PDex 2.2 $provider-member-match ------------------------------------------------
+
+
+    def member_match_kick_off(self, *, member_bundles: list[dict]) -> str:
+        """POST ``[base]/Group/$provider-member-match`` and return its status URL.
+
+        The payer answers 202 with ``Content-Location`` (FHIR asynchronous request pattern);
+        a 4xx carries an OperationOutcome (e.g. 422 for a missing attestation) raised as
+        ``BulkDataError`` with its ``outcome``; 429/5xx are ``TransientError``.
+        """
+        url = f"{self.base_url}/Group/${MEMBER_MATCH_OPERATION}"
+        response = self.request(
+            "POST", url, json={"resourceType": "Parameters", "parameter": member_bundles},
+            headers={"Accept": FHIR_JSON, "Prefer": "respond-async", "Content-Type": FHIR_JSON},
+        )
+        if response.status_code == 202 and response.headers.get("Content-Location"):
+            return urljoin(url, response.headers["Content-Location"])
+        if response.status_code in TRANSIENT_STATUSES:
+            raise TransientError(
+                f"$provider-member-match answered {response.status_code}.", status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        outcome = _outcome_of(response)
+        raise BulkDataError(
+            _outcome_text(outcome, f"$provider-member-match answered {response.status_code} without a status URL."),
+            status=response.status_code, outcome=outcome,
+        )
+
+    def member_match_result(self, manifest: dict, *, work_dir: Path | str) -> MemberMatchResult:
+        """Download the completed match's Group files (and error files) and parse them.
+
+        §pdex-288a: the manifest lists Group NDJSON; a ``Parameters`` file MAY be there too,
+        and requesters SHOULD prefer the Group files, so it is read only when no Group file is.
+        """
+        work_dir = Path(work_dir)
+        requires_token = bool(manifest.get("requiresAccessToken"))
+        outputs = [o for o in manifest.get("output") or [] if isinstance(o, dict) and o.get("url")]
+        group_files = [o for o in outputs if o.get("type") == "Group"] or [o for o in outputs if o.get("type") == "Parameters"]
+        groups: list[dict] = []
+        errors: list[str] = []
+
+        def lines(item: dict, index: int) -> Iterator[dict]:
+            dest = work_dir / f"member-match-{index}.ndjson"
+            self.download(item["url"], dest, requires_token=requires_token, resume=False)
+            try:
+                if dest.stat().st_size > MEMBER_MATCH_RESULT_MAX_BYTES:
+                    raise BulkDataError(f"The member-match result {item['url']} is larger than expected.")
+                with open(dest, "rb") as stream:
+                    for raw in stream:
+                        if raw.strip():
+                            try:
+                                value = json.loads(raw)
+                            except ValueError as error:
+                                raise BulkDataError(f"The member-match result {item['url']} is not NDJSON.") from error
+                            if isinstance(value, dict):
+                                yield value
+            finally:
+                dest.unlink(missing_ok=True)
+
+        for index, item in enumerate(group_files):
+            for resource in lines(item, index):
+                if resource.get("resourceType") == "Group":
+                    groups.append(resource)
+                elif resource.get("resourceType") == "Parameters":
+                    groups += [p.get("resource") for p in resource.get("parameter") or [] if isinstance(p, dict)
+                               and isinstance(p.get("resource"), dict)]
+        for index, item in enumerate(o for o in manifest.get("error") or [] if isinstance(o, dict) and o.get("url")):
+            for outcome in lines(item, 1000 + index):
+                errors.append(_outcome_text(outcome, "The payer reported an error."))
+        result = member_match_groups_parse(groups)
+        result.errors = errors
+        return result
+
     # --- Kick-off, status, cancel ---------------------------------------------------
 
     def kick_off(
@@ -1008,3 +1081,127 @@ class BulkDataClient:
             if found != expected_count:
                 raise CountMismatch(f"{_url_text(url)}: the manifest says {expected_count} resources, the file has {found}.")
         return dest.stat().st_size
+
+
+# --- PDex 2.2 $provider-member-match (Provider Access v2, "Attestation") -------------------
+#
+# provider-access-api-v2.md: the provider first POSTs Group/$provider-member-match with one
+# MemberBundle per patient (MemberPatient = HRex Patient demographics, CoverageToMatch = HRex
+# Coverage, Consent = the Provider Treatment Attestation; §pdex-255..257), as the FHIR
+# asynchronous request pattern: Prefer: respond-async, 202 + Content-Location, poll, and a
+# completion manifest whose output lists Group NDJSON files (§pdex-288a). The MatchedMembers
+# Group's id is then the group of $davinci-data-export (§pdex-260, §pdex-262).
+
+PDEX = "http://hl7.org/fhir/us/davinci-pdex"
+MEMBER_MATCH_OPERATION = "provider-member-match"
+MATCH_GROUP_PROFILE = f"{PDEX}/StructureDefinition/pdex-provider-member-match"
+NO_MATCH_GROUP_PROFILE = f"{PDEX}/StructureDefinition/pdex-provider-member-no-match"
+OPT_OUT_GROUP_PROFILE = f"{PDEX}/StructureDefinition/pdex-member-opt-out"
+MATCH_RESULT_CS = f"{PDEX}/CodeSystem/PdexMultiMemberMatchResultCS"
+# A Group ndjson of match results is small (one Group per bucket); anything bigger is refused.
+MEMBER_MATCH_RESULT_MAX_BYTES = 8 * 1024 * 1024
+
+MATCHED = "matched"
+NON_MATCHED = "nonmatched"
+CONSENT_CONSTRAINED = "consentconstrained"
+
+
+@dataclass
+class MemberMatchOutcome:
+    """What the payer said about one submitted MemberPatient (by its id in the request)."""
+
+    submitted_id: str
+    outcome: str  # MATCHED, NON_MATCHED or CONSENT_CONSTRAINED
+    patient_id: str | None = None  # the payer's Patient id (matched and consent-constrained)
+
+
+@dataclass
+class MemberMatchResult:
+    """The Groups a completed member match returned, read from its manifest's Group files."""
+
+    matched_group_id: str | None
+    outcomes: list[MemberMatchOutcome] = field(default_factory=list)
+    # OperationOutcome texts from the manifest's ``error`` files (e.g. an attestation refused).
+    errors: list[str] = field(default_factory=list)
+
+    def for_submitted(self, submitted_id: str) -> MemberMatchOutcome | None:
+        return next((o for o in self.outcomes if o.submitted_id == submitted_id), None)
+
+
+def member_bundle_parameter(*, patient: dict, coverage: dict, consent: dict) -> dict:
+    """Return one ``MemberBundle`` parameter of the ProviderMemberMatch request (its three parts)."""
+    return {
+        "name": "MemberBundle",
+        "part": [
+            {"name": "MemberPatient", "resource": patient},
+            {"name": "CoverageToMatch", "resource": coverage},
+            {"name": "Consent", "resource": consent},
+        ],
+    }
+
+
+def _group_bucket(group: dict) -> str | None:
+    """Return which bucket a result Group is: by ``meta.profile`` (the authoritative
+    discriminator, provider-access-api-v2.md), else by ``Group.code``."""
+    profiles = set((group.get("meta") or {}).get("profile") or [])
+    if MATCH_GROUP_PROFILE in profiles:
+        return MATCHED
+    if OPT_OUT_GROUP_PROFILE in profiles:
+        return CONSENT_CONSTRAINED
+    if NO_MATCH_GROUP_PROFILE in profiles:
+        return NON_MATCHED
+    codes = {c.get("code") for c in ((group.get("code") or {}).get("coding") or []) if c.get("system") == MATCH_RESULT_CS}
+    return {"match": MATCHED, "nomatch": NON_MATCHED, "consentconstraint": CONSENT_CONSTRAINED}.get(next(iter(codes), ""))
+
+
+def _submitted_ref(member: dict, group: dict) -> str:
+    """Return the submitted MemberPatient id a Group.member entry stands for.
+
+    The responder copies each submitted Patient into ``Group.contained`` with its original
+    id (PDex MemberMatchGroup ``contained``) or a local one, and points at it from the
+    entity's match extension (``valueReference`` "#id") or, for no-match entries, from
+    ``entity.reference`` itself. A contained copy's id is mapped back to the submitted id by
+    its identifiers when the responder renamed it.
+    """
+    entity = member.get("entity") or {}
+    local = ""
+    for extension in entity.get("extension") or []:
+        reference = (extension.get("valueReference") or {}).get("reference") or ""
+        if reference.startswith("#"):
+            local = reference[1:]
+    if not local and str(entity.get("reference") or "").startswith("#"):
+        local = entity["reference"][1:]
+    contained = next((c for c in group.get("contained") or [] if c.get("id") == local), None)
+    if contained:
+        for identifier in contained.get("identifier") or []:
+            if identifier.get("system") == SUBMITTED_ID_SYSTEM and identifier.get("value"):
+                return str(identifier["value"])
+    return local
+
+
+# The identifier the client puts on each MemberPatient so that it can find it again in the
+# result Groups whatever local id the responder gives the contained copy.
+SUBMITTED_ID_SYSTEM = "urn:provider-access:submitted-patient-id"
+
+
+def member_match_groups_parse(groups: list[dict]) -> MemberMatchResult:
+    """Return the outcomes the result Groups hold (MatchedMembers, NonMatchedMembers,
+    ConsentConstrainedMembers; §pdex-259..261)."""
+    result = MemberMatchResult(matched_group_id=None)
+    for group in groups:
+        if not isinstance(group, dict) or group.get("resourceType") != "Group":
+            continue
+        bucket = _group_bucket(group)
+        if bucket is None:
+            continue
+        if bucket == MATCHED and group.get("id"):
+            result.matched_group_id = str(group["id"])
+        for member in group.get("member") or []:
+            if not isinstance(member, dict) or member.get("inactive"):
+                continue
+            reference = str((member.get("entity") or {}).get("reference") or "")
+            patient_id = reference.rsplit("/", 1)[-1] if "Patient/" in reference else None
+            result.outcomes.append(
+                MemberMatchOutcome(submitted_id=_submitted_ref(member, group), outcome=bucket, patient_id=patient_id)
+            )
+    return result

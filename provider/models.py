@@ -109,6 +109,10 @@ class SyncJob(models.Model):
     status_url = models.URLField(max_length=1000, blank=True)
     progress = models.CharField(max_length=200, blank=True, help_text="The payer's X-Progress, or our own step.")
     poll_count = models.PositiveIntegerField(default=0)
+    # PDex 2.2 $provider-member-match, when the job finds its member that way: "request" (the
+    # MemberBundle parameters sent), "status_url", then "outcome" (matched, nonmatched,
+    # consentconstrained, refused), "group_id" (the MatchedMembers Group) and "message".
+    member_match = models.JSONField(default=dict, blank=True)
     # "$export", or PDex "$davinci-data-export" when the payer declares it.
     operation = models.CharField(max_length=40, blank=True, default="$export")
     # Consecutive 429/5xx/network failures; bounded, reset by any good answer.

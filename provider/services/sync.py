@@ -43,7 +43,12 @@ from django.utils.dateparse import parse_datetime
 
 from provider.bulk_client import (
     TRANSIENT_NETWORK_ERRORS,
+    CONSENT_CONSTRAINED,
+    MATCHED,
+    MEMBER_MATCH_OPERATION,
+    PDEX,
     PDEX_PROVIDER_DELTA,
+    SUBMITTED_ID_SYSTEM,
     PDEX_PROVIDER_DOWNLOAD,
     BulkDataError,
     CountMismatch,
@@ -160,6 +165,7 @@ def sync_job_start(
     requested_by: Any = None,
     enqueue: bool = True,
     panel: bool = False,
+    member_bundle: dict | None = None,
 ) -> SyncJob:
     """Create a sync job and, once committed, start it on a worker.
 
@@ -167,6 +173,11 @@ def sync_job_start(
     through their attribution group. With no explicit ``since``, a job whose scope was
     fetched before asks only for changes since that export's ``transactionTime`` (PDex
     Provider Access ``#provider-delta``).
+
+    ``member_bundle`` (from ``member_bundle_build``: the patient's demographics, coverage and
+    the clinician's treatment attestation) makes the job find the member by PDex 2.2
+    ``$provider-member-match`` when the payer declares it, and by the attribution Group
+    otherwise.
     """
     if level not in SyncJob.Level.values:
         raise ValueError(f"Unknown level {level!r}.")
@@ -204,6 +215,7 @@ def sync_job_start(
         since=since,
         panel=panel,
         progress="Waiting to start",
+        member_match={"request": member_bundle} if member_bundle and member_id else {},
     )
     if enqueue:
         from provider.tasks import sync_job_advance_task
@@ -279,6 +291,9 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
         "manifest_at": job.manifest_at.isoformat() if job.manifest_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "elapsed_seconds": round((end - job.created_at).total_seconds(), 1),
+        # PDex 2.2 member match: matched, nonmatched, consentconstrained or refused.
+        "member_match": (job.member_match or {}).get("outcome", ""),
+        "no_data_reason": sync_job_no_data_reason(job=job),
     }
 
 
@@ -398,7 +413,16 @@ def sync_job_step(*, job_id: int) -> SyncStep:
 
 def _kick_off(job: SyncJob) -> SyncStep:
     client = bulk_client_for(connection=job.connection)
-    if job.member_id and not job.patient_ids:
+    match_state = job.member_match or {}
+    if job.member_id and not job.patient_ids and match_state.get("request") and (
+        match_state.get("status_url") or client.supports_operation(MEMBER_MATCH_OPERATION)
+    ):
+        # PDex 2.2 Provider Access v2: match the member (with the treatment attestation)
+        # first; the MatchedMembers Group is what the export then asks for (§pdex-241, 262).
+        step = _member_match_step(job, client)
+        if step is not None:
+            return step
+    elif job.member_id and not job.patient_ids:
         # Da Vinci ATR: find the member in our attribution Group by their payer member id.
         match = client.group_find_member(member_identifier=job.member_id, group_id=job.group_id or None)
         if not match.patient_id:
@@ -431,6 +455,168 @@ def _kick_off(job: SyncJob) -> SyncStep:
         export_type=export_type, transient_errors=0, transient_since=None, progress="Accepted by the payer",
         deadline_at=now + job.connection.poll_deadline,
     )
+
+
+# --- PDex 2.2 $provider-member-match --------------------------------------------------
+
+MATCH_NOT_MATCHED = "nonmatched"
+MATCH_CONSENT_CONSTRAINED = "consentconstrained"
+MATCH_REFUSED = "refused"
+NO_DATA_REASONS = {
+    MATCH_NOT_MATCHED: "the payer found no member matching this patient's demographics and member id",
+    MATCH_CONSENT_CONSTRAINED: "the member has opted out of sharing data with providers",
+    MATCH_REFUSED: "the payer did not accept the treatment relationship attestation",
+}
+# Bulk Data and FHIR codes an attestation refusal comes with (OperationOutcome.issue.code).
+_REFUSAL_CODES = frozenset({"forbidden", "security", "business-rule", "required"})
+
+
+def member_bundle_build(
+    *,
+    submitted_id: str,
+    family: str,
+    given: str,
+    birth_date: str,
+    gender: str,
+    member_id: str,
+    payer_name: str,
+    practitioner_npi: str,
+    practitioner_name: str,
+    organization_npi: str,
+    organization_name: str,
+    attested_at: datetime,
+    period_start: str,
+) -> dict:
+    """Return one ``MemberBundle`` of ``$provider-member-match`` for a patient.
+
+    MemberPatient follows HRex Patient demographics; CoverageToMatch HRex Coverage (the
+    member id from the card as ``subscriberId`` and an MB identifier; the payer by name);
+    Consent the PDex Provider Treatment Attestation (ExampleProviderTreatmentAttestation.fsh):
+    the practitioner and the organization by NPI (logical references the payer matches to
+    its directory), purpose TREAT, provision.period from the start of the relationship.
+    """
+    from provider.bulk_client import member_bundle_parameter
+
+    npi = "http://hl7.org/fhir/sid/us-npi"
+    member_type = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]}
+    patient_ref = {"reference": f"Patient/{submitted_id}"}
+    patient = {
+        "resourceType": "Patient", "id": submitted_id,
+        "identifier": [
+            {"system": SUBMITTED_ID_SYSTEM, "value": submitted_id},
+            {"type": member_type, "value": member_id},
+        ],
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": gender, "birthDate": birth_date,
+    }
+    coverage = {
+        "resourceType": "Coverage", "id": f"{submitted_id}-coverage", "status": "active",
+        "identifier": [{"type": member_type, "value": member_id}],
+        "subscriberId": member_id, "beneficiary": patient_ref, "subscriber": patient_ref,
+        "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self"}]},
+        "payor": [{"display": payer_name}],
+    }
+    practitioner = {"identifier": {"system": npi, "value": practitioner_npi}, "display": practitioner_name}
+    organization = {"identifier": {"system": npi, "value": organization_npi}, "display": organization_name}
+    consent = {
+        "resourceType": "Consent", "id": f"{submitted_id}-attestation", "status": "active",
+        # The IG's example: scope patient-privacy (information disclosure), category IDSCL + LOINC 64292-6.
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IDSCL"}]},
+            {"coding": [{"system": "http://loinc.org", "code": "64292-6"}]},
+        ],
+        "patient": patient_ref,
+        "dateTime": attested_at.isoformat().replace("+00:00", "Z"),
+        "performer": [practitioner],
+        # R4 Consent.organization is 0..*.
+        "organization": [organization],
+        # ppc-1: a policy or a policyRule; the HIPAA treatment disclosure rule.
+        "policy": [{"uri": "https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/disclosures-treatment-payment-health-care-operations/index.html"}],
+        "provision": {
+            "type": "permit",
+            "period": {"start": period_start},
+            "actor": [
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                 "reference": practitioner},
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV"}]},
+                 "reference": organization},
+            ],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+            "code": [{"coding": [{"system": f"{PDEX}/CodeSystem/treatment-relationship-type", "code": "active"}]}],
+        },
+    }
+    return member_bundle_parameter(patient=patient, coverage=coverage, consent=consent)
+
+
+def _no_data(job: SyncJob, state: dict, outcome: str, detail: str = "") -> SyncStep:
+    reason = NO_DATA_REASONS[outcome]
+    state = {**state, "outcome": outcome, "message": detail[:1000]}
+    _update(job, member_match=state, status=SyncJob.Status.NO_DATA, progress=NO_DATA_MESSAGE, finished_at=timezone.now(),
+            next_step_at=None, error=f"{NO_DATA_MESSAGE}: {reason}." + (f" The payer said: {detail}" if detail else ""))
+    return SyncStep()
+
+
+def _member_match_step(job: SyncJob, client: Any) -> SyncStep | None:
+    """Run one step of the member match: kick it off, poll it, or read its Groups.
+
+    Return the next step, or None once the member matched (``group_id`` and ``patient_ids``
+    are then set and the export's kick-off follows at once).
+    """
+    state = dict(job.member_match or {})
+    first_poll = _setting("PA_SYNC_FIRST_POLL_SECONDS", FIRST_POLL_SECONDS)
+    if not state.get("status_url"):
+        try:
+            state["status_url"] = client.member_match_kick_off(member_bundles=[state["request"]])
+        except TransientError:
+            raise
+        except BulkDataError as error:
+            # A 4xx with an OperationOutcome is the payer refusing this request (422: the
+            # attestation is missing or invalid; 403: not in network): no data, and why.
+            if error.status and 400 <= error.status < 500 and error.status not in (401, 404, 405):
+                return _no_data(job, state, MATCH_REFUSED, str(error))
+            raise
+        return _again(job, first_poll, member_match=state, transient_errors=0, progress="Matching the member at the payer")
+    result = client.poll(state["status_url"])
+    _update(job, poll_count=job.poll_count + 1)
+    if result.state == "retry":
+        return _transient(job, result.message or f"status {result.status}", result.retry_after)
+    if result.state == "error":
+        return _fail(job, f"The member match failed: {result.message}")
+    if result.state == "in_progress":
+        delay = poll_delay(attempt=job.poll_count, retry_after=result.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
+        return _again(job, delay, progress=(result.progress or "Matching the member")[:200], transient_errors=0)
+    folder = Path(_setting("PA_SYNC_DIR", Path(settings.VAR_DIR) / "sync")) / f"job{job.pk}-match-{uuid.uuid4().hex[:8]}"
+    match = client.member_match_result(result.manifest or {}, work_dir=folder)
+    try:
+        # The match's files are read: the payer may drop them (Bulk Data req 119-121).
+        client.cancel(state["status_url"])
+    except (BulkDataError, requests.RequestException):
+        pass
+    submitted_id = next(
+        (i.get("value") for i in state["request"]["part"][0]["resource"].get("identifier", [])
+         if i.get("system") == SUBMITTED_ID_SYSTEM), "",
+    )
+    outcome = match.for_submitted(submitted_id) or (match.outcomes[0] if len(match.outcomes) == 1 else None)
+    detail = " ".join(match.errors)
+    if outcome is not None and outcome.outcome == MATCHED and outcome.patient_id and match.matched_group_id:
+        state.update(outcome=MATCHED, group_id=match.matched_group_id, message="")
+        _update(job, member_match=state, group_id=match.matched_group_id, patient_ids=[outcome.patient_id])
+        return None
+    if outcome is not None and outcome.outcome == CONSENT_CONSTRAINED:
+        return _no_data(job, state, MATCH_CONSENT_CONSTRAINED, detail)
+    if match.errors:
+        # §pdex-261: a refused attestation lands in NonMatchedMembers too; the payer's
+        # OperationOutcome (manifest ``error``) says which it was.
+        return _no_data(job, state, MATCH_REFUSED, detail)
+    return _no_data(job, state, MATCH_NOT_MATCHED, detail)
+
+
+def sync_job_no_data_reason(*, job: SyncJob) -> str:
+    """Return why the payer sent nothing, when its member match said so ("" otherwise)."""
+    if job.status != SyncJob.Status.NO_DATA:
+        return ""
+    return NO_DATA_REASONS.get((job.member_match or {}).get("outcome", ""), "")
 
 
 def _poll(job: SyncJob) -> SyncStep:

@@ -215,6 +215,7 @@
         renderProgress({ step_index: 0, done: false, status_label: "Starting", progress: "", counts: {} });
         fetch(form.action, {
           method: "POST",
+          body: new FormData(form),  // the attestation checkbox, with the CSRF token
           credentials: "same-origin",
           headers: { "Accept": "application/json", "X-CSRFToken": $("[name=csrfmiddlewaretoken]", form).value },
         })

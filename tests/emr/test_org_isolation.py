@@ -6,7 +6,7 @@ from django.test import Client
 from django.utils import timezone
 
 from emr import selectors, services
-from emr.models import HospitalPatient, PatientSync
+from emr.models import HospitalPatient, LinkDecision, PatientSync
 from provider.models import LocalResource, PayerConnection, SyncJob
 from tests import factories
 from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
@@ -129,10 +129,14 @@ def test_payer_patient_is_linked_only_by_the_organizations_own_completed_fetch(g
     # still sees none of what Grace's connection fetched: the store is partitioned by source.
     resolved = oakview_job(SyncJob.Status.COMPLETED, ["pat-jack"])
     assert services.patient_sync_link(patient=patient, job=resolved).payer_patient_id == "pat-jack"
+    # The link is checked against the Patient record of Oakview's own connection, and there
+    # is none (Grace's connection stored it): nothing is shown (emr/linking.py).
     assert selectors.patient_history(patient=patient).total == 0
-    # What Oakview's own connection stored, it sees.
+    assert patient.link_decisions.get().verdict == LinkDecision.Verdict.UNVERIFIED
+    # What Oakview's own connection stored, it sees once the link is checked against it.
     history_store(connection=oakview_connection, patient_id="pat-jack", member_id=JACK_MEMBER_ID)
     assert len(selectors.patient_history(patient=patient).encounters) == len(ENCOUNTERS)
+    assert patient.link_decisions.first().verdict == LinkDecision.Verdict.MATCH
 
 
 def test_register_patient_offers_only_the_organizations_own_payer_connections(grace_connection, rlee):

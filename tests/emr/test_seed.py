@@ -50,5 +50,34 @@ def test_emr_banner_prints_the_emr_and_every_login():
     call_command("emr_banner", "--port", "8123", stdout=out)
     text = out.getvalue()
     assert "http://127.0.0.1:8123/emr/" in text
-    for username, display_name, _, _, password in demo.CLINICIANS:
+    for username, display_name, _, _, password, _ in demo.CLINICIANS:
         assert display_name in text and f"{username} / {password}" in text
+
+
+def test_seeded_patients_are_the_payers_members():
+    # Issue 9: the EMR seed once gave 10 of 11 other Grace patients another member's id
+    # (Sarah Kim, F 1992, showed James Wright's history). Each seeded patient with a member
+    # id must be that member as the demo payer seeds him: same name, birth date and sex, so
+    # the link check (emr/linking.py) passes on every one.
+    from emr.linking import demographics_compare
+
+    builders = {b.member_id: b for b in payer_demo.demo_builders(today=payer_demo.demo_today())}
+    checked = 0
+    for npi, mrn, given, family, birth_date, gender, member_id in demo.PATIENTS:
+        if not member_id:
+            continue
+        resource = next(r.resource for r in builders[member_id].rows if r.resource["resourceType"] == "Patient")
+        patient = HospitalPatient(given=given, family=family, birth_date=birth_date, gender=gender)
+        comparison = demographics_compare(patient=patient, resource=resource)
+        assert (comparison.name, comparison.birth_date, comparison.sex) == (True, True, True), (mrn, resource["name"])
+        checked += 1
+    assert checked == len([p for p in demo.PATIENTS if p[-1]])
+    assert demo.DR_SMITH_NPI == payer_demo.DR_SMITH_NPI
+
+
+def test_new_patient_is_the_payers():
+    # The new patient the README registers (needs the payer's seed of issue 9, branch i9payer).
+    new = demo.NEW_PATIENT
+    assert (new["member_id"], new["given"], new["family"], new["birth_date"], new["gender"]) == (
+        payer_demo.NEW_PATIENT_MEMBER_ID, payer_demo.NEW_PATIENT_GIVEN, payer_demo.NEW_PATIENT_FAMILY,
+        payer_demo.NEW_PATIENT_BIRTH_DATE, payer_demo.NEW_PATIENT_GENDER)

@@ -97,6 +97,15 @@ class FakePayer:
     # More file faults by resource type: ("redirect", url), ("bomb", decoded bytes),
     # ("longline", bytes), ("trickle", seconds per 1/20 of the body).
     file_hostile: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    # PDex 2.2 $provider-member-match: declared in the CapabilityStatement and served.
+    member_match: bool = False
+    # Patient ids that have opted out; reported in ConsentConstrainedMembers only when
+    # disclose_opt_out (else in NonMatchedMembers, PDex §pdex-261a).
+    opted_out: set[str] = field(default_factory=set)
+    disclose_opt_out: bool = True
+    # Refuse every treatment attestation: NonMatchedMembers plus an OperationOutcome in the
+    # manifest's error file saying why.
+    refuse_attestation: bool = False
 
     def __post_init__(self) -> None:
         self.log: list[Recorded] = []
@@ -197,6 +206,78 @@ class FakePayer:
         self.exports[export_id] = export
         return export
 
+    def member_match_create(self, *, request: str, body: Any) -> Export | dict:
+        """Decide each MemberBundle and write the result Groups as one Group NDJSON file
+        (PDex 2.2 §pdex-288a); return the export, or an OperationOutcome for a bad request.
+
+        A member matches when a Patient has the coverage's subscriberId as an identifier and
+        the same birth date, family name (case-insensitive) and gender.
+        """
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters" or not body.get("parameter"):
+            return _outcome("structure", "The body must be a Parameters resource with MemberBundle parameters.")
+        buckets: dict[str, list[tuple[dict, str | None]]] = {"match": [], "nomatch": [], "consentconstraint": []}
+        errors: list[dict] = []
+        for parameter in body["parameter"]:
+            parts = {part.get("name"): part.get("resource") for part in parameter.get("part", [])}
+            if parameter.get("name") != "MemberBundle" or not parts.get("MemberPatient") or not parts.get("CoverageToMatch"):
+                return _outcome("structure", "A MemberBundle needs MemberPatient and CoverageToMatch.")
+            if not parts.get("Consent"):
+                return {**_outcome("required", "MemberBundle part Consent (the treatment attestation) is required."), "status": 422}
+            submitted, coverage = parts["MemberPatient"], parts["CoverageToMatch"]
+            name = (submitted.get("name") or [{}])[0]
+            found = next((p for p in self.resources.get("Patient", [])
+                          if any(i.get("value") == coverage.get("subscriberId") for i in p.get("identifier", []))
+                          and p.get("birthDate") == submitted.get("birthDate")
+                          and (p.get("name") or [{}])[0].get("family", "").lower() == (name.get("family") or "").lower()
+                          and p.get("gender") == submitted.get("gender")), None)
+            if found is None:
+                buckets["nomatch"].append((submitted, None))
+            elif self.refuse_attestation:
+                buckets["nomatch"].append((submitted, None))
+                errors.append(_outcome("forbidden", "The treatment attestation was not accepted: the practitioner is unknown."))
+            elif found["id"] in self.opted_out:
+                buckets["consentconstraint" if self.disclose_opt_out else "nomatch"].append((submitted, found["id"]))
+            else:
+                buckets["match"].append((submitted, found["id"]))
+        export_id = uuid.uuid4().hex[:12]
+        pdex = "http://hl7.org/fhir/us/davinci-pdex"
+        profiles = {"match": "pdex-provider-member-match", "nomatch": "pdex-provider-member-no-match",
+                    "consentconstraint": "pdex-member-opt-out"}
+        lines = []
+        for code, entries in buckets.items():
+            if code != "match" and not entries:
+                continue
+            group_id = f"{code}-{export_id}"
+            contained, members = [], []
+            for index, (submitted, patient_id) in enumerate(entries):
+                local = f"submitted-{index}"
+                contained.append({**submitted, "id": local})
+                link = [{"url": f"{pdex}/StructureDefinition/base-ext-match-parameters", "valueReference": {"reference": f"#{local}"}}]
+                reference = f"#{local}" if patient_id is None else f"Patient/{patient_id}"
+                members.append({"entity": {"reference": reference, "extension": link}, "inactive": False})
+            group = {"resourceType": "Group", "id": group_id, "meta": {"profile": [f"{pdex}/StructureDefinition/{profiles[code]}"]},
+                     "type": "person", "actual": True,
+                     "code": {"coding": [{"system": f"{pdex}/CodeSystem/PdexMultiMemberMatchResultCS", "code": code}]},
+                     "contained": contained, "member": members, "quantity": len(members)}
+            lines.append(json.dumps(group))
+            if code == "match":
+                # The MatchedMembers Group is what $davinci-data-export is then asked for.
+                self.groups.append({"resourceType": "Group", "id": group_id, "type": "person", "actual": True,
+                                    "member": [{"entity": {"reference": m["entity"]["reference"]}} for m in members]})
+        name = f"{export_id}-Group.ndjson"
+        files = {name: ("\n".join(lines) + "\n").encode()}
+        manifest_errors = []
+        if errors:
+            files[f"{export_id}-errors.ndjson"] = ("\n".join(json.dumps(o) for o in errors) + "\n").encode()
+            manifest_errors.append({"type": "OperationOutcome", "url": f"{self.base_url}/files/{export_id}-errors.ndjson"})
+        export = Export(
+            id=export_id, request=request, transaction_time=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            files=files, manifest_files=[{"type": "Group", "url": f"{self.base_url}/files/{name}", "count": len(lines)}],
+            deleted=[], errors=manifest_errors,
+        )
+        self.exports[export_id] = export
+        return export
+
     def manifest(self, export: Export) -> dict:
         return {
             "transactionTime": export.transaction_time,
@@ -209,6 +290,9 @@ class FakePayer:
 
     def capability_statement(self) -> dict:
         operations = [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]
+        if self.member_match:
+            operations.append({"name": "provider-member-match",
+                               "definition": "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/ProviderMemberMatch"})
         if self.davinci:
             operations.append({"name": "davinci-data-export", "definition": "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"})
         return {
@@ -305,6 +389,8 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
             if not self._authorized():
                 return None
             rest = path[len(base):]
+            if rest == "/Group/$provider-member-match" and self.command == "POST" and payer.member_match:
+                return self._member_match(body)
             if rest.endswith("/$export") or rest.endswith("/$davinci-data-export") or rest in {"/$export"}:
                 return self._kick_off(rest, query, body)
             if rest.startswith("/status/"):
@@ -396,6 +482,15 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
             export = payer.export_create(request=f"{payer.base_url}{rest}", types=types, since=since, patients=patients)
             location = payer.content_location or f"{payer.base_url}/status/{export.id}"
             self._send(202, _outcome("informational", "Accepted"), {"Content-Location": location})
+
+        def _member_match(self, body: Any) -> None:
+            if self.headers.get("Prefer") != "respond-async":
+                return self._send(400, _outcome("invalid", "Prefer: respond-async is required."))
+            export = payer.member_match_create(request=f"{payer.base_url}/Group/$provider-member-match", body=body)
+            if isinstance(export, dict):
+                status = export.pop("status", 400)
+                return self._send(status, export)
+            self._send(202, _outcome("informational", "Accepted"), {"Content-Location": f"{payer.base_url}/status/{export.id}"})
 
         def _status(self, export_id: str) -> None:
             export = payer.exports.get(export_id)

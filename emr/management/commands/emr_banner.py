@@ -15,7 +15,7 @@ class Command(BaseCommand):
         lines = [
             f"  EMR ({GRACE_NAME})     http://127.0.0.1:{port}/emr/",
             "  EMR logins:",
-            *[f"    {name:<17} {org:<24} {user} / {password}" for user, name, org, _, password in CLINICIANS],
+            *[f"    {name:<17} {org:<24} {user} / {password}" for user, name, org, _, password, _ in CLINICIANS],
             "  Open Jack Shaw in the EMR and press 'Fetch history from UnitedCare Health'.",
             "",
         ]

@@ -14,7 +14,7 @@ class Command(BaseCommand):
     def handle(self, *args, connection: str, **options) -> None:
         summary = emr_demo_seed(connection_name=connection)
         self.stdout.write(self.style.SUCCESS(f"EMR demo: {summary.clinicians} clinicians, {summary.patients} patients."))
-        for username, display_name, org, _, password in CLINICIANS:
+        for username, display_name, org, _, password, _ in CLINICIANS:
             self.stdout.write(f"  {display_name:<18} {org:<24} login {username} / {password}")
         if summary.connection:
             self.stdout.write(f"Insured patients are linked to the payer connection {summary.connection}.")

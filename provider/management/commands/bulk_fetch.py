@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date, parse_datetime
 
 from provider.models import PayerConnection, SyncJob
-from provider.services.sync import stored_summary, sync_job_run_inline, sync_job_start, sync_job_unchanged_counts
+from provider.services.sync import member_bundle_build, stored_summary, sync_job_run_inline, sync_job_start, sync_job_unchanged_counts
 
 
 class Command(BaseCommand):
@@ -26,6 +26,18 @@ class Command(BaseCommand):
                             help="_typeFilter values, e.g. 'Encounter?date=ge2024-01-01' (no _include/_sort).")
         parser.add_argument("--since", help="Only changes after this instant (_since); default: since the last fetch.")
         parser.add_argument("--parallel", type=int, default=4, help="Files downloaded at once.")
+        match = parser.add_argument_group(
+            "PDex 2.2 $provider-member-match (with --member-id; used when the payer declares the operation)"
+        )
+        match.add_argument("--family", help="The patient's family name.")
+        match.add_argument("--given", help="The patient's given name.")
+        match.add_argument("--birth-date", help="The patient's birth date (YYYY-MM-DD).")
+        match.add_argument("--gender", choices=["male", "female", "other", "unknown"], help="The patient's sex.")
+        match.add_argument("--payer-name", help="The payer on the coverage card; default: the connection's display name.")
+        match.add_argument("--attest-npi", help="NPI of the practitioner attesting the treatment relationship.")
+        match.add_argument("--attest-name", default="", help="That practitioner's name.")
+        match.add_argument("--organization-npi", help="The organization's NPI; default: the connection's.")
+        match.add_argument("--organization-name", default="", help="The organization's name.")
 
     def handle(self, *args, **options) -> None:
         connection = PayerConnection.objects.filter(name=options["connection"]).first()
@@ -33,11 +45,12 @@ class Command(BaseCommand):
             raise CommandError(f"No payer connection named {options['connection']!r}.")
         since = self._since(options["since"]) if options["since"] else None
         level = "system" if options["system"] else "patient" if options["patient"] else "group"
+        member_bundle = self._member_bundle(options, connection)
         try:
             job = sync_job_start(
                 connection=connection, member_id=options["member_id"], group_id=options["group"],
                 patient_ids=options["patient"], level=level, types=options["type"], since=since,
-                type_filters=options["type_filter"], enqueue=False,
+                type_filters=options["type_filter"], enqueue=False, member_bundle=member_bundle,
             )
         except (ValueError, ValidationError) as error:  # e.g. a _typeFilter with _sort (Bulk Data req 114)
             raise CommandError(str(error)) from None
@@ -46,6 +59,28 @@ class Command(BaseCommand):
         job = sync_job_run_inline(job=job, on_progress=self._bar, parallel=options["parallel"])
         self.stdout.write("")
         self._summary(job)
+
+    def _member_bundle(self, options: dict, connection: PayerConnection) -> dict | None:
+        """Return the MemberBundle when demographics are given; all of them, and the attestation, are then needed."""
+        fields = ("family", "given", "birth_date", "gender", "attest_npi")
+        given = [name for name in fields if options.get(name)]
+        if not given:
+            return None
+        if not options["member_id"]:
+            raise CommandError("Demographics and an attestation go with --member-id.")
+        missing = [f"--{name.replace('_', '-')}" for name in fields if not options.get(name)]
+        if missing:
+            raise CommandError(f"A member match needs {', '.join(missing)} as well.")
+        if not parse_date(options["birth_date"] or ""):
+            raise CommandError(f"--birth-date {options['birth_date']!r} is not a date (YYYY-MM-DD).")
+        now = datetime.now(UTC)
+        return member_bundle_build(
+            submitted_id=f"cli-{now.strftime('%Y%m%d%H%M%S')}", family=options["family"], given=options["given"],
+            birth_date=options["birth_date"], gender=options["gender"], member_id=options["member_id"],
+            payer_name=options["payer_name"] or connection.display_name, practitioner_npi=options["attest_npi"],
+            practitioner_name=options["attest_name"], organization_npi=options["organization_npi"] or connection.organization_npi,
+            organization_name=options["organization_name"], attested_at=now, period_start=now.date().isoformat(),
+        )
 
     def _since(self, value: str) -> datetime:
         """Return ``--since`` as an aware instant: a FHIR instant, or a date (midnight UTC)."""
@@ -93,5 +128,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING(f"  {issues} line(s) not stored; see the sync job's ingest issues."))
         if job.error:
             self.stdout.write(self.style.WARNING(job.error))
+        if job.member_match.get("outcome"):
+            self.stdout.write(f"  Member match: {job.member_match['outcome']}"
+                              + (f", Group/{job.member_match['group_id']}" if job.member_match.get("group_id") else ""))
         if job.status in (SyncJob.Status.FAILED,):
             raise CommandError(f"Sync job {job.pk} failed.")
