@@ -154,6 +154,11 @@ class Claim(models.Model):
     rxnorm_code = models.CharField(max_length=20, blank=True)
     drug_name = models.CharField(max_length=200, blank=True)
     days_supply = models.PositiveIntegerField(null=True, blank=True)
+    # NCPDP D.0 420-DK Dispense As Written (DAW) code, 403-D3 fill number (0 = original
+    # dispensing) and 415-DF number of refills authorized.
+    daw_code = models.CharField(max_length=1, blank=True, default="")
+    refill_number = models.PositiveIntegerField(null=True, blank=True)
+    refills_authorized = models.PositiveIntegerField(null=True, blank=True)
     total_charged = models.DecimalField(max_digits=12, decimal_places=2)
     total_paid = models.DecimalField(max_digits=12, decimal_places=2)
     member_liability = models.DecimalField(max_digits=12, decimal_places=2, default=0)
@@ -228,6 +233,11 @@ class PriorAuthorization(models.Model):
     service_display = models.CharField(max_length=200)
     diagnosis_code = models.CharField(max_length=8, blank=True, help_text="ICD-10-CM")
     quantity = models.PositiveIntegerField(default=1)
+    # Units the decision approved (empty: none decided yet) and units used to date, as the
+    # UM platform tracks them (PDex Prior Authorization: "units and services approved and
+    # those used to date").
+    units_approved = models.PositiveIntegerField(null=True, blank=True)
+    units_used = models.PositiveIntegerField(default=0)
     requested_date = models.DateField()
     decision = models.CharField(max_length=10, choices=Decision.choices, default=Decision.PENDING)
     decision_date = models.DateField(null=True, blank=True)
