@@ -13,7 +13,8 @@ import pytest
 
 from payer.mapping import eobs_for_members, provider_directory_load
 from payer.models import AttributionGroup, ClinicalResource, Member
-from payer.services.demo import GRACE_HOSPITAL_NPI, seed_demo
+from payer.services.attribution import attribution_refresh
+from payer.services.demo import GRACE_HOSPITAL_NPI, demo_today, seed_demo
 from payer.services.export_params import SUPPORTED_TYPES
 from payer.services.population import population_generate
 from tests.payer import conformance
@@ -83,6 +84,7 @@ def test_rules_catch_the_findings_of_the_issue():
 @pytest.mark.django_db(transaction=True)
 def test_demo_export_of_grace_hospitals_group_conforms(live_server, celery_worker):
     seed_demo(create_admin=False)
+    attribution_refresh(today=demo_today())
     group = AttributionGroup.objects.get(organization__npi=GRACE_HOSPITAL_NPI)
     token = bearer_token_for(group.organization)
     manifest = _run(live_server, token, f"Group/{group.fhir_id}/$export", celery_worker)
