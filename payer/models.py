@@ -468,3 +468,37 @@ class ExportWorkUnit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job.job_id} {self.resource_type} #{self.sequence} ({self.status})"
+
+
+class EobProjection(models.Model):
+    """The ExplanationOfBenefit of one claim or prior authorization, as payer/mapping.py maps
+    it, kept so that exports stream EOBs with the same COPY path as clinical resources.
+
+    Brought up to date by ``payer.services.eob_projection.eob_projection_refresh``: a row is
+    stale when its source's ``updated_at`` differs from ``source_updated_at``; a source that
+    is gone leaves a tombstone (``deleted_at`` set, ``resource`` null) so that exports with
+    ``_since`` list the deletion (Bulk Data 2.0 ``deleted``).
+    """
+
+    class Kind(models.TextChoices):
+        CLAIM = "claim", "Claim"
+        PRIOR_AUTHORIZATION = "pa", "Prior authorization"
+
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    source_pk = models.BigIntegerField()
+    resource_id = models.CharField(max_length=64, unique=True)
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    patient_id = models.CharField(max_length=64)
+    # The source's updated_at (= meta.lastUpdated), and the first date of service (claims)
+    # or the date requested (prior authorizations) for the 2016-01-01 floor.
+    source_updated_at = models.DateTimeField()
+    service_date = models.DateField()
+    resource = models.JSONField(null=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "source_pk"], name="eob_projection_source_unique")]
+        indexes = [models.Index(fields=["member", "source_updated_at"], name="eob_projection_member_idx")]
+
+    def __str__(self) -> str:
+        return f"ExplanationOfBenefit/{self.resource_id}"
