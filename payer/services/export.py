@@ -111,9 +111,6 @@ def export_job_create(
     runs ``max_concurrent_exports`` jobs (Bulk Data req 118).
     """
     organization = client.organization
-    # Bulk Data transactionTime: the instant the data is read. Taken before anything is
-    # read, and every query of the job is capped at it, so it can be the next _since.
-    transaction_time = timezone.now()
     granted = scope_granted_types(scopes=scopes, candidates=list(SUPPORTED_TYPES))
     params, issues = export_params_parse(
         raw=raw_params,
@@ -124,13 +121,16 @@ def export_job_create(
     )
     if not organization_in_network(organization=organization):
         raise FHIRError("The organization has no network contract in force.", status=403, code="forbidden")
-    if params.until is None or params.until_dt() > transaction_time:
-        params.until = transaction_time.isoformat()
-
     if "ExplanationOfBenefit" in params.types:
         # Claims and prior authorizations changed since the projection was last brought up
-        # to date are mapped now, so the export streams current EOBs (issue 11).
+        # to date are mapped now, before transactionTime, so the export streams current
+        # EOBs and lists the deletions found (issue 11).
         eob_projection_refresh()
+    # Bulk Data transactionTime: the instant the data is read. Taken before anything is
+    # read, and every query of the job is capped at it, so it can be the next _since.
+    transaction_time = timezone.now()
+    if params.until is None or params.until_dt() > transaction_time:
+        params.until = transaction_time.isoformat()
 
     members = visible_members(organization=organization)
     if group is not None:
