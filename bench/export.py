@@ -1,5 +1,10 @@
 """Benchmark the Bulk Data export engine on Postgres against a raw COPY of the same rows.
 
+The whole Provider Access payload: every stored type of the patient compartment
+(clinical data and Provenance) plus ExplanationOfBenefit (claims and prior
+authorizations) from the EOB projection. Also the projection's refresh rate: a full
+rebuild, an incremental refresh with nothing changed, and one with 1% of claims changed.
+
     .venv/bin/python bench/export.py [--members 10000] [--small 1000] [--seed 1] [--repeat 3]
 
 DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pa_bench) is created and
@@ -106,12 +111,13 @@ def _bench_group(*, label: str, size: int, types: list[str]) -> dict:
     count = sum(f[2] for f in files)
     patient_ids = list(job.units.values_list("patient_ids", flat=True).distinct())
     members = sorted({p for ids in patient_ids for p in ids})
+    member_pks = sorted({pk for pks in job.units.values_list("member_pks", flat=True) for pk in pks})
     return {"label": label, "members": len(members), "status": job.status, "resources": count, "bytes": raw_bytes,
-            "stored": stored, **measured, "patient_ids": members, "job": job}
+            "stored": stored, **measured, "patient_ids": members, "member_pks": member_pks, "job": job}
 
 
-def _copy_limit(*, patient_ids: list[str], types: list[str]) -> dict:
-    """Time COPY (SELECT resource::text ...) TO STDOUT of the same rows."""
+def _copy_limit(*, patient_ids: list[str], member_pks: list[int], types: list[str]) -> dict:
+    """Time COPY (SELECT resource::text ...) TO STDOUT of the same rows (clinical and EOB)."""
     from django.db import connection
 
     connection.ensure_connection()
@@ -120,8 +126,10 @@ def _copy_limit(*, patient_ids: list[str], types: list[str]) -> dict:
     total = rows = 0
     with raw.cursor() as cursor:
         query = ("COPY (SELECT resource::text FROM payer_clinicalresource WHERE resource_type = ANY(%s) "
-                 "AND (patient_id = ANY(%s) OR (resource_type = 'Patient' AND resource_id = ANY(%s)))) TO STDOUT")
-        with cursor.copy(query, [types, patient_ids, patient_ids]) as copy:
+                 "AND (patient_id = ANY(%s) OR (resource_type = 'Patient' AND resource_id = ANY(%s))) "
+                 "UNION ALL SELECT resource::text FROM payer_eobprojection WHERE member_id = ANY(%s) "
+                 "AND deleted_at IS NULL) TO STDOUT")
+        with cursor.copy(query, [types, patient_ids, patient_ids, member_pks]) as copy:
             for block in copy:
                 total += len(block)
                 rows += bytes(block).count(b"\n")
@@ -161,7 +169,9 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE payer_clinicalresource")
     stored_types = set(ClinicalResource.objects.values_list("resource_type", flat=True).distinct())
+    projection_refresh_report()
     types = [t for t in PATIENT_TYPES if t in stored_types]
+    export_types = [*types, "ExplanationOfBenefit"]
     print(f"Database {connection.settings_dict['NAME']}: {Member.objects.count()} members, "
           f"{ClinicalResource.objects.count()} clinical resources; exporting types {', '.join(types)}")
     print(f"{'group':>19} {'resources':>10} {'NDJSON MB':>10} {'gzip MB':>8} {'seconds':>8} {'res/s':>8} "
@@ -172,8 +182,8 @@ def main() -> None:
         best: dict | None = None
         best_limit: dict | None = None
         for attempt in range(1, args.repeat + 1):
-            result = _bench_group(label=label, size=size, types=types)
-            limit = _copy_limit(patient_ids=result["patient_ids"], types=types)
+            result = _bench_group(label=label, size=size, types=export_types)
+            limit = _copy_limit(patient_ids=result["patient_ids"], member_pks=result["member_pks"], types=types)
             _report(f"{label} #{attempt}", result, limit)
             if result["status"] != "completed" or result["resources"] != limit["rows"]:
                 print(f"  note: job {result['status']}, {result['resources']} exported vs {limit['rows']} rows copied "
@@ -187,16 +197,31 @@ def main() -> None:
             best["peak_rss_mb"] = max(best["peak_rss_mb"], result["peak_rss_mb"])
         _report(f"{label} best", best, best_limit)
 
-    # ExplanationOfBenefit is mapped from the claims system in Python, not stored JSON.
-    from payer.models import Claim, PriorAuthorization
 
-    result = _bench_group(label="EOB", size=args.small, types=["ExplanationOfBenefit"])
-    print(f"ExplanationOfBenefit for {args.small} members (mapped from {Claim.objects.count()} claims / "
-          f"{PriorAuthorization.objects.count()} prior auths in the DB): {result['resources']} EOBs, "
-          f"{result['bytes'] / 1e6:.1f} MB in {result['elapsed']:.2f} s = {result['resources'] / result['elapsed']:.0f} res/s, "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB")
-    result["job"].delete()
+def projection_refresh_report() -> None:
+    """Print the EOB projection's refresh rate: full rebuild, nothing changed, 1% changed."""
+    import os as _os
 
+    from django.db import connection
+    from django.utils import timezone
+
+    from payer.models import Claim, EobProjection, PriorAuthorization
+    from payer.services.eob_projection import eob_projection_refresh
+
+    sources = Claim.objects.count() + PriorAuthorization.objects.count()
+    load = _os.getloadavg()[0]
+    full = eob_projection_refresh(full=True)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE payer_eobprojection")
+    print(f"EOB projection, full rebuild: {full.mapped} sources ({sources} claims + prior auths) in {full.seconds:.1f} s "
+          f"= {full.mapped / full.seconds:.0f} claims/s (load average {load:.2f})", flush=True)
+    unchanged = eob_projection_refresh()
+    print(f"EOB projection, nothing changed: {unchanged.mapped} mapped in {unchanged.seconds:.2f} s", flush=True)
+    claim_pks = list(Claim.objects.order_by("pk").values_list("pk", flat=True)[::100])
+    Claim.objects.filter(pk__in=claim_pks).update(updated_at=timezone.now())
+    changed = eob_projection_refresh()
+    print(f"EOB projection, 1% of claims changed: {changed.mapped} mapped in {changed.seconds:.2f} s "
+          f"= {changed.mapped / changed.seconds:.0f} claims/s ({EobProjection.objects.count()} rows)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
 Claims become CARIN Blue Button *non-financial* ("Basis") EOBs; prior authorizations
 become PDex Prior Authorization EOBs (``use = preauthorization``).
 
-CMS-0057-F (45 CFR 422.121(b) etc.): the Provider Access API shares claims and
+CMS-0057-F Provider Access API (42 CFR 422.121(a) and its parallels): it shares claims and
 encounter data "without provider remittances and enrollee cost-sharing information".
 So this mapping never emits ``total``, ``payment``, ``benefitBalance``, ``item.net``,
 ``item.unitPrice`` nor any ``adjudication.amount``; tests/payer/test_mapping.py walks
@@ -12,13 +12,21 @@ the JSON to prove it.
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Q
 
-from payer.models import Claim, ClinicalResource, Member, PriorAuthorization, ProviderOrganization, ProviderPractitioner
+from payer.models import (
+    Claim,
+    ClinicalResource,
+    Member,
+    NetworkContract,
+    PriorAuthorization,
+    ProviderOrganization,
+    ProviderPractitioner,
+)
 
 # Code systems and identifier systems.
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -34,17 +42,33 @@ CLAIM_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/claim-type"
 C4BB = "http://hl7.org/fhir/us/carin-bb"
 PDEX = "http://hl7.org/fhir/us/davinci-pdex"
 X12_306_SYSTEM = "https://codesystem.x12.org/005010/306"  # X12 Action Code (review decision)
+NUCC_SYSTEM = "http://nucc.org/provider-taxonomy"
+DIAGNOSIS_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/ex-diagnosistype"
+NCPDP_DAW_SYSTEM = "http://terminology.hl7.org/CodeSystem/NCPDPDispensedAsWrittenOrProductSelectionCode"
+C4BB_CS = f"{C4BB}/CodeSystem"
+C4BB_ADJUDICATION_DISCRIMINATOR = f"{C4BB_CS}/C4BBAdjudicationDiscriminator"
+C4BB_PAYER_ADJUDICATION_STATUS = f"{C4BB_CS}/C4BBPayerAdjudicationStatus"
+C4BB_CARE_TEAM_ROLE = f"{C4BB_CS}/C4BBClaimCareTeamRole"
+C4BB_DIAGNOSIS_TYPE = f"{C4BB_CS}/C4BBClaimDiagnosisType"
+C4BB_SUPPORTING_INFO = f"{C4BB_CS}/C4BBSupportingInfoType"
+PDEX_ADJUDICATION_DISCRIMINATOR = f"{PDEX}/CodeSystem/PDexAdjudicationDiscriminator"
+PDEX_REVIEW_ACTION = f"{PDEX}/StructureDefinition/extension-reviewAction"
+PDEX_REVIEW_ACTION_CODE = f"{PDEX}/StructureDefinition/extension-reviewActionCode"
+PDEX_WHEN_ADJUDICATED = f"{PDEX}/StructureDefinition/base-ext-when-adjudicated"
+PAS_PREAUTH_ISSUE_DATE = "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/extension-itemPreAuthIssueDate"
 
 UNITEDCARE_ORGANIZATION_ID = "unitedcare-health"
 UNITEDCARE_NAME = "UnitedCare Health"
 
 # CARIN BB STU 2 "Basis" profiles: "All of the requirements are an exact subset of the
 # original profile ... The basis profile does not have requirements for financial data."
-PROFILE_INPATIENT = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Inpatient-Institutional-Basis"
-PROFILE_OUTPATIENT = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Outpatient-Institutional-Basis"
-PROFILE_PROFESSIONAL = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Professional-NonClinician-Basis"
-PROFILE_PHARMACY = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Pharmacy-Basis"
-PROFILE_PRIOR_AUTH = f"{PDEX}/StructureDefinition/pdex-priorauthorization"
+# Canonicals carry the business version the content was checked against (CARIN BB 2.1.0,
+# the version PDex 2.1.0 depends on; tests/payer/conformance.py).
+PROFILE_INPATIENT = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Inpatient-Institutional-Basis|2.1.0"
+PROFILE_OUTPATIENT = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Outpatient-Institutional-Basis|2.1.0"
+PROFILE_PROFESSIONAL = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Professional-NonClinician-Basis|2.1.0"
+PROFILE_PHARMACY = f"{C4BB}/StructureDefinition/C4BB-ExplanationOfBenefit-Pharmacy-Basis|2.1.0"
+PROFILE_PRIOR_AUTH = f"{PDEX}/StructureDefinition/pdex-priorauthorization|2.1.0"
 
 CLAIM_EOB_PREFIX = "eob-"
 PA_EOB_PREFIX = "pa-"
@@ -92,6 +116,21 @@ class ProviderDirectory:
     organizations: dict[str, tuple[str, str]] = field(default_factory=dict)  # npi -> (fhir_id, name)
     practitioners: dict[str, tuple[str, str]] = field(default_factory=dict)  # npi -> (fhir_id, name)
     locations: set[str] = field(default_factory=set)  # Location ids present in the repository
+    taxonomies: dict[str, tuple[str, str]] = field(default_factory=dict)  # practitioner npi -> NUCC (code, display)
+    # Organization and practitioner NPI -> the network contracts (start, end) of its organization.
+    contracts: dict[str, list[tuple[date, date | None]]] = field(default_factory=dict)
+
+    def network_status(self, npi: str, on: date) -> str:
+        """Return the C4BBPayerAdjudicationStatus network code of a provider on a date of service.
+
+        In network when its organization had a contract in force that day; out of network
+        when the directory knows it without one; ``other`` (no network applies) for a
+        provider outside the directory, such as the retail pharmacy.
+        """
+        if npi not in self.organizations and npi not in self.practitioners:
+            return "other"
+        in_force = any(start <= on and (end is None or on <= end) for start, end in self.contracts.get(npi, ()))
+        return "innetwork" if in_force else "outofnetwork"
 
     def organization(self, npi: str) -> dict[str, Any]:
         if npi in self.organizations:
@@ -122,12 +161,22 @@ def provider_directory_load(*, npis: Iterable[str] | None = None) -> ProviderDir
     if npis is not None:
         npis = {n for n in npis if n}
         orgs, pracs = orgs.filter(npi__in=npis), pracs.filter(npi__in=npis)
+    org_rows = list(orgs.only("id", "npi", "fhir_id", "name"))
+    prac_rows = list(pracs.only("npi", "fhir_id", "given", "family", "taxonomy_code", "taxonomy_display", "organization_id"))
     directory = ProviderDirectory(
-        organizations={o.npi: (o.fhir_id, o.name) for o in orgs.only("npi", "fhir_id", "name")},
-        practitioners={
-            p.npi: (p.fhir_id, f"Dr. {p.given} {p.family}") for p in pracs.only("npi", "fhir_id", "given", "family")
-        },
+        organizations={o.npi: (o.fhir_id, o.name) for o in org_rows},
+        practitioners={p.npi: (p.fhir_id, f"Dr. {p.given} {p.family}") for p in prac_rows},
+        taxonomies={p.npi: (p.taxonomy_code, p.taxonomy_display) for p in prac_rows if p.taxonomy_code},
     )
+    by_org: dict[int, list[tuple[date, date | None]]] = {}
+    org_ids = {o.id for o in org_rows} | {p.organization_id for p in prac_rows}
+    for organization_id, start, end in NetworkContract.objects.filter(organization_id__in=org_ids).values_list(
+            "organization_id", "start", "end"):
+        by_org.setdefault(organization_id, []).append((start, end))
+    for o in org_rows:
+        directory.contracts[o.npi] = by_org.get(o.id, [])
+    for p in prac_rows:
+        directory.contracts[p.npi] = by_org.get(p.organization_id, [])
     wanted = [location_id_for(fid) for fid, _ in directory.organizations.values()]
     directory.locations = set(
         ClinicalResource.objects.filter(resource_type="Location", resource_id__in=wanted).values_list(
@@ -173,8 +222,7 @@ _CLAIM_OUTCOME = {
 
 def _claim_profile_and_subtype(claim: Claim) -> tuple[str, dict[str, Any] | None]:
     if claim.claim_type == Claim.ClaimType.INSTITUTIONAL:
-        # UB-04 type of bill 011x is hospital inpatient; everything else is outpatient.
-        inpatient = claim.type_of_bill.startswith(("011", "11"))
+        inpatient = _inpatient(claim)
         code = "inpatient" if inpatient else "outpatient"
         return (
             PROFILE_INPATIENT if inpatient else PROFILE_OUTPATIENT,
@@ -185,12 +233,51 @@ def _claim_profile_and_subtype(claim: Claim) -> tuple[str, dict[str, Any] | None
     return PROFILE_PROFESSIONAL, None
 
 
+def _inpatient(claim: Claim) -> bool:
+    # UB-04 type of bill 011x is hospital inpatient; everything else is outpatient.
+    return claim.claim_type == Claim.ClaimType.INSTITUTIONAL and claim.type_of_bill.startswith(("011", "11"))
+
+
+def _network_adjudication(category: str, status: str) -> dict[str, Any]:
+    """Return a CARIN BB network status adjudication (a code, never an amount).
+
+    Basis profiles, slices benefitpaymentstatus / billingnetworkstatus /
+    renderingnetworkstatus: category from C4BBAdjudicationDiscriminator, reason from
+    C4BBPayerBenefitPaymentStatus or C4BBPayerProviderNetworkStatus (required).
+    """
+    displays = {"innetwork": "In Network", "outofnetwork": "Out Of Network", "other": "Other"}
+    category_displays = {"benefitpaymentstatus": "Benefit Payment Status", "billingnetworkstatus": "Billing Network Status",
+                         "renderingnetworkstatus": "Rendering Network Status"}
+    if category != "benefitpaymentstatus" and status == "other":
+        raise ValueError("C4BBPayerProviderNetworkStatus has no 'other'")
+    return {"category": _concept(C4BB_ADJUDICATION_DISCRIMINATOR, category, category_displays[category]),
+            "reason": _concept(C4BB_PAYER_ADJUDICATION_STATUS, status, displays[status])}
+
+
+# diagnosis.type (required bindings): principal and admitting are HL7 ex-diagnosistype
+# codes; other and secondary are C4BBClaimDiagnosisType codes.
+_INPATIENT_DX = {"principal": (DIAGNOSIS_TYPE_SYSTEM, "principal", "Principal Diagnosis"),
+                 "admitting": (DIAGNOSIS_TYPE_SYSTEM, "admitting", "Admitting Diagnosis"),
+                 "other": (C4BB_DIAGNOSIS_TYPE, "other", "Other")}
+# C4BBClaimOutpatientInstitutionalDiagnosisType has no admitting code: on an outpatient
+# claim the admitting diagnosis is the patient's reason for the visit.
+_OUTPATIENT_DX = {**_INPATIENT_DX, "admitting": (C4BB_DIAGNOSIS_TYPE, "patientreasonforvisit", "Patient Reason for Visit")}
+_PROFESSIONAL_DX = {"principal": (DIAGNOSIS_TYPE_SYSTEM, "principal", "Principal Diagnosis"),
+                    "admitting": (C4BB_DIAGNOSIS_TYPE, "secondary", "Secondary"),
+                    "other": (C4BB_DIAGNOSIS_TYPE, "secondary", "Secondary")}
+
+
+def _supporting_info(category: str, display: str, **value: Any) -> dict[str, Any]:
+    return {"category": _concept(C4BB_SUPPORTING_INFO, category, display), **value}
+
+
 def claim_to_eob(claim: Claim, *, directory: ProviderDirectory | None = None) -> dict[str, Any]:
-    """Return the CARIN BB non-financial ExplanationOfBenefit for a claim.
+    """Return the CARIN BB non-financial ("Basis") ExplanationOfBenefit for a claim.
 
     Pass ``directory`` when mapping many claims; otherwise it is looked up for this claim.
     Lines and diagnoses are read through ``claim.lines.all()`` / ``claim.diagnoses.all()``
-    so that a prefetch is used when present.
+    so that a prefetch is used when present. The rules each element meets are in
+    /work/shared/spec/profiles/c4bb-EOB*Profile.fsh and tests/payer/conformance.py.
     """
     member = claim.member
     if directory is None:
@@ -198,56 +285,60 @@ def claim_to_eob(claim: Claim, *, directory: ProviderDirectory | None = None) ->
     profile, sub_type = _claim_profile_and_subtype(claim)
     institutional = claim.claim_type == Claim.ClaimType.INSTITUTIONAL
     pharmacy = claim.claim_type == Claim.ClaimType.PHARMACY
+    inpatient = _inpatient(claim)
+    billing_status = directory.network_status(claim.billing_npi, claim.service_start)
 
     care_team: list[dict[str, Any]] = []
     if claim.rendering_npi:
-        role = "attending" if institutional else ("prescribing" if pharmacy else "performing")
-        care_team.append(
-            {
-                "sequence": 1,
-                "provider": directory.provider(claim.rendering_npi),
-                "responsible": True,
-                "role": _concept(f"{C4BB}/CodeSystem/C4BBClaimCareTeamRole", role, role.capitalize()),
-            }
-        )
+        # C4BBClaimInstitutionalCareTeamRole / ...PharmacyTeamRole / ...ProfessionalAndNonClinicianCareTeamRole.
+        role, role_display = (("attending", "Attending") if institutional
+                              else ("prescribing", "Prescribing provider") if pharmacy
+                              else ("rendering", "Rendering provider"))
+        member_of_team: dict[str, Any] = {
+            "sequence": 1,
+            "provider": directory.provider(claim.rendering_npi),
+            "responsible": True,
+            "role": _concept(C4BB_CARE_TEAM_ROLE, role, role_display),
+        }
+        if not pharmacy and claim.rendering_npi in directory.taxonomies:
+            # careTeam.qualification from the NUCC Healthcare Provider Taxonomy (required).
+            member_of_team["qualification"] = _concept(NUCC_SYSTEM, *directory.taxonomies[claim.rendering_npi])
+        care_team.append(member_of_team)
 
     supporting_info: list[dict[str, Any]] = [
-        {
-            "sequence": 1,
-            "category": _concept(f"{C4BB}/CodeSystem/C4BBSupportingInfoType", "clmrecvddate", "Claim Received Date"),
-            "timingDate": claim.received_date.isoformat(),
-        }
+        _supporting_info("clmrecvddate", "Claim Received Date", timingDate=claim.received_date.isoformat()),
     ]
+    if inpatient:
+        # Inpatient Basis: supportingInfo:admissionperiod 1..1, timingPeriod 1..1 (the
+        # statement covers the stay from admission to discharge).
+        supporting_info.append(_supporting_info("admissionperiod", "Admission Period", timingPeriod={
+            "start": claim.service_start.isoformat(), "end": claim.service_end.isoformat()}))
     if institutional and claim.type_of_bill:
-        supporting_info.append(
-            {
-                "sequence": 2,
-                "category": _concept(f"{C4BB}/CodeSystem/C4BBSupportingInfoType", "typeofbill", "Type of Bill"),
-                "code": _concept(TYPE_OF_BILL_SYSTEM, claim.type_of_bill),
-            }
-        )
-    if pharmacy and claim.days_supply:
-        supporting_info.append(
-            {
-                "sequence": len(supporting_info) + 1,
-                "category": _concept(f"{C4BB}/CodeSystem/C4BBSupportingInfoType", "dayssupply", "Days Supply"),
-                "valueQuantity": {"value": claim.days_supply},
-            }
-        )
+        supporting_info.append(_supporting_info("typeofbill", "Type of Bill", code=_concept(TYPE_OF_BILL_SYSTEM, claim.type_of_bill)))
+    if pharmacy:
+        # Pharmacy Basis: dayssupply, dawcode, refillNum and refillsAuthorized are 1..1
+        # (NCPDP 405-D5, 408-D8, 403-D3, 415-DF).
+        if claim.days_supply is not None:
+            supporting_info.append(_supporting_info("dayssupply", "Days Supply", valueQuantity={"value": claim.days_supply}))
+        if claim.daw_code:
+            supporting_info.append(_supporting_info("dawcode", "DAW (Dispense As Written) Code",
+                                                    code=_concept(NCPDP_DAW_SYSTEM, claim.daw_code)))
+        if claim.refill_number is not None:
+            supporting_info.append(_supporting_info("refillnum", "Refill Number", valueQuantity={"value": claim.refill_number}))
+        if claim.refills_authorized is not None:
+            supporting_info.append(_supporting_info("refillsauthorized", "Refills Authorized",
+                                                    valueQuantity={"value": claim.refills_authorized}))
+    supporting_info = [{"sequence": sequence, **info} for sequence, info in enumerate(supporting_info, 1)]
 
-    diagnosis_type_system = (
-        f"{C4BB}/CodeSystem/C4BBClaimDiagnosisType"
-        if institutional
-        else f"{C4BB}/CodeSystem/C4BBClaimProfessionalAndNonClinicianDiagnosisType"
-    )
+    dx_types = _INPATIENT_DX if inpatient else _OUTPATIENT_DX if institutional else _PROFESSIONAL_DX
     diagnoses = []
     for dx in claim.diagnoses.all():
-        kind = dx.kind if institutional else ("principal" if dx.kind == "principal" else "secondary")
+        system, code, display = dx_types.get(dx.kind, dx_types["other"])
         diagnoses.append(
             {
                 "sequence": dx.sequence,
                 "diagnosisCodeableConcept": _concept(ICD10CM_SYSTEM, _icd10_dotted(dx.icd10_code), dx.display),
-                "type": [_concept(diagnosis_type_system, kind, kind.capitalize())],
+                "type": [_concept(system, code, display)],
             }
         )
     dx_sequences = [d["sequence"] for d in diagnoses]
@@ -281,7 +372,9 @@ def claim_to_eob(claim: Claim, *, directory: ProviderDirectory | None = None) ->
             system = HCPCS_SYSTEM if line.procedure_system.upper() == "HCPCS" else CPT_SYSTEM
             item["productOrService"] = _concept(system, line.procedure_code, line.procedure_display)
         else:
-            # productOrService is 1..1; a revenue-only institutional line carries no procedure.
+            # productOrService is 1..1 and a line of the claims system may carry a revenue
+            # code only. CARIN BB forbids this for non-vision claims
+            # (EOB-vision-item-productorservice); the generated data never has such lines.
             item["productOrService"] = {
                 "coding": [
                     _coding("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-applicable", "Not Applicable")
@@ -299,7 +392,19 @@ def claim_to_eob(claim: Claim, *, directory: ProviderDirectory | None = None) ->
             item["careTeamSequence"] = [1]
         if encounter:
             item["encounter"] = encounter
+        if not institutional:
+            # Professional Basis: item.adjudication:benefitpaymentstatus 1..1 per line.
+            item["adjudication"] = [_network_adjudication("benefitpaymentstatus",
+                                                          directory.network_status(claim.billing_npi, line.service_date))]
         items.append(item)
+
+    # Institutional and Pharmacy Basis: adjudication:benefitpaymentstatus 1..1 at the header;
+    # every Basis profile allows the billing provider's network status there.
+    adjudication: list[dict[str, Any]] = []
+    if billing_status != "other":
+        adjudication.append(_network_adjudication("billingnetworkstatus", billing_status))
+    if institutional or pharmacy:
+        adjudication.append(_network_adjudication("benefitpaymentstatus", billing_status))
 
     eob: dict[str, Any] = {
         "resourceType": "ExplanationOfBenefit",
@@ -328,6 +433,7 @@ def claim_to_eob(claim: Claim, *, directory: ProviderDirectory | None = None) ->
         **({"diagnosis": diagnoses} if diagnoses else {}),
         "insurance": _insurance(member),
         **({"item": items} if items else {}),
+        **({"adjudication": adjudication} if adjudication else {}),
     }
     return eob
 
@@ -338,23 +444,34 @@ def _icd10_dotted(code: str) -> str:
     return code if "." in code or len(code) <= 3 else f"{code[:3]}.{code[3:]}"
 
 
-# X12 306 action codes express the review decision (as PAS and PDex do).
+# X12 306 (278 HCR01) action codes express the review decision, as PAS and PDex do.
 _PA_DECISION = {
     PriorAuthorization.Decision.PENDING: ("A4", "Pended", "queued"),
     PriorAuthorization.Decision.APPROVED: ("A1", "Certified in total", "complete"),
     PriorAuthorization.Decision.PARTIAL: ("A2", "Certified - partial", "partial"),
     PriorAuthorization.Decision.DENIED: ("A3", "Not Certified", "complete"),
-    PriorAuthorization.Decision.CANCELLED: ("A4", "Pended", "error"),
+    PriorAuthorization.Decision.CANCELLED: ("C", "Cancelled", "complete"),
 }
-_PA_VALUES = f"{PDEX}/CodeSystem/PriorAuthorizationValueCodes"
+
+
+def _units_approved(pa: PriorAuthorization) -> int:
+    if pa.units_approved is not None:
+        return pa.units_approved
+    # Records written before the UM platform kept approved units: what the decision implies.
+    return {PriorAuthorization.Decision.APPROVED: pa.quantity,
+            PriorAuthorization.Decision.PARTIAL: max(1, pa.quantity // 2)}.get(pa.decision, 0)
 
 
 def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | None = None) -> dict[str, Any]:
     """Return the PDex Prior Authorization ExplanationOfBenefit (``use = preauthorization``).
 
-    PDex STU2 "pdex-priorauthorization": payers share pending and active decisions, the
-    date approved, the date the authorization ends and the units approved. The decision
-    goes in ``item.adjudication`` as units and an X12 306 reason, never as an amount.
+    PDex 2.1 pdex-priorauthorization (pdex-pa.fsh): ``item.adjudication`` is sliced
+    closed on ``category`` (required binding PDexAdjudicationCategoryDiscriminator), and
+    without amounts only the ``allowedunits``, ``consumedunits`` and ``denialreason``
+    slices are open to a non-financial payer. The decision is the reviewAction extension
+    (X12 306 code) with its date in WhenAdjudicated, both on the allowedunits entry: the
+    units approved so far (0 while pended, denied or cancelled). ``consumedunits`` holds
+    the units used to date.
     """
     member = pa.member
     if directory is None:
@@ -362,22 +479,22 @@ def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | 
     action_code, action_display, outcome = _PA_DECISION[pa.decision]
     system = HCPCS_SYSTEM if pa.service_system.upper() == "HCPCS" else CPT_SYSTEM
 
-    adjudication: list[dict[str, Any]] = [
-        {"category": _concept(_PA_VALUES, "submitted", "Submitted"), "value": pa.quantity}
-    ]
-    decision_reason = _concept(X12_306_SYSTEM, action_code, action_display, text=pa.decision_reason)
-    if pa.decision in (PriorAuthorization.Decision.APPROVED, PriorAuthorization.Decision.PARTIAL,
-                       PriorAuthorization.Decision.DENIED):
-        approved = {
-            PriorAuthorization.Decision.APPROVED: pa.quantity,
-            PriorAuthorization.Decision.PARTIAL: max(1, pa.quantity // 2),
-            PriorAuthorization.Decision.DENIED: 0,
-        }[pa.decision]
-        adjudication.append(
-            {"category": _concept(_PA_VALUES, "eligible", "Eligible"), "reason": decision_reason, "value": approved}
-        )
-    else:
-        adjudication[0]["reason"] = decision_reason
+    review_action = {"url": PDEX_REVIEW_ACTION, "extension": [
+        {"url": PDEX_REVIEW_ACTION_CODE, "valueCodeableConcept": _concept(X12_306_SYSTEM, action_code, action_display)},
+        {"url": "number", "valueString": pa.auth_number},
+    ]}
+    allowed: dict[str, Any] = {
+        "extension": [review_action],
+        "category": _concept(PDEX_ADJUDICATION_DISCRIMINATOR, "allowedunits", "allowed units"),
+        **({"reason": {"text": pa.decision_reason}} if pa.decision_reason else {}),
+        "value": _units_approved(pa),
+    }
+    if pa.decision_date:
+        allowed["extension"].append({"url": PDEX_WHEN_ADJUDICATED, "valueDateTime": pa.decision_date.isoformat()})
+    adjudication = [allowed]
+    if pa.decision in (PriorAuthorization.Decision.APPROVED, PriorAuthorization.Decision.PARTIAL):
+        adjudication.append({"category": _concept(PDEX_ADJUDICATION_DISCRIMINATOR, "consumedunits", "consumed units"),
+                             "value": pa.units_used})
 
     item: dict[str, Any] = {
         "sequence": 1,
@@ -385,6 +502,8 @@ def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | 
         "quantity": {"value": pa.quantity},
         "adjudication": adjudication,
     }
+    if pa.decision_date and pa.decision in (PriorAuthorization.Decision.APPROVED, PriorAuthorization.Decision.PARTIAL):
+        item["extension"] = [{"url": PAS_PREAUTH_ISSUE_DATE, "valueDate": pa.decision_date.isoformat()}]
     if pa.valid_start:
         item["servicedPeriod"] = {
             "start": pa.valid_start.isoformat(),
@@ -395,7 +514,7 @@ def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | 
             "sequence": 1,
             "provider": directory.provider(pa.requesting_npi),
             "responsible": True,
-            "role": _concept(f"{C4BB}/CodeSystem/C4BBClaimCareTeamRole", "referring", "Referring"),
+            "role": _concept(C4BB_CARE_TEAM_ROLE, "referring", "Referring"),
         }
     ]
     if pa.servicing_npi:
@@ -403,7 +522,7 @@ def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | 
             {
                 "sequence": 2,
                 "provider": directory.provider(pa.servicing_npi),
-                "role": _concept(f"{C4BB}/CodeSystem/C4BBClaimCareTeamRole", "performing", "Performing provider"),
+                "role": _concept(C4BB_CARE_TEAM_ROLE, "rendering", "Rendering provider"),
             }
         )
         item["careTeamSequence"] = [2]
@@ -442,9 +561,6 @@ def prior_auth_to_eob(pa: PriorAuthorization, *, directory: ProviderDirectory | 
             {"sequence": 1, "diagnosisCodeableConcept": _concept(ICD10CM_SYSTEM, _icd10_dotted(pa.diagnosis_code))}
         ]
         item["diagnosisSequence"] = [1]
-    if pa.decision_date:
-        # The decision date: PDex examples carry it as the adjudication date of the item.
-        eob["processNote"] = [{"type": "display", "text": f"Decision date {pa.decision_date.isoformat()}"}]
     return eob
 
 

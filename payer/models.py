@@ -161,6 +161,11 @@ class Claim(models.Model):
     rxnorm_code = models.CharField(max_length=20, blank=True)
     drug_name = models.CharField(max_length=200, blank=True)
     days_supply = models.PositiveIntegerField(null=True, blank=True)
+    # NCPDP D.0 420-DK Dispense As Written (DAW) code, 403-D3 fill number (0 = original
+    # dispensing) and 415-DF number of refills authorized.
+    daw_code = models.CharField(max_length=1, blank=True, default="")
+    refill_number = models.PositiveIntegerField(null=True, blank=True)
+    refills_authorized = models.PositiveIntegerField(null=True, blank=True)
     total_charged = models.DecimalField(max_digits=12, decimal_places=2)
     total_paid = models.DecimalField(max_digits=12, decimal_places=2)
     member_liability = models.DecimalField(max_digits=12, decimal_places=2, default=0)
@@ -235,6 +240,11 @@ class PriorAuthorization(models.Model):
     service_display = models.CharField(max_length=200)
     diagnosis_code = models.CharField(max_length=8, blank=True, help_text="ICD-10-CM")
     quantity = models.PositiveIntegerField(default=1)
+    # Units the decision approved (empty: none decided yet) and units used to date, as the
+    # UM platform tracks them (PDex Prior Authorization: "units and services approved and
+    # those used to date").
+    units_approved = models.PositiveIntegerField(null=True, blank=True)
+    units_used = models.PositiveIntegerField(default=0)
     requested_date = models.DateField()
     decision = models.CharField(max_length=10, choices=Decision.choices, default=Decision.PENDING)
     decision_date = models.DateField(null=True, blank=True)
@@ -580,3 +590,37 @@ class MemberMatchDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_ref} #{self.sequence}: {self.outcome} ({self.rule})"
+
+
+class EobProjection(models.Model):
+    """The ExplanationOfBenefit of one claim or prior authorization, as payer/mapping.py maps
+    it, kept so that exports stream EOBs with the same COPY path as clinical resources.
+
+    Brought up to date by ``payer.services.eob_projection.eob_projection_refresh``: a row is
+    stale when its source's ``updated_at`` differs from ``source_updated_at``; a source that
+    is gone leaves a tombstone (``deleted_at`` set, ``resource`` null) so that exports with
+    ``_since`` list the deletion (Bulk Data 2.0 ``deleted``).
+    """
+
+    class Kind(models.TextChoices):
+        CLAIM = "claim", "Claim"
+        PRIOR_AUTHORIZATION = "pa", "Prior authorization"
+
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    source_pk = models.BigIntegerField()
+    resource_id = models.CharField(max_length=64, unique=True)
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    patient_id = models.CharField(max_length=64)
+    # The source's updated_at (= meta.lastUpdated), and the first date of service (claims)
+    # or the date requested (prior authorizations) for the 2016-01-01 floor.
+    source_updated_at = models.DateTimeField()
+    service_date = models.DateField()
+    resource = models.JSONField(null=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "source_pk"], name="eob_projection_source_unique")]
+        indexes = [models.Index(fields=["member", "source_updated_at"], name="eob_projection_member_idx")]
+
+    def __str__(self) -> str:
+        return f"ExplanationOfBenefit/{self.resource_id}"

@@ -1,6 +1,6 @@
 """Who may see whose data: the single access policy of the payer's Provider Access API.
 
-CMS-0057-F (42 CFR 422.121(b) and siblings) lets a payer share a member's data with a
+CMS-0057-F (42 CFR 422.121(a), the Provider Access API, and its parallels) lets a payer share a member's data with a
 provider only while all of these hold:
 
 - the provider organization is in network: one of its contracts covers the day;

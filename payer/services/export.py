@@ -34,12 +34,12 @@ from django.utils import timezone
 from django.utils.http import http_date
 
 from fhirkit.outcome import FHIRError, operation_outcome, outcome_issue
-from payer.mapping import eobs_for_members
 from payer.models import (
     AttributionGroup,
     AttributionMember,
     Claim,
     ClinicalResource,
+    EobProjection,
     ExportJob,
     ExportWorkUnit,
     MemberMatchGroup,
@@ -49,6 +49,7 @@ from payer.models import (
 )
 from payer.services.access import organization_in_network, visible_members, visible_patient_ids
 from payer.services.auth import scope_granted_types
+from payer.services.eob_projection import eob_projection_refresh
 from payer.services.export_params import (
     PATIENT_TYPES,
     PROVENANCE_RELEVANT,
@@ -121,9 +122,6 @@ def export_job_create(
     runs ``max_concurrent_exports`` jobs (Bulk Data req 118).
     """
     organization = client.organization
-    # Bulk Data transactionTime: the instant the data is read. Taken before anything is
-    # read, and every query of the job is capped at it, so it can be the next _since.
-    transaction_time = timezone.now()
     granted = scope_granted_types(scopes=scopes, candidates=list(SUPPORTED_TYPES))
     params, issues = export_params_parse(
         raw=raw_params,
@@ -134,6 +132,14 @@ def export_job_create(
     )
     if not organization_in_network(organization=organization):
         raise FHIRError("The organization has no network contract in force.", status=403, code="forbidden")
+    if "ExplanationOfBenefit" in params.types:
+        # Claims and prior authorizations changed since the projection was last brought up
+        # to date are mapped now, before transactionTime, so the export streams current
+        # EOBs and lists the deletions found (issue 11).
+        eob_projection_refresh()
+    # Bulk Data transactionTime: the instant the data is read. Taken before anything is
+    # read, and every query of the job is capped at it, so it can be the next _since.
+    transaction_time = timezone.now()
     if params.until is None or params.until_dt() > transaction_time:
         params.until = transaction_time.isoformat()
 
@@ -237,7 +243,7 @@ def _units_build(*, job: ExportJob, params: ExportParams, member_rows: list[tupl
 
 def _type_has_rows(resource_type: str) -> bool:
     if resource_type == "ExplanationOfBenefit":
-        return Claim.objects.exists() or PriorAuthorization.objects.exists()
+        return Claim.objects.exists() or PriorAuthorization.objects.exists() or EobProjection.objects.exists()
     return ClinicalResource.objects.filter(resource_type=resource_type).exists()
 
 
@@ -387,9 +393,12 @@ def _provenance_exported_targets(*, params: ExportParams, patient_ids: list[str]
     exported: set[str] = set()
     for resource_type, ids in by_type.items():
         if resource_type == "ExplanationOfBenefit":
-            # Mapped from the claims system, not stored: the EOBs of the batch's members.
-            eob_ids = {eob.get("id") for eob in _eob_resources(params=params, member_pks=member_pks)}
-            exported |= {f"{resource_type}/{i}" for i in ids & eob_ids}
+            # The projection of the claims system: the EOBs of the batch's members.
+            rows = _eob_queryset(params=params, member_pks=member_pks).filter(resource_id__in=sorted(ids))
+            alternatives = params.type_filters.get("ExplanationOfBenefit") or []
+            found = {rid for rid, resource in rows.values_list("resource_id", "resource")
+                     if not alternatives or any(resource_matches(resource=resource, criteria=c) for c in alternatives)}
+            exported |= {f"{resource_type}/{i}" for i in found}
             continue
         rows, python_filters = _clinical_queryset(resource_type=resource_type, params=params, patient_ids=patient_ids)
         rows = rows.filter(resource_id__in=sorted(ids)).order_by()
@@ -650,32 +659,46 @@ def _texts_stream(texts, *, heartbeat: "_Heartbeat", flat: bool = True) -> Itera
             reader.join()
 
 
-def _eob_lines(*, unit: ExportWorkUnit, params: ExportParams, member_pks: list[int], heartbeat: _Heartbeat) -> Iterator[bytes]:
-    """Yield NDJSON lines of ExplanationOfBenefit mapped from the claims system."""
-    keep = elements_for(params=params, resource_type="ExplanationOfBenefit")
-    for count, eob in enumerate(_eob_resources(params=params, member_pks=member_pks), 1):
-        if count % ROWS_PER_FETCH == 0:
-            heartbeat.beat()
-        if keep is not None:
-            eob = resource_subset(resource=eob, keep=keep)
-        yield json.dumps(eob, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-
-
-def _eob_resources(*, params: ExportParams, member_pks: list[int]) -> Iterator[dict[str, Any]]:
-    """Yield the ExplanationOfBenefit the job exports for ``member_pks``."""
+def _eob_queryset(*, params: ExportParams, member_pks: list[int]):
+    """Return the projection rows of the EOBs the job exports for ``member_pks``."""
+    rows = EobProjection.objects.filter(deleted_at__isnull=True)
+    rows = rows.filter(_AnyOf(F("member_id"), member_pks) if connection.vendor == "postgresql"
+                       else Q(member_id__in=member_pks))
     since, until = params.since_dt(), params.until_dt()
+    if since is not None:
+        rows = rows.filter(source_updated_at__gt=since)  # Bulk Data req 59: changed after _since.
+    if until is not None:
+        rows = rows.filter(source_updated_at__lte=until)  # req 153/154: up to transactionTime.
+    # CMS-0057-F (42 CFR 422.121(a)): dates of service from 2016-01-01 on.
+    return rows.filter(service_date__gte=SERVICE_DATE_FLOOR.date())
+
+
+def _eob_write(*, params: ExportParams, member_pks: list[int], writer: NDJSONPartWriter, errors: NDJSONPartWriter,
+               heartbeat: _Heartbeat) -> None:
+    """Write the unit's EOBs from the projection: the COPY stream on Postgres, as for the
+    clinical data, unless ``_typeFilter`` or ``_elements`` needs each resource parsed."""
     alternatives = params.type_filters.get("ExplanationOfBenefit") or []
-    floor = SERVICE_DATE_FLOOR.date().isoformat()
-    for eob in eobs_for_members(member_ids=member_pks, since=since, until=until):
-        last_updated = (eob.get("meta") or {}).get("lastUpdated")
-        if since is not None and last_updated and datetime.datetime.fromisoformat(last_updated) <= since:
-            continue  # mapping bounds _since inclusively; Bulk Data req 59 says "after".
-        service_start = (eob.get("billablePeriod") or {}).get("start")
-        if service_start and service_start[:10] < floor:
-            continue  # CMS-0057-F: dates of service from 2016-01-01 on.
-        if alternatives and not any(resource_matches(resource=eob, criteria=c) for c in alternatives):
-            continue
-        yield eob
+    keep = elements_for(params=params, resource_type="ExplanationOfBenefit")
+    texts = _eob_queryset(params=params, member_pks=member_pks).order_by().annotate(
+        text=Cast("resource", TextField())).values_list("text", flat=True)
+    if connection.vendor == "postgresql" and not alternatives and keep is None:
+        writer.write_blocks(_clinical_copy_blocks(texts=texts, heartbeat=heartbeat))
+    else:
+        writer.write_lines(_clinical_lines(rows=texts.values_list("resource_id", "text"), resource_type="ExplanationOfBenefit",
+                                           python_filters=alternatives, keep=keep, heartbeat=heartbeat, errors=errors))
+
+
+def _eob_deleted_lines(*, params: ExportParams, member_pks: list[int]) -> Iterator[bytes]:
+    """Yield the DELETE Bundles of the EOBs whose source left the claims system after ``_since``."""
+    rows = EobProjection.objects.filter(deleted_at__gt=params.since_dt(), member_id__in=member_pks)
+    if params.until_dt() is not None:
+        rows = rows.filter(deleted_at__lte=params.until_dt())
+    ids = list(rows.order_by("resource_id").values_list("resource_id", flat=True))
+    for start in range(0, len(ids), DELETED_PER_BUNDLE):
+        entries = [{"request": {"method": "DELETE", "url": f"ExplanationOfBenefit/{rid}"}}
+                   for rid in ids[start:start + DELETED_PER_BUNDLE]]
+        yield json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                         separators=(",", ":")).encode() + b"\n"
 
 
 def _unit_visible(*, unit: ExportWorkUnit, organization) -> tuple[list[str], list[int]]:
@@ -748,7 +771,7 @@ def _unit_write(*, unit: ExportWorkUnit, params: ExportParams, patient_ids: list
         return
     if unit.resource_type == "ExplanationOfBenefit":
         if member_pks:
-            writer.write_lines(_eob_lines(unit=unit, params=params, member_pks=member_pks, heartbeat=heartbeat))
+            _eob_write(params=params, member_pks=member_pks, writer=writer, errors=errors, heartbeat=heartbeat)
         return
     if unit.resource_type in PATIENT_TYPES and not patient_ids:
         return
@@ -809,7 +832,10 @@ def _unit_run(*, unit_id: int) -> None:
         _unit_write(unit=unit, params=params, patient_ids=patient_ids, member_pks=member_pks,
                     writer=writer, errors=error_writer, heartbeat=heartbeat)
         parts = writer.close()
-        if params.since and unit.resource_type != "ExplanationOfBenefit":
+        if params.since and unit.resource_type == "ExplanationOfBenefit":
+            if member_pks:
+                deleted_writer.write_lines(_eob_deleted_lines(params=params, member_pks=member_pks))
+        elif params.since:
             deleted_writer.write_lines(_deleted_lines(unit=unit, params=params, patient_ids=patient_ids))
         deleted_parts = deleted_writer.close()
         error_parts = error_writer.close()

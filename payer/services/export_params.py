@@ -123,6 +123,9 @@ TYPE_SEARCH: dict[str, dict[str, str]] = {
     "Goal": {"lifecycle-status": "token"},
     "ServiceRequest": {"status": "token", "category": "token", "code": "token", "authored": "date"},
     "Coverage": {"status": "token"},
+    # Directory references (the payer FHIR API answers them too; issue 11).
+    "PractitionerRole": {"practitioner": "reference", "organization": "reference"},
+    "Location": {"organization": "reference"},
     "ExplanationOfBenefit": {"use": "token", "status": "token", "type": "token", "service-date": "date", "created": "date"},
 }
 # Parameters answered from indexed ClinicalResource columns (the rest look at the JSON).
@@ -151,8 +154,12 @@ JSON_PATHS: dict[str, tuple[str, ...]] = {
     "identifier": ("identifier",),
     # R4 CompartmentDefinition Patient: where each exported type names its patient.
     "patient": ("patient", "subject", "beneficiary"),
+    "practitioner": ("practitioner",),
+    "organization": ("organization", "managingOrganization"),
 }
 REFERENCE_PARAMS = {"patient"}
+# The resource type each reference parameter points at.
+REFERENCE_TARGETS = {"patient": "Patient", "practitioner": "Practitioner", "organization": "Organization"}
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _ELEMENT_NAME = re.compile(r"^[a-z][A-Za-z0-9]*(\[x\])?$")
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]+$")
@@ -374,12 +381,13 @@ def _parse_type_filter(text: str, *, types: list[str], issues: _Issues) -> tuple
                 return None
             criteria.append([base, prefix, rest])
         elif supported[base] == "reference":
-            # R4 search.html#reference: [Type/]id; only Patient references name a patient.
+            # R4 search.html#reference: [Type/]id of the parameter's target type.
             ids = []
+            target = REFERENCE_TARGETS[base]
             for reference in value.split(","):
                 kind, slash, patient_id = reference.strip().rpartition("/")
-                if (slash and kind != "Patient") or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient_id):
-                    issues.add(f"_typeFilter {name}={value} is not a Patient reference.", expression="_typeFilter")
+                if (slash and kind != target) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient_id):
+                    issues.add(f"_typeFilter {name}={value} is not a {target} reference.", expression="_typeFilter")
                     return None
                 ids.append(patient_id)
             criteria.append([base, "", ",".join(ids)])
@@ -647,8 +655,8 @@ def resource_matches(*, resource: Mapping[str, Any], criteria: list[list[str]]) 
     """Return True when the parsed resource meets every criterion (one _typeFilter)."""
     for name, prefix, value in criteria:
         candidates = [v for path in JSON_PATHS.get(name, (name,)) for v in _values_at(resource, path)]
-        if name in REFERENCE_PARAMS:
-            wanted = {f"Patient/{patient_id}" for patient_id in value.split(",")}
+        if name in REFERENCE_TARGETS:
+            wanted = {f"{REFERENCE_TARGETS[name]}/{target_id}" for target_id in value.split(",")}
             if not any(isinstance(c, dict) and c.get("reference") in wanted for c in candidates):
                 return False
         elif prefix:

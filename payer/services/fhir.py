@@ -44,6 +44,7 @@ from payer.models import (
     ProviderOrganization,
 )
 from payer.services.access import organization_in_network, visible_members, visible_patient_ids
+from payer.services.export_params import SERVICE_DATE_FLOOR
 
 # Member data: each resource belongs to one Patient (ClinicalResource.patient_id).
 MEMBER_TYPES = (
@@ -69,12 +70,20 @@ PAGE_PARAM = "_offset"
 
 _COMMON_PARAMS = ("_id", "_lastUpdated", "_count", PAGE_PARAM)
 _EXTRA_PARAMS = {"Patient": ("identifier",), "Encounter": ("patient", "date")}
-GROUP_SEARCH_PARAMS = ("_id", "identifier", "name")
+# Directory references a Bulk Data client follows (US Core PractitionerRole SHALL
+# practitioner and specialty... the reference parameters here; issue 11: smart-fetch stops
+# on PractitionerRole?practitioner=).
+_SHARED_EXTRA_PARAMS = {"PractitionerRole": ("practitioner", "organization"), "Location": ("organization",)}
+_REFERENCE_FIELDS = {("PractitionerRole", "practitioner"): ("practitioner", "Practitioner"),
+                     ("PractitionerRole", "organization"): ("organization", "Organization"),
+                     ("Location", "organization"): ("managingOrganization", "Organization")}
+GROUP_SEARCH_PARAMS = ("_id", "identifier", "name", "characteristic")
 # R4 search.html: the type of each search parameter this server supports (for the
 # CapabilityStatement). ``_count`` and ``_offset`` are result and paging parameters.
 SEARCH_PARAM_TYPES = {
     "_id": "token", "_lastUpdated": "date", "patient": "reference", "identifier": "token",
-    "date": "date", "name": "string",
+    "date": "date", "name": "string", "characteristic": "token", "practitioner": "reference",
+    "organization": "reference",
 }
 
 PDEX_PROVIDER_GROUP = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-provider-group"
@@ -102,7 +111,7 @@ class SearchResult:
 def allowed_search_params(resource_type: str) -> tuple[str, ...]:
     """Return the search parameters this server supports on ``resource_type``."""
     if resource_type in SHARED_TYPES:
-        return _COMMON_PARAMS
+        return (*_COMMON_PARAMS, *_SHARED_EXTRA_PARAMS.get(resource_type, ()))
     return (*_COMMON_PARAMS, *_EXTRA_PARAMS.get(resource_type, ("patient",)))
 
 
@@ -115,6 +124,12 @@ def _with_meta(row: ClinicalResource) -> dict[str, Any]:
     resource["meta"] = meta
     resource.setdefault("id", row.resource_id)
     return resource
+
+
+def _service_date_floor_q() -> Q:
+    # CMS-0057-F, 42 CFR 422.121(a): data with a date of service on or after 2016-01-01;
+    # the same floor as the export (payer/services/export.py), for read and search.
+    return Q(date__isnull=True) | Q(date__gte=SERVICE_DATE_FLOOR)
 
 
 def _member_scope(resource_type: str, patient_ids) -> Q:
@@ -137,7 +152,10 @@ def resource_read(*, organization: ProviderOrganization, resource_type: str, res
     """Return ``resource_type/resource_id`` if the organization may see it."""
     if resource_type == EOB:
         return _eob_read(organization=organization, resource_id=resource_id)
-    row = ClinicalResource.objects.filter(resource_type=resource_type, resource_id=resource_id).first()
+    rows = ClinicalResource.objects.filter(resource_type=resource_type, resource_id=resource_id)
+    if resource_type not in SHARED_TYPES and resource_type != "Patient":
+        rows = rows.filter(_service_date_floor_q())
+    row = rows.first()
     if row is None:
         return ReadResult(resource=None)
     if resource_type in SHARED_TYPES:
@@ -159,12 +177,17 @@ def _eob_read(*, organization: ProviderOrganization, resource_id: str) -> ReadRe
         to_eob = prior_auth_to_eob
     else:
         source = None
-    if source is None:
+    if source is None or _eob_service_date(source) < SERVICE_DATE_FLOOR.date():
         return ReadResult(resource=None)
     patient_id = source.member.patient_id
     if not visible_patient_ids(organization=organization, patient_ids=[patient_id]):
         return ReadResult(resource=None, patient_id=patient_id, hidden=True)
     return ReadResult(resource=to_eob(source), patient_id=patient_id)
+
+
+def _eob_service_date(source: Claim | PriorAuthorization) -> datetime.date:
+    # Claims: the first date of service; prior authorizations: the date requested.
+    return source.service_start if isinstance(source, Claim) else source.requested_date
 
 
 def _eob_id(resource_id: str) -> tuple[str | None, str]:
@@ -265,6 +288,13 @@ def _clinical_search(
         )
         if allowed_patients is not None:
             queryset = queryset.filter(_member_scope(resource_type, allowed_patients))
+        if resource_type != "Patient":
+            queryset = queryset.filter(_service_date_floor_q())
+    for name in ("practitioner", "organization"):
+        if name in params and (resource_type, name) in _REFERENCE_FIELDS:
+            field, target = _REFERENCE_FIELDS[(resource_type, name)]
+            ids = reference_ids(params[name][0], name=name, resource_type=target)
+            queryset = queryset.filter(**{f"resource__{field}__reference__in": [f"{target}/{i}" for i in ids]})
     if "_id" in params:
         queryset = queryset.filter(resource_id__in=id_list_parse(params["_id"][0]))
     for value in params.get("_lastUpdated", []):
@@ -307,8 +337,9 @@ def _eob_search(
     members = visible_members(organization=organization)
     if allowed_patients is not None:
         members = members.filter(patient_id__in=allowed_patients)
-    claims = Claim.objects.filter(member__in=members.values("pk"))
-    auths = PriorAuthorization.objects.filter(member__in=members.values("pk"))
+    floor = SERVICE_DATE_FLOOR.date()
+    claims = Claim.objects.filter(member__in=members.values("pk"), service_start__gte=floor)
+    auths = PriorAuthorization.objects.filter(member__in=members.values("pk"), requested_date__gte=floor)
     if "_id" in params:
         parsed = [_eob_id(item) for item in id_list_parse(params["_id"][0])]
         claims = claims.filter(_numbers_q("claim_number", [n for kind, n in parsed if kind == "claim"]))
@@ -360,7 +391,7 @@ def groups_for(*, organization: ProviderOrganization) -> QuerySet[AttributionGro
 def group_search(
     *, organization: ProviderOrganization, params: Mapping[str, list[str]], base_url: str, prefer: str = ""
 ) -> SearchResult:
-    """Search the caller's own Groups by ``_id``, ``identifier`` or ``name``."""
+    """Search the caller's own Groups by ``_id``, ``identifier``, ``name`` or ``characteristic``."""
     search_bounds_check(params)
     ignored = unknown_params_check(params.keys(), allowed=GROUP_SEARCH_PARAMS, prefer=prefer)
     params = {name: values for name, values in params.items() if name not in ignored}
@@ -377,6 +408,10 @@ def group_search(
             _identifier_matches(resource.get("identifier", []), value) for value in params["identifier"]
         ):
             continue
+        # R4 Group search parameter characteristic: token on Group.characteristic.code.
+        codes = [coding for c in resource.get("characteristic", []) for coding in (c.get("code") or {}).get("coding", [])]
+        if "characteristic" in params and not all(_identifier_matches(codes, value) for value in params["characteristic"]):
+            continue
         resources.append(resource)
         patient_ids |= members
     type_url = f"{base_url.rstrip('/')}/Group"
@@ -388,7 +423,8 @@ def group_search(
 def _identifier_matches(identifiers: list[dict[str, Any]], value: str) -> bool:
     for item in value.split(","):
         system, code = token_parse(item)
-        if any(i.get("value") == code and (system is None or i.get("system", "") == system) for i in identifiers):
+        if any((i.get("value") or i.get("code")) == code and (system is None or i.get("system", "") == system)
+               for i in identifiers):
             return True
     return False
 

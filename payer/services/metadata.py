@@ -2,7 +2,9 @@
 
 from typing import Any
 
+from payer.mapping import PROFILE_INPATIENT, PROFILE_OUTPATIENT, PROFILE_PHARMACY, PROFILE_PRIOR_AUTH, PROFILE_PROFESSIONAL
 from payer.services.fhir import GROUP_SEARCH_PARAMS, SEARCH_PARAM_TYPES, allowed_search_params
+from payer.services.synthetic import C4BB_COVERAGE, OBSERVATION_PROFILES, us_core
 
 # Bulk Data req 1: a conforming server lists this in CapabilityStatement.instantiates.
 BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
@@ -18,6 +20,34 @@ PATIENT_DATA_TYPES = (
 )
 # Types read by id and searched by _id only (Patient, Group, and those referenced by clinical data).
 OTHER_TYPES = ("Patient", "Group", "Practitioner", "PractitionerRole", "Organization", "Location")
+
+# The implementation guides whose profiles the content declares (R4 CapabilityStatement.implementationGuide).
+IMPLEMENTATION_GUIDES = [
+    "http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core|6.1.0",
+    "http://hl7.org/fhir/us/carin-bb/ImplementationGuide/hl7.fhir.us.carin-bb|2.1.0",
+    "http://hl7.org/fhir/us/davinci-pdex/ImplementationGuide/hl7.fhir.us.davinci-pdex|2.1.0",
+    "http://hl7.org/fhir/uv/bulkdata/ImplementationGuide/hl7.fhir.uv.bulkdata|2.0.0",
+]
+# The profiles each type's resources declare in meta.profile (issue 11: exactly those they
+# meet, versioned; tests/payer/test_conformance.py checks every exported resource).
+SUPPORTED_PROFILES = {
+    "Patient": [us_core("us-core-patient")],
+    "Coverage": [us_core("us-core-coverage"), C4BB_COVERAGE],
+    "Encounter": [us_core("us-core-encounter")],
+    "Condition": [us_core("us-core-condition-problems-health-concerns"), us_core("us-core-condition-encounter-diagnosis")],
+    "Procedure": [us_core("us-core-procedure")],
+    "Observation": sorted({us_core(p) for p in OBSERVATION_PROFILES.values()} | {us_core("us-core-blood-pressure")}),
+    "MedicationRequest": [us_core("us-core-medicationrequest")],
+    "AllergyIntolerance": [us_core("us-core-allergyintolerance")],
+    "Immunization": [us_core("us-core-immunization")],
+    "DiagnosticReport": [us_core("us-core-diagnosticreport-lab"), us_core("us-core-diagnosticreport-note")],
+    "ExplanationOfBenefit": [PROFILE_INPATIENT, PROFILE_OUTPATIENT, PROFILE_PROFESSIONAL, PROFILE_PHARMACY, PROFILE_PRIOR_AUTH],
+    "Group": ["http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-provider-group"],
+    "Practitioner": [us_core("us-core-practitioner")],
+    "PractitionerRole": [us_core("us-core-practitionerrole")],
+    "Organization": [us_core("us-core-organization")],
+    "Location": [us_core("us-core-location")],
+}
 
 OPERATIONS = {
     "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
@@ -47,6 +77,8 @@ def _resource(resource_type: str) -> dict[str, Any]:
         "interaction": [{"code": "read"}, {"code": "search-type"}],
         "searchParam": params,
     }
+    if resource_type in SUPPORTED_PROFILES:
+        resource["supportedProfile"] = SUPPORTED_PROFILES[resource_type]
     if resource_type == "Patient":
         resource["operation"] = [_operation("patient-export")]
     elif resource_type == "Group":
@@ -67,6 +99,7 @@ def capability_statement(*, fhir_base_url: str, token_url: str, software_version
         "software": {"name": "Provider Access payer server", "version": software_version},
         "implementation": {"description": "Payer Provider Access API (CMS-0057-F)", "url": fhir_base_url},
         "fhirVersion": "4.0.1",
+        "implementationGuide": IMPLEMENTATION_GUIDES,
         "format": ["json"],
         "rest": [
             {

@@ -1,6 +1,6 @@
 """Member opt-out of Provider Access data sharing, and member self-identification.
 
-CMS-0057-F (42 CFR 422.121(b)(4) and parallels) requires payers to let members opt out
+CMS-0057-F (42 CFR 422.121(a), the Provider Access API, and its parallels) requires payers to let members opt out
 of Provider Access data sharing, and to opt back in, at any time. Da Vinci PDex STU 2
 ("Member Opt-out") leaves the mechanism to the payer. Here the current choice is the
 ``Member.opted_out`` column (one indexed column for every access check) and the history

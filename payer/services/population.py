@@ -57,6 +57,7 @@ CLAIM_COLUMNS = (
     "claim_number", "claim_type", "status", "billing_npi", "rendering_npi", "facility_npi", "type_of_bill",
     "service_start", "service_end", "received_date", "processed_date", "encounter_id", "ndc_code", "rxnorm_code",
     "drug_name", "days_supply", "total_charged", "total_paid", "member_liability", "updated_at",
+    "daw_code", "refill_number", "refills_authorized",
 )
 LINE_COLUMNS = (
     "sequence", "procedure_code", "procedure_system", "procedure_display", "revenue_code", "modifier",
@@ -66,7 +67,7 @@ DIAGNOSIS_COLUMNS = ("sequence", "icd10_code", "display", "kind")
 PA_COLUMNS = (
     "auth_number", "requesting_npi", "servicing_npi", "service_code", "service_system", "service_display",
     "diagnosis_code", "quantity", "requested_date", "decision", "decision_date", "decision_reason", "valid_start",
-    "valid_end", "updated_at",
+    "valid_end", "updated_at", "units_approved", "units_used",
 )
 
 
@@ -95,6 +96,7 @@ def _claim_values(spec: ClaimSpec) -> tuple:
         spec.type_of_bill, spec.service_start, spec.service_end, spec.received_date, spec.processed_date,
         spec.encounter_id, drug.ndc if drug else "", drug.rxnorm if drug else "", drug.display if drug else "",
         drug.days if drug else None, charged, paid, copay, spec.updated_at,
+        spec.daw_code, spec.refill_number, spec.refills_authorized,
     )
 
 
@@ -115,7 +117,7 @@ def _pa_values(pa: PASpec) -> tuple:
     return (
         pa.auth_number, pa.requesting_npi, pa.servicing_npi, pa.service_code, system, display, pa.diagnosis_code,
         pa.quantity, pa.requested_date, pa.decision, pa.decision_date, pa.decision_reason, pa.valid_start,
-        pa.valid_end, pa.updated_at,
+        pa.valid_end, pa.updated_at, pa.units_approved, pa.units_used,
     )
 
 

@@ -9,6 +9,7 @@ All codes are real: SNOMED CT, ICD-10-CM, LOINC, RxNorm, CPT/HCPCS, CVX, NUCC ta
 NUBC revenue codes and type of bill, CMS place of service.
 """
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -20,6 +21,8 @@ from payer.mapping import (
     UNITEDCARE_NAME,
     UNITEDCARE_ORGANIZATION_ID,
     coverage_id_for,
+    eob_id_for_claim,
+    eob_id_for_prior_auth,
     location_id_for,
 )
 
@@ -32,6 +35,19 @@ NUCC = "http://nucc.org/provider-taxonomy"
 UCUM = "http://unitsofmeasure.org"
 MEMBER_ID_SYSTEM = "https://unitedcare.example.org/fhir/sid/member-id"
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
+# One US Core release everywhere (PDex 2.1 allows 3.1.1 or 6.1.0): 6.1.0, with versioned
+# canonicals in meta.profile so a receiver knows which rules the resource claims.
+US_CORE_VERSION = "6.1.0"
+C4BB_COVERAGE = "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-Coverage|2.1.0"
+PDEX_PROVENANCE = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-provenance|2.2.0"
+OMB_RACE_ETHNICITY = "urn:oid:2.16.840.1.113883.6.238"
+# CDC Source of Payment Typology (PHVS_SourceOfPaymentTypology_CDC), the extensible
+# binding of US Core Coverage.type.
+PAYMENT_TYPOLOGY = "urn:oid:2.16.840.1.113883.3.221.5"
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+US_CORE_PROVENANCE_PARTICIPANT = "http://hl7.org/fhir/us/core/CodeSystem/us-core-provenance-participant-type"
+PDEX_SOURCE_FORMAT_EXT = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/ProvenanceSourceFrom"
+PDEX_SOURCE_FORMAT_CS = "http://hl7.org/fhir/us/davinci-pdex/CodeSystem/ProvenancePayerDataSource"
 
 # A fixed instant for the provider directory resources, so reruns produce identical JSON.
 DIRECTORY_UPDATED = datetime(2024, 1, 2, 8, 0, tzinfo=timezone.utc)
@@ -179,6 +195,20 @@ LABS: dict[str, Lab] = {
 }
 
 
+# US Core 6.1.0 profile of an Observation by category: clinical results cover imaging and
+# procedure; survey instruments (PHQ-9) are screening assessments.
+OBSERVATION_PROFILES = {
+    "laboratory": "us-core-observation-lab", "vital-signs": "us-core-vital-signs",
+    "imaging": "us-core-observation-clinical-result", "procedure": "us-core-observation-clinical-result",
+    "survey": "us-core-observation-screening-assessment",
+}
+
+# US Core DiagnosticReport Note category (LOINC, required binding of its us-core slice) for
+# the HL7 v2 diagnostic service sections of non-lab reports.
+REPORT_NOTE_CATEGORY = {"RAD": ("LP29684-5", "Radiology"), "CG": ("LP29708-2", "Cardiology"),
+                        "CTH": ("LP29708-2", "Cardiology")}
+
+
 @dataclass(frozen=True)
 class Drug:
     rxnorm: str
@@ -302,8 +332,47 @@ def _addr(org: Org) -> dict[str, Any]:
             "postalCode": "62701", "country": "US"}
 
 
+def us_core(profile: str) -> str:
+    """Return the versioned canonical of a US Core 6.1.0 profile."""
+    return f"{US_CORE}/{profile}|{US_CORE_VERSION}"
+
+
 def _meta(last_updated: datetime, *profiles: str) -> dict[str, Any]:
-    return {"lastUpdated": instant(last_updated), **({"profile": [f"{US_CORE}/{p}" for p in profiles]} if profiles else {})}
+    canonicals = [p if "/" in p else us_core(p) for p in profiles]
+    return {"lastUpdated": instant(last_updated), **({"profile": canonicals} if canonicals else {})}
+
+
+# OMB race and ethnicity categories (US Core race/ethnicity extensions, CDC Race & Ethnicity
+# code system), with the share of each in the generated population.
+RACES = [("2106-3", "White", 60), ("2054-5", "Black or African American", 14), ("2028-9", "Asian", 6),
+         ("1002-5", "American Indian or Alaska Native", 1), ("2076-8", "Native Hawaiian or Other Pacific Islander", 1),
+         ("2131-1", "Other Race", 18)]
+ETHNICITIES = [("2135-2", "Hispanic or Latino", 19), ("2186-5", "Not Hispanic or Latino", 81)]
+
+
+def _weighted(key: str, salt: str, choices: list[tuple[str, str, int]]) -> tuple[str, str]:
+    # Derived from the member id, not the builder's random stream, so adding demographics
+    # leaves every other generated value as it was.
+    roll = int(hashlib.sha256(f"{salt}:{key}".encode()).hexdigest()[:8], 16) % sum(w for *_, w in choices)
+    for code, display, weight in choices:
+        if roll < weight:
+            return code, display
+        roll -= weight
+    raise AssertionError("unreachable")
+
+
+def race_ethnicity_extensions(member_id: str) -> list[dict[str, Any]]:
+    """Return the US Core race and ethnicity extensions of a member (self-reported at enrollment)."""
+    race = _weighted(member_id, "race", RACES)
+    ethnicity = _weighted(member_id, "ethnicity", ETHNICITIES)
+    return [
+        {"url": f"{US_CORE}/us-core-race", "extension": [
+            {"url": "ombCategory", "valueCoding": {"system": OMB_RACE_ETHNICITY, "code": race[0], "display": race[1]}},
+            {"url": "text", "valueString": race[1]}]},
+        {"url": f"{US_CORE}/us-core-ethnicity", "extension": [
+            {"url": "ombCategory", "valueCoding": {"system": OMB_RACE_ETHNICITY, "code": ethnicity[0], "display": ethnicity[1]}},
+            {"url": "text", "valueString": ethnicity[1]}]},
+    ]
 
 
 def instant(value: datetime) -> str:
@@ -375,6 +444,8 @@ def directory_rows(orgs: list[Org], pracs: list[Prac]) -> list[Row]:
                 "organization": {"reference": f"Organization/{prac.org.fhir_id}", "display": prac.org.name},
                 "code": [specialty], "specialty": [specialty],
                 "location": [{"reference": f"Location/{location_id_for(prac.org.fhir_id)}"}],
+                # US Core PractitionerRole pd-1: telecom or endpoint (the practice's phone).
+                "telecom": [{"system": "phone", "value": f"+1-217-555-{prac.org.npi[-4:]}", "use": "work"}],
             },
             "", None, "active", t,
         ))
@@ -407,6 +478,10 @@ class ClaimSpec:
     lines: list[LineSpec]
     drug: Drug | None = None
     status: str = "paid"
+    # Pharmacy: NCPDP DAW code, fill number (0 = original) and refills authorized.
+    daw_code: str = ""
+    refill_number: int | None = None
+    refills_authorized: int | None = None
     # Filled by RecordBuilder.finish_claim.
     received_date: date | None = None
     processed_date: date | None = None
@@ -429,6 +504,8 @@ class PASpec:
     valid_start: date | None
     valid_end: date | None
     updated_at: datetime
+    units_approved: int | None = None
+    units_used: int = 0
 
 
 @dataclass
@@ -461,6 +538,8 @@ class RecordBuilder:
         self.claims: list[ClaimSpec] = []
         self.pas: list[PASpec] = []
         self._counters: dict[str, int] = {}
+        # The provider organization each clinical record came from (PDex Provenance author).
+        self._sources: dict[str, Org] = {}
 
     # ids ------------------------------------------------------------------------------
     def _next(self, kind: str) -> int:
@@ -484,6 +563,7 @@ class RecordBuilder:
         updated = _at(coverage_start, 7)
         self._add({
             "resourceType": "Patient", "id": self.patient_id, "meta": _meta(updated, "us-core-patient"),
+            "extension": race_ethnicity_extensions(self.member_id),
             "identifier": [{
                 "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB", "display": "Member Number"}]},
                 "system": MEMBER_ID_SYSTEM, "value": self.member_id,
@@ -495,9 +575,15 @@ class RecordBuilder:
                          "postalCode": "62704", "country": "US"}],
         }, when=None, status="active", updated=updated)
         self._add({
-            "resourceType": "Coverage", "id": coverage_id_for(self.member_id), "meta": _meta(updated),
+            "resourceType": "Coverage", "id": coverage_id_for(self.member_id),
+            "meta": _meta(updated, "us-core-coverage", C4BB_COVERAGE),
+            "identifier": [{
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB", "display": "Member Number"}]},
+                "system": MEMBER_ID_SYSTEM, "value": self.member_id,
+            }],
             "status": "active",
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIP", "display": "health insurance plan policy"}]},
+            # US Core Coverage.type: extensible binding to the Source of Payment Typology.
+            "type": {"coding": [{"system": PAYMENT_TYPOLOGY, "code": "512", "display": "Commercial Managed Care - PPO"}]},
             "subscriberId": self.member_id, "beneficiary": self._patient_ref(),
             "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self"}]},
             "period": {"start": coverage_start.isoformat()},
@@ -545,6 +631,7 @@ class RecordBuilder:
                 "dischargeDisposition": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "home", "display": "Home"}]},
             }
         self._add(resource, when=start, status="finished", updated=end + timedelta(hours=6))
+        self._sources[enc_id] = org
         enc = Encounter(enc_id, start, end, prac, org)
         if claim:
             self._claims_for(enc, kind, reasons, cpts or [])
@@ -559,7 +646,10 @@ class RecordBuilder:
             lines: list[LineSpec] = []
             nights = max((end - start).days, 1)
             if inpatient:
-                lines.append(LineSpec(revenue="0120", quantity=nights, service_date=start))
+                # Room and board (revenue 0120) bills no CPT/HCPCS code, and CARIN BB's
+                # institutional item.productOrService is a required binding to CPT/HCPCS/HIPPS
+                # (EOB-vision-item-productorservice forbids not-applicable): the stay is in
+                # the admission period instead of a revenue-only line.
                 dx = [dx[0][:2] + ("admitting",)] + dx if dx else dx
                 dx = [(c, d, k) for c, d, k in dx]
             if kind in ("ed", "inpatient"):
@@ -609,7 +699,9 @@ class RecordBuilder:
         status = "resolved" if abated else "active"
         recorded = _at(onset, 12)
         resource = {
-            "resourceType": "Condition", "id": cid, "meta": _meta(recorded, "us-core-condition"),
+            "resourceType": "Condition", "id": cid,
+            "meta": _meta(recorded, "us-core-condition-encounter-diagnosis" if category == "encounter-diagnosis"
+                          else "us-core-condition-problems-health-concerns"),
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]},
             "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": category}]}],
@@ -634,7 +726,7 @@ class RecordBuilder:
         issued = when + timedelta(hours=4 if lab.category == "laboratory" else 0)
         resource = {
             "resourceType": "Observation", "id": oid,
-            "meta": _meta(issued, "us-core-observation-lab" if lab.category == "laboratory" else "us-core-vital-signs" if lab.category == "vital-signs" else "us-core-observation-clinical-result"),
+            "meta": _meta(issued, OBSERVATION_PROFILES[lab.category]),
             "status": "final",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": lab.category}]}],
             "code": {"coding": [{"system": LOINC, "code": lab.loinc, "display": lab.display}], "text": lab.display},
@@ -673,7 +765,10 @@ class RecordBuilder:
             "resourceType": "DiagnosticReport", "id": rid,
             "meta": _meta(issued, "us-core-diagnosticreport-lab" if section == "LAB" else "us-core-diagnosticreport-note"),
             "status": "final",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": section}]}],
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": section}]},
+                         *([{"coding": [{"system": LOINC, "code": REPORT_NOTE_CATEGORY[section][0],
+                                         "display": REPORT_NOTE_CATEGORY[section][1]}]}]
+                           if section in REPORT_NOTE_CATEGORY else [])],
             "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
             "subject": self._patient_ref(), "encounter": {"reference": f"Encounter/{enc.id}"},
             "effectiveDateTime": instant(enc.start), "issued": instant(issued),
@@ -718,6 +813,9 @@ class RecordBuilder:
         resource = {
             "resourceType": "MedicationRequest", "id": mid, "meta": _meta(authored, "us-core-medicationrequest"),
             "status": status, "intent": "order",
+            # US Core 6.1.0 reported[x] (must support): prescribed by the clinician, not a
+            # patient report.
+            "reportedBoolean": False,
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-category", "code": "community" if chronic else "outpatient"}]}],
             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": drug.rxnorm, "display": drug.display}], "text": drug.display},
             "subject": self._patient_ref(), "encounter": {"reference": f"Encounter/{enc.id}"},
@@ -733,12 +831,18 @@ class RecordBuilder:
         if fills:
             last = min(stop or self.today, self.today - timedelta(days=3))
             day = enc.start.date() + timedelta(days=self.rng.randint(0, 2))
+            refills = 3 if chronic else 0  # dispenseRequest.numberOfRepeatsAllowed above
+            fill = 0
             while day <= last:
                 self.claims.append(ClaimSpec(
                     self._claim_number(), "pharmacy", PHARMACY_NPI, enc.prac.npi, "", "", day, day, "",
                     [(c.icd10.replace(".", ""), c.icd10_display, "principal")], [LineSpec(quantity=drug.qty, service_date=day)],
                     drug=drug,
+                    # NCPDP DAW 0: no product selection indicated. A chronic prescription is
+                    # renewed when its refills run out, so the fill number restarts at 0.
+                    daw_code="0", refill_number=fill % (refills + 1), refills_authorized=refills,
                 ))
+                fill += 1
                 if not chronic:
                     break
                 day += timedelta(days=drug.days + self.rng.randint(0, 6))
@@ -758,6 +862,7 @@ class RecordBuilder:
             "recorder": {"reference": f"Practitioner/{prac.fhir_id}", "display": prac.display},
             "reaction": [{"manifestation": [{"text": reaction}], "severity": severity}],
         }, when=when, status="active", updated=when)
+        self._sources[aid] = prac.org
         return aid
 
     def immunization(self, cvx: str, day: date, prac: Prac, enc: Encounter | None = None) -> str:
@@ -774,6 +879,7 @@ class RecordBuilder:
         if enc:
             resource["encounter"] = {"reference": f"Encounter/{enc.id}"}
         self._add(resource, when=when, status="completed", updated=when + timedelta(hours=1))
+        self._sources[iid] = prac.org
         return iid
 
     def prior_auth(self, *, code: str, requesting: Prac, servicing: Prac | None, reason: str, quantity: int,
@@ -787,6 +893,7 @@ class RecordBuilder:
             code, CONDITIONS[reason].icd10.replace(".", ""), quantity, requested, decision, decided, note,
             decided if valid else None, decided + timedelta(days=valid_days) if valid and decided else None,
             _at(decided or requested, 15),
+            units_approved={"approved": quantity, "partial": quantity // 2, "denied": 0}.get(decision),
         ))
 
     # claims adjudication ------------------------------------------------------------
@@ -816,6 +923,87 @@ class RecordBuilder:
                 copay = _money(25 if claim.claim_type == "professional" and line is claim.lines[0] else 0)
                 paid = Decimal("0.00") if claim.status in ("denied", "pended") else max(allowed - copay, Decimal("0.00"))
                 claim.line_amounts.append((charged, allowed, paid, copay))
+        self._prior_auth_utilization()
+        self._provenance()
+
+    def _prior_auth_utilization(self) -> None:
+        """Count the units of each approved authorization used by claims in its validity."""
+        for pa in self.pas:
+            if not pa.units_approved or pa.valid_start is None:
+                continue
+            end = pa.valid_end or self.today
+            pa.units_used = min(pa.units_approved, sum(
+                line.quantity for claim in self.claims if claim.claim_type != "pharmacy" and claim.status != "denied"
+                for line in claim.lines
+                if line.code == pa.service_code and pa.valid_start <= (line.service_date or claim.service_start) <= end))
+
+    def _provenance(self) -> None:
+        """Record PDex Provenance for what the payer transmits.
+
+        PDex 2.2 pdex-provenance (on US Core Provenance): the author is the organization the
+        record came from, the transmitter the payer, and the entity's sourceFormat says what
+        non-FHIR form the payer received it in. Clinical records are grouped by encounter
+        (the provider's C-CDA of the visit); enrollment data (Patient, Coverage) came on
+        X12 834 files and is the payer's own; EOBs are the payer's, mapped from X12 837
+        claims, NCPDP pharmacy claims and X12 278 prior authorizations.
+        """
+        groups: dict[str, list[Row]] = {}
+        for row in self.rows:
+            resource = row.resource
+            if resource["resourceType"] == "Provenance":
+                continue
+            encounter = (resource.get("encounter") or {}).get("reference", "").partition("/")[2]
+            key = resource["id"] if resource["resourceType"] == "Encounter" else encounter or resource["id"]
+            groups.setdefault(key, []).append(row)
+        for key, rows in groups.items():
+            org = self._sources.get(key)
+            targets = [f"{r.resource['resourceType']}/{r.resource['id']}" for r in rows]
+            if org is not None:
+                self._provenance_add(targets=targets, recorded=max(r.last_updated for r in rows),
+                                     author=(f"Organization/{org.fhir_id}", org.name), source_format="hl7ccda",
+                                     source=f"Clinical record received from {org.name}")
+            else:
+                self._provenance_add(targets=targets, recorded=max(r.last_updated for r in rows),
+                                     author=(f"Organization/{UNITEDCARE_ORGANIZATION_ID}", UNITEDCARE_NAME),
+                                     source_format="x12other", source="UnitedCare enrollment (X12 834)")
+        claims = [c for c in self.claims if c.updated_at is not None]
+        for source_format, label, chosen in (
+            ("x12837", "UnitedCare claims system (X12 837)", [c for c in claims if c.claim_type != "pharmacy"]),
+            ("ncpdp", "UnitedCare pharmacy claims (NCPDP)", [c for c in claims if c.claim_type == "pharmacy"]),
+        ):
+            if chosen:
+                self._provenance_add(
+                    targets=[f"ExplanationOfBenefit/{eob_id_for_claim(c.claim_number)}" for c in chosen],
+                    recorded=max(c.updated_at for c in chosen),
+                    author=(f"Organization/{UNITEDCARE_ORGANIZATION_ID}", UNITEDCARE_NAME),
+                    source_format=source_format, source=label)
+        if self.pas:
+            self._provenance_add(
+                targets=[f"ExplanationOfBenefit/{eob_id_for_prior_auth(pa.auth_number)}" for pa in self.pas],
+                recorded=max(pa.updated_at for pa in self.pas),
+                author=(f"Organization/{UNITEDCARE_ORGANIZATION_ID}", UNITEDCARE_NAME),
+                source_format="x12278", source="UnitedCare utilization management (X12 278)")
+
+    def _provenance_add(self, *, targets: list[str], recorded: datetime, author: tuple[str, str],
+                        source_format: str, source: str) -> None:
+        recorded = min(recorded, _at(self.today, 0))
+        payer = {"reference": f"Organization/{UNITEDCARE_ORGANIZATION_ID}", "display": UNITEDCARE_NAME}
+        self._add({
+            "resourceType": "Provenance", "id": self._id("prov"), "meta": _meta(recorded, "us-core-provenance", PDEX_PROVENANCE),
+            "target": [{"reference": t} for t in targets],
+            "recorded": instant(recorded),
+            "agent": [
+                {"type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "author", "display": "Author"}]},
+                 "who": {"reference": author[0], "display": author[1]}},
+                {"type": {"coding": [{"system": US_CORE_PROVENANCE_PARTICIPANT, "code": "transmitter", "display": "Transmitter"}]},
+                 "who": payer},
+            ],
+            "entity": [{
+                "extension": [{"url": PDEX_SOURCE_FORMAT_EXT, "valueCodeableConcept": {
+                    "coding": [{"system": PDEX_SOURCE_FORMAT_CS, "code": source_format}]}}],
+                "role": "source", "what": {"display": source},
+            }],
+        }, when=recorded, status="", updated=recorded)
 
 
 def _dedupe_dx(dx: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

@@ -1066,3 +1066,34 @@ def test_hostile_kick_offs_answer_400_never_500_and_lenient_never_widens(live_se
     assert manifest["output"] == []
     diagnostics = " ".join(i["diagnostics"] for o in _resources(manifest, token, kind="error")["OperationOutcome"] for i in o["issue"])
     assert "not a Patient reference" in diagnostics
+
+
+def test_eobs_come_from_the_projection_with_changes_and_deletions_since(live_server, celery_worker):
+    # Issue 11: EOBs are streamed from the projection, brought up to date at kick-off: a
+    # claim changed after _since is in output, a deleted one is a DELETE entry (Bulk Data
+    # req 179-190), and an unchanged one is in neither.
+    from payer.mapping import claim_to_eob, eob_id_for_claim
+    from payer.models import Claim
+
+    pop = _population(members=1, encounters=0, observations=0)
+    member = pop["members"][0]
+    long_ago = timezone.now() - datetime.timedelta(days=20)
+    unchanged, changed, deleted = (claim_create(member=member, updated_at=long_ago) for _ in range(3))
+    params = {"_type": "ExplanationOfBenefit"}
+    first = _resources(_run(live_server, pop["token"], f"Group/{pop['group_id']}/$export", celery_worker, params=params),
+                       pop["token"])
+    assert sorted(e["id"] for e in first["ExplanationOfBenefit"]) == sorted(
+        eob_id_for_claim(c.claim_number) for c in (unchanged, changed, deleted))
+    since = timezone.now()
+    time.sleep(0.05)
+    Claim.objects.filter(pk=changed.pk).update(status=Claim.Status.DENIED, updated_at=timezone.now())
+    deleted_id = eob_id_for_claim(deleted.claim_number)
+    deleted.delete()
+    manifest = _run(live_server, pop["token"], f"Group/{pop['group_id']}/$export", celery_worker,
+                    params={**params, "_since": since.isoformat()})
+    output = _resources(manifest, pop["token"])["ExplanationOfBenefit"]
+    assert [e["id"] for e in output] == [eob_id_for_claim(changed.claim_number)]
+    assert output[0] == claim_to_eob(Claim.objects.get(pk=changed.pk))  # the mapping decides the content
+    bundles = _resources(manifest, pop["token"], kind="deleted")["Bundle"]
+    assert [e["request"] for b in bundles for e in b["entry"]] == [
+        {"method": "DELETE", "url": f"ExplanationOfBenefit/{deleted_id}"}]

@@ -434,3 +434,61 @@ def test_every_refusal_is_audited_405_406_404(world):
     assert [event.status_code for event in events] == [405, 405, 406, 404]
     assert all(event.outcome == AuditEvent.Outcome.DENIED for event in events)
     assert not any(world.token_a in (event.detail + event.request_path) for event in events)
+
+
+# --- Issue 11: CapabilityStatement, directory and Group searches, the service-date floor -----
+
+
+def test_capability_statement_lists_guides_profiles_and_every_search_parameter_it_answers(world):
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    statement = requests.get(f"{world.base}/metadata", timeout=10).json()
+    CapabilityStatement.model_validate(statement)
+    assert "http://hl7.org/fhir/us/core/ImplementationGuide/hl7.fhir.us.core|6.1.0" in statement["implementationGuide"]
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert all(p.endswith(("|6.1.0", "|2.1.0")) or "pdex-provider-group" in p
+               for r in resources.values() for p in r.get("supportedProfile", []))
+    assert "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-ExplanationOfBenefit-Pharmacy-Basis|2.1.0" in \
+        resources["ExplanationOfBenefit"]["supportedProfile"]
+    # Every listed search parameter is answered (200), none refused as unsupported.
+    sample = {"token": "x", "reference": world.jack.patient_id, "date": "ge2016-01-01", "string": "x"}
+    for resource_type, resource in resources.items():
+        for param in resource["searchParam"]:
+            value = {"practitioner": world.doctor.fhir_id, "organization": "x"}.get(param["name"], sample[param["type"]])
+            response = get(f"{world.base}/{resource_type}", world.token_a, {param["name"]: value})
+            assert response.status_code == 200, (resource_type, param, response.text)
+
+
+def test_group_search_by_characteristic(world):
+    code = "http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMemberAttributionCS|pdexprovidergroup"
+    assert entry_ids(bundle(get(f"{world.base}/Group", world.token_a, {"characteristic": code}))) == [world.group_a.fhir_id]
+    assert entry_ids(bundle(get(f"{world.base}/Group", world.token_a, {"characteristic": "pdexprovidergroup"}))) == [
+        world.group_a.fhir_id]
+    assert bundle(get(f"{world.base}/Group", world.token_a, {"characteristic": "other|pdexprovidergroup"}))["total"] == 0
+
+
+def test_practitioner_role_search_by_practitioner_and_organization(world):
+    role = clinical_resource_create(resource_type="PractitionerRole", resource_id="role-1", resource={
+        "practitioner": {"reference": f"Practitioner/{world.doctor.fhir_id}"},
+        "organization": {"reference": f"Organization/{world.org_a.fhir_id}"}})
+    clinical_resource_create(resource_type="PractitionerRole", resource_id="role-2", resource={
+        "practitioner": {"reference": "Practitioner/someone-else"}})
+    found = bundle(get(f"{world.base}/PractitionerRole", world.token_a, {"practitioner": f"Practitioner/{world.doctor.fhir_id}"}))
+    assert entry_ids(found) == [role.resource_id]
+    assert entry_ids(bundle(get(f"{world.base}/PractitionerRole", world.token_a,
+                                {"organization": world.org_a.fhir_id}))) == [role.resource_id]
+    outcome(get(f"{world.base}/PractitionerRole", world.token_a, {"practitioner": "Patient/x"}), 400, "invalid")
+
+
+def test_service_date_floor_holds_in_read_and_search(world):
+    # CMS-0057-F, 42 CFR 422.121(a): dates of service from 2016-01-01 on, as in the export.
+    old = clinical_resource_create(resource_type="Encounter", patient_id=world.jack.patient_id,
+                                   date=datetime.datetime(2015, 12, 31, tzinfo=datetime.UTC))
+    outcome(get(f"{world.base}/Encounter/{old.resource_id}", world.token_a), 404, "not-found")
+    ids = entry_ids(bundle(get(f"{world.base}/Encounter", world.token_a, {"patient": world.jack.patient_id})))
+    assert old.resource_id not in ids and world.encounters["Jack"].resource_id in ids
+    old_claim = claim_create(member=world.jack, billing_npi=world.org_a.npi, service_start=datetime.date(2015, 6, 1),
+                             service_end=datetime.date(2015, 6, 1))
+    eobs = entry_ids(bundle(get(f"{world.base}/ExplanationOfBenefit", world.token_a, {"patient": world.jack.patient_id})))
+    assert f"eob-{old_claim.claim_number.lower()}" not in eobs and len(eobs) == 1
+    outcome(get(f"{world.base}/ExplanationOfBenefit/eob-{old_claim.claim_number.lower()}", world.token_a), 404, "not-found")

@@ -57,7 +57,7 @@ def test_every_demo_eob_validates_and_has_no_financial_element(demo):
         for item in eob.get("item", []):
             for adjudication in item.get("adjudication", []):
                 assert "amount" not in adjudication
-        kinds.add((eob["use"], eob["type"]["coding"][0]["code"], eob["meta"]["profile"][0].rsplit("/", 1)[1]))
+        kinds.add((eob["use"], eob["type"]["coding"][0]["code"], eob["meta"]["profile"][0].rsplit("/", 1)[1].partition("|")[0]))
     assert {k[2] for k in kinds} >= {
         "C4BB-ExplanationOfBenefit-Inpatient-Institutional-Basis",
         "C4BB-ExplanationOfBenefit-Outpatient-Institutional-Basis",
@@ -125,10 +125,25 @@ def test_claim_with_unknown_npis_and_no_encounter_identifies_by_npi():
     assert "150" not in str(eob) and "90.0" not in str(eob)
 
 
+def _review_actions(eob):
+    """Return (X12 306 code, when adjudicated, units) of each item adjudication carrying a reviewAction."""
+    found = []
+    for adjudication in eob["item"][0]["adjudication"]:
+        extensions = {e["url"].rsplit("/", 1)[1]: e for e in adjudication.get("extension", [])}
+        if "extension-reviewAction" in extensions:
+            code = [e["valueCodeableConcept"]["coding"][0]["code"] for e in extensions["extension-reviewAction"]["extension"]
+                    if e["url"].endswith("extension-reviewActionCode")]
+            when = extensions.get("base-ext-when-adjudicated", {}).get("valueDateTime")
+            found.append((code[0], when, adjudication["value"]))
+    return found
+
+
 @pytest.mark.parametrize("decision,outcome,action", [
     ("approved", "complete", "A1"), ("partial", "partial", "A2"), ("denied", "complete", "A3"), ("pending", "queued", "A4"),
 ])
 def test_prior_authorization_eob(demo, decision, outcome, action):
+    # PDex Prior Authorization (pdex-pa.fsh): the decision is the reviewAction extension with
+    # its X12 306 code and WhenAdjudicated date, on the closed allowedunits slice.
     pa = PriorAuthorization.objects.filter(decision=decision, member__member_id=JACK_SHAW_MEMBER_ID).first()
     eob = prior_auth_to_eob(pa)
     ExplanationOfBenefit.model_validate(eob)
@@ -137,16 +152,35 @@ def test_prior_authorization_eob(demo, decision, outcome, action):
     assert eob["id"] == f"pa-{pa.auth_number.lower()}"
     assert eob["status"] == "active" and eob["outcome"] == outcome
     assert eob["preAuthRef"] == [pa.auth_number]
-    reasons = [a["reason"]["coding"][0]["code"] for a in eob["item"][0]["adjudication"] if "reason" in a]
-    assert reasons == [action]
+    approved = {"approved": pa.quantity, "partial": pa.quantity // 2}.get(decision, 0)
+    assert _review_actions(eob) == [(action, pa.decision_date.isoformat() if pa.decision_date else None, approved)]
+    categories = [a["category"]["coding"][0]["code"] for a in eob["item"][0]["adjudication"]]
+    assert set(categories) <= {"allowedunits", "consumedunits"}
     if decision in ("approved", "partial"):
         assert eob["preAuthRefPeriod"] == [{"start": pa.valid_start.isoformat(), "end": pa.valid_end.isoformat()}]
+        assert categories == ["allowedunits", "consumedunits"]
     else:
         assert "preAuthRefPeriod" not in eob
     if decision != "pending":
         assert pa.decision_date.isoformat() in eob["disposition"]
     assert list(_financial_paths(eob)) == []
     assert eob_id_parse(eob["id"]) == ("pa", pa.auth_number.lower())
+
+
+def test_cancelled_prior_authorization_is_cancelled_not_pended(demo):
+    pa = PriorAuthorization.objects.filter(decision="approved", member__member_id=JACK_SHAW_MEMBER_ID).first()
+    pa.decision = PriorAuthorization.Decision.CANCELLED
+    eob = prior_auth_to_eob(pa)
+    assert eob["status"] == "cancelled" and eob["outcome"] == "complete"
+    assert [code for code, _, _ in _review_actions(eob)] == ["C"]
+
+
+def test_units_used_come_from_the_claims_billed_under_the_authorization(demo):
+    # Jack Shaw's cardiac rehabilitation: 36 units approved, 12 billed on 2020-04-06.
+    pa = PriorAuthorization.objects.get(member__member_id=JACK_SHAW_MEMBER_ID, service_code="93798")
+    eob = prior_auth_to_eob(pa)
+    consumed = [a["value"] for a in eob["item"][0]["adjudication"] if a["category"]["coding"][0]["code"] == "consumedunits"]
+    assert pa.units_approved == 36 and consumed == [12]
 
 
 def test_eob_id_parse_rejects_foreign_ids():
