@@ -236,6 +236,10 @@ PA_EXPORT_FILE_MAX_BYTES = int(os.environ.get("PA_EXPORT_FILE_MAX_BYTES", str(25
 PA_EXPORT_MAX_ATTEMPTS = int(os.environ.get("PA_EXPORT_MAX_ATTEMPTS", "5"))
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Imports of the plan's own data (payer/services/imports/): the identifier system whose
+# value on a Patient or Coverage is the member id (Member.member_id) that links it.
+PA_MEMBER_IDENTIFIER_SYSTEM = os.environ.get("PA_MEMBER_IDENTIFIER_SYSTEM", "https://unitedcare.example.org/fhir/sid/member-id")
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["fhirkit.renderers.FHIRJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [

@@ -7,6 +7,7 @@ from celery import shared_task
 from payer.services import export as export_services
 from payer.services.attribution import attribution_refresh
 from payer.services.auth import access_tokens_purge
+from payer.services.imports.fhir import fhir_import
 
 
 @shared_task(acks_late=True)
@@ -36,3 +37,11 @@ def export_purge_task() -> int:
 @shared_task
 def access_tokens_purge_task() -> int:
     return access_tokens_purge()
+
+
+# --- Imports of the plan's own data (payer/services/imports/) ---------------------------
+
+@shared_task(acks_late=True)
+def fhir_import_task(paths: list[str], report_path: str | None = None) -> dict:
+    # Safe twice: a resource already stored is unchanged unless the feed's version is newer.
+    return fhir_import(paths=paths, report_path=report_path).as_dict()
