@@ -48,6 +48,8 @@ class ImportReport:
     errors: list[ImportError_] = dataclasses.field(default_factory=list)
     # Per file or per table counts, for the reader of the summary.
     by_kind: dict[str, Counter] = dataclasses.field(default_factory=dict)
+    # What the import did beyond counting rows (claims changed, attribution refreshed, ...).
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def count(self, outcome: str, *, kind: str, n: int = 1) -> None:
         """Count ``n`` items of ``kind`` that ended in ``outcome`` (stored, updated, unchanged, deleted)."""
@@ -76,7 +78,7 @@ class ImportReport:
             "read": self.read, "stored": self.stored, "updated": self.updated, "unchanged": self.unchanged,
             "deleted": self.deleted, "skipped": self.skipped_total, "skipped_by_reason": dict(self.skipped),
             "errors": self.error_count, "errors_listed": [dataclasses.asdict(e) for e in self.errors],
-            "by_kind": {k: dict(v) for k, v in sorted(self.by_kind.items())},
+            "by_kind": {k: dict(v) for k, v in sorted(self.by_kind.items())}, **self.extra,
         }
 
     def write(self, path: str | Path) -> None:

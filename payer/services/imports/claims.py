@@ -1,0 +1,781 @@
+"""Import a claims platform's flat extract (a folder of CSV files) into the systems of record.
+
+The layout is ``LAYOUT`` below, one file per table, described column by column in
+docs/claims-extract.md. Design:
+- Files are read in dependency order (providers, contracts, members, coverage, claims,
+  their lines and diagnoses, prior authorizations) in batches of ``BATCH_SIZE`` rows, so
+  memory stays flat however large the extract.
+- Every cell is checked for shape (NPI check digit, ICD-10-CM, CPT/HCPCS, NDC, dates,
+  amounts, code lists); a bad row is reported with its file, line and column and left
+  out, and the rest loads. A row whose parent (member, organization, claim) is not
+  loaded is reported the same way.
+- Rows are upserted on their natural keys (NPI, contract number, member id, coverage id,
+  claim number, (claim, sequence), auth number) and compared with what is stored first:
+  a re-run of the same extract writes nothing, and a later extract touches only the rows
+  that changed. A claim listed in claim_lines.csv (or claim_diagnoses.csv) has exactly
+  the lines listed there afterwards; a claim not listed keeps its lines.
+- A claim or prior authorization that changed gets ``updated_at`` = import time (so
+  ``_since`` exports of ExplanationOfBenefit see it), then ``claims_changed`` is called
+  with their ids (where the EOB projection refresh plugs in) and attribution is
+  refreshed for the members of the changed claims only.
+"""
+
+import csv
+import datetime
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from django.db import models, reset_queries, transaction
+from django.utils import timezone
+
+from payer.models import (
+    Claim,
+    ClaimDiagnosis,
+    ClaimLine,
+    ClinicalResource,
+    Member,
+    NetworkContract,
+    PriorAuthorization,
+    ProviderOrganization,
+    ProviderPractitioner,
+)
+from payer.services.attribution import attribution_refresh_members
+from payer.services.imports.report import ImportReport, Progress
+from payer.services.synthetic import (
+    ICD10,
+    MEMBER_ID_SYSTEM,
+    Org,
+    Prac,
+    directory_rows,
+    npi_with_check_digit,
+)
+
+BATCH_SIZE = 2000
+
+
+class CellError(ValueError):
+    pass
+
+
+# --- Cell parsers: each returns the stored value or raises CellError -------------------------
+
+def _text(max_length: int) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if len(value) > max_length:
+            raise CellError(f"longer than {max_length} characters")
+        return value
+    return parse
+
+
+def npi(value: str) -> str:
+    """An NPI: 10 digits whose last is the Luhn check digit over 80840 + the first nine (CMS)."""
+    if not re.fullmatch(r"\d{10}", value):
+        raise CellError(f"NPI {value!r} is not 10 digits")
+    if npi_with_check_digit(value[:9]) != value:
+        raise CellError(f"NPI {value} fails the check digit (Luhn over 80840 prefix)")
+    return value
+
+
+_ICD10CM = re.compile(r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?")
+
+
+def icd10cm(value: str) -> str:
+    """An ICD-10-CM code, with or without its dot: a letter, a digit, a digit or letter, then up to 4 more."""
+    if not _ICD10CM.fullmatch(value.upper()):
+        raise CellError(f"{value!r} is not an ICD-10-CM code")
+    code = value.upper().replace(".", "")
+    return code if len(code) <= 3 else f"{code[:3]}.{code[3:]}"
+
+
+def procedure_code(value: str) -> str:
+    """A CPT code (5 digits, or 4 digits + F/T/U for Category II/III) or a HCPCS Level II code (letter + 4 digits)."""
+    if not (re.fullmatch(r"\d{4}[0-9FTU]", value) or re.fullmatch(r"[A-V]\d{4}", value.upper())):
+        raise CellError(f"{value!r} is not a CPT or HCPCS code")
+    return value.upper()
+
+
+def ndc(value: str) -> str:
+    """An NDC as 11 digits (5-4-2), from 11 digits or a 10-digit hyphenated 4-4-2, 5-3-2 or 5-4-1 form."""
+    if re.fullmatch(r"\d{11}", value):
+        return value
+    parts = value.split("-")
+    shapes = {(4, 4, 2): "0{}{}{}", (5, 3, 2): "{}0{}{}", (5, 4, 1): "{}{}0{}", (5, 4, 2): "{}{}{}"}
+    shape = tuple(len(p) for p in parts)
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and shape in shapes:
+        return shapes[shape].format(*parts)
+    raise CellError(f"{value!r} is not an NDC (11 digits, or 4-4-2 / 5-3-2 / 5-4-1 with hyphens)")
+
+
+def day(value: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else _no_date(value)
+    except ValueError:
+        raise CellError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _no_date(value: str):
+    raise CellError(f"{value!r} is not a date (YYYY-MM-DD)")
+
+
+def amount(value: str) -> Decimal:
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise CellError(f"{value!r} is not an amount") from None
+    if not number.is_finite() or number < 0 or number != round(number, 2) or number >= 10**10:
+        raise CellError(f"{value!r} is not an amount (0 or more, at most 2 decimals)")
+    return number
+
+
+def quantity(value: str) -> Decimal:
+    number = amount(value)
+    if number >= 10**6:
+        raise CellError(f"{value!r} is too large a quantity")
+    return number
+
+
+def count(value: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", value):
+        raise CellError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def positive(value: str) -> int:
+    number = count(value)
+    if number < 1:
+        raise CellError("must be 1 or more")
+    return number
+
+
+def pattern(regex: str, what: str) -> Callable[[str], str]:
+    compiled = re.compile(regex)
+
+    def parse(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise CellError(f"{value!r} is not {what}")
+        return value
+    return parse
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in values:
+            raise CellError(f"{value!r} is not one of {', '.join(values)}")
+        return value.lower()
+    return parse
+
+
+FHIR_ID = pattern(r"[A-Za-z0-9\-.]{1,64}", "a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    parse: Callable[[str], Any]
+    required: bool = False
+    default: Any = ""
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    file: str
+    doc: str
+    columns: tuple[Column, ...]
+
+
+def C(name: str, parse: Callable[[str], Any], doc: str, *, required: bool = False, default: Any = "") -> Column:
+    return Column(name=name, parse=parse, required=required, default=default, doc=doc)
+
+
+# The extract layout: docs/claims-extract.md describes it from this table
+# (tests/payer/test_import_claims.py checks that every column is documented).
+LAYOUT: tuple[Table, ...] = (
+    Table("organizations.csv", "Provider organizations (hospitals, clinics, practices) by NPI.", (
+        C("npi", npi, "Type 2 NPI", required=True),
+        C("name", _text(200), "Organization name", required=True),
+        C("city", _text(100), "City"),
+        C("state", pattern(r"[A-Z]{2}", "a 2-letter state code"), "USPS state code"),
+        C("fhir_id", FHIR_ID, "FHIR Organization id; default org-<npi>"),
+    )),
+    Table("practitioners.csv", "Clinicians with an NPI and a NUCC taxonomy, each practising for one organization.", (
+        C("npi", npi, "Type 1 NPI", required=True),
+        C("family", _text(100), "Family name", required=True),
+        C("given", _text(100), "Given name", required=True),
+        C("taxonomy_code", pattern(r"[0-9]{3}[0-9A-Z]{6}X", "a NUCC taxonomy code"), "NUCC taxonomy code", required=True),
+        C("taxonomy_display", _text(200), "Taxonomy display", required=True),
+        C("organization_npi", npi, "NPI of the organization (organizations.csv or already stored)", required=True),
+        C("fhir_id", FHIR_ID, "FHIR Practitioner id; default prac-<npi>"),
+    )),
+    Table("contracts.csv", "Network contracts: the organization is in network while today is in [start, end].", (
+        C("contract_number", _text(40), "Contract number", required=True),
+        C("organization_npi", npi, "NPI of the organization", required=True),
+        C("start", day, "First day in force", required=True),
+        C("end", day, "Last day in force; empty: open-ended", default=None),
+    )),
+    Table("members.csv", "Members (the enrollment system).", (
+        C("member_id", pattern(r"[A-Za-z0-9\-.]{1,40}", "a member id (1-40 of A-Z a-z 0-9 - .)"),
+          "Member id: the value of the member identifier (PA_MEMBER_IDENTIFIER_SYSTEM)", required=True),
+        C("family", _text(100), "Family name", required=True),
+        C("given", _text(100), "Given name", required=True),
+        C("birth_date", day, "Date of birth", required=True),
+        C("gender", choice("male", "female", "other", "unknown"), "FHIR administrative gender", required=True),
+        C("patient_id", FHIR_ID, "FHIR Patient id; default pat-<member id in lower case>"),
+    )),
+    Table("coverage_periods.csv", "Enrollment periods, each stored as a FHIR Coverage of the member.", (
+        C("coverage_id", FHIR_ID, "FHIR Coverage id of the period", required=True),
+        C("member_id", _text(40), "Member id (members.csv or already stored)", required=True),
+        C("start", day, "First day covered", required=True),
+        C("end", day, "Last day covered; empty: ongoing", default=None),
+        C("group_id", _text(40), "Employer group number"),
+        C("plan_id", _text(40), "Plan number"),
+        C("plan_name", _text(200), "Plan name"),
+    )),
+    Table("claims.csv", "Claim headers as the claims platform keeps them.", (
+        C("claim_number", _text(40), "Claim number (unique; an adjustment keeps its number and changes its status)", required=True),
+        C("member_id", _text(40), "Member id", required=True),
+        C("claim_type", choice(*Claim.ClaimType.values), "institutional, professional or pharmacy", required=True),
+        C("status", choice(*Claim.Status.values), "paid, denied, pended or adjusted", required=True),
+        C("billing_npi", npi, "Billing provider NPI", required=True),
+        C("rendering_npi", npi, "Rendering practitioner NPI"),
+        C("facility_npi", npi, "Facility NPI"),
+        C("type_of_bill", pattern(r"0?\d{3}", "a type of bill (3 or 4 digits)"), "Uniform bill type (institutional)"),
+        C("service_start", day, "First day of service", required=True),
+        C("service_end", day, "Last day of service (not before service_start)", required=True),
+        C("received_date", day, "Day the claim was received", required=True),
+        C("processed_date", day, "Day the claim was adjudicated", default=None),
+        C("encounter_id", FHIR_ID, "FHIR Encounter id of the visit billed, when known"),
+        C("ndc_code", ndc, "Pharmacy: NDC dispensed (stored as 11 digits)"),
+        C("rxnorm_code", pattern(r"\d{1,20}", "an RxNorm code"), "Pharmacy: RxNorm code"),
+        C("drug_name", _text(200), "Pharmacy: drug name"),
+        C("days_supply", count, "Pharmacy: days supply", default=None),
+        C("total_charged", amount, "Total charged", required=True),
+        C("total_paid", amount, "Total paid by the plan", required=True),
+        C("member_liability", amount, "Member liability", default=Decimal("0")),
+    )),
+    Table("claim_lines.csv", "Claim lines; the lines of one claim are consecutive rows.", (
+        C("claim_number", _text(40), "Claim number (claims.csv or already stored)", required=True),
+        C("sequence", positive, "Line number within the claim", required=True),
+        C("procedure_code", procedure_code, "CPT or HCPCS code"),
+        C("procedure_system", choice("cpt", "hcpcs"), "CPT or HCPCS (required with procedure_code)"),
+        C("procedure_display", _text(200), "Procedure display"),
+        C("revenue_code", pattern(r"\d{4}", "a revenue code (4 digits)"), "Revenue code (institutional)"),
+        C("modifier", pattern(r"[0-9A-Z]{2}", "a modifier (2 characters)"), "Procedure modifier"),
+        C("place_of_service", pattern(r"\d{2}", "a place of service code (2 digits)"), "CMS place of service"),
+        C("service_date", day, "Day of service", required=True),
+        C("quantity", quantity, "Units", default=Decimal("1")),
+        C("charged_amount", amount, "Charged", required=True),
+        C("allowed_amount", amount, "Allowed", default=Decimal("0")),
+        C("paid_amount", amount, "Paid", default=Decimal("0")),
+        C("copay_amount", amount, "Copay", default=Decimal("0")),
+    )),
+    Table("claim_diagnoses.csv", "Claim diagnoses; the diagnoses of one claim are consecutive rows.", (
+        C("claim_number", _text(40), "Claim number", required=True),
+        C("sequence", positive, "Diagnosis number within the claim", required=True),
+        C("icd10_code", icd10cm, "ICD-10-CM code, with or without the dot (stored with it)", required=True),
+        C("display", _text(200), "Diagnosis display"),
+        C("kind", choice(*ClaimDiagnosis.Kind.values), "principal, admitting or other", default="other"),
+    )),
+    Table("prior_authorizations.csv", "Prior authorization requests and their decisions (the UM platform).", (
+        C("auth_number", _text(40), "Authorization number", required=True),
+        C("member_id", _text(40), "Member id", required=True),
+        C("requesting_npi", npi, "Requesting provider NPI", required=True),
+        C("servicing_npi", npi, "Servicing provider NPI"),
+        C("service_code", procedure_code, "CPT or HCPCS code of the service", required=True),
+        C("service_system", choice("cpt", "hcpcs"), "CPT or HCPCS", required=True),
+        C("service_display", _text(200), "Service display", required=True),
+        C("diagnosis_code", icd10cm, "ICD-10-CM code"),
+        C("quantity", positive, "Units requested", default=1),
+        C("requested_date", day, "Day requested", required=True),
+        C("decision", choice(*PriorAuthorization.Decision.values), "pending, approved, partial, denied or cancelled",
+          default="pending"),
+        C("decision_date", day, "Day decided", default=None),
+        C("decision_reason", _text(200), "Reason for the decision"),
+        C("valid_start", day, "First day the authorization is valid", default=None),
+        C("valid_end", day, "Last day the authorization is valid", default=None),
+    )),
+)
+TABLES = {t.file: t for t in LAYOUT}
+# Stored spelling of the procedure systems (ClaimLine.procedure_system, PriorAuthorization.service_system).
+_SYSTEMS = {"cpt": "CPT", "hcpcs": "HCPCS"}
+
+
+@dataclass
+class _Row:
+    line: int
+    values: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    folder: Path
+    report: ImportReport
+    now: datetime.datetime
+    progress: Progress | None
+    total_bytes: int
+    done_bytes: int = 0
+    changed_claims: set[int] = field(default_factory=set)
+    changed_pas: set[int] = field(default_factory=set)
+    changed_directory: set[str] = field(default_factory=set)  # organization/practitioner NPIs
+    changed_coverage_members: set[str] = field(default_factory=set)
+
+
+# --- Reading and checking ------------------------------------------------------------------
+
+def _rows(run: _Run, table: Table) -> Iterator[_Row]:
+    """Yield the checked rows of ``table``'s file; report each bad row with file, line and column."""
+    path = run.folder / table.file
+    if not path.exists():
+        return
+    report = run.report
+    kind = table.file.removesuffix(".csv")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        known = {c.name for c in table.columns}
+        missing = [c.name for c in table.columns if c.required and c.name not in header]
+        if missing or len(set(header)) != len(header):
+            report.error(file=table.file, line=1, column=",".join(missing), kind=kind,
+                         message=f"header lacks required columns {missing}" if missing else "header repeats a column")
+            return
+        for extra in (h for h in header if h not in known):
+            report.skip(f"{table.file}: unknown column {extra!r} ignored", kind=kind)
+        index = {name: header.index(name) for name in known if name in header}
+        for cells in reader:
+            line = reader.line_num
+            if run.progress and line % 5000 == 0:
+                run.progress(min(run.done_bytes + handle.tell(), run.total_bytes), run.total_bytes)
+            if not any(c.strip() for c in cells):
+                continue
+            report.read += 1
+            if len(cells) != len(header):
+                report.error(file=table.file, line=line, kind=kind,
+                             message=f"{len(cells)} cells, the header has {len(header)}")
+                continue
+            values: dict[str, Any] = {}
+            for column in table.columns:
+                raw = cells[index[column.name]].strip() if column.name in index else ""
+                if not raw:
+                    if column.required:
+                        report.error(file=table.file, line=line, column=column.name, kind=kind, message="required")
+                        break
+                    values[column.name] = column.default
+                    continue
+                try:
+                    values[column.name] = column.parse(raw)
+                except CellError as error:
+                    report.error(file=table.file, line=line, column=column.name, kind=kind, message=str(error))
+                    break
+            else:
+                yield _Row(line=line, values=values)
+    run.done_bytes += path.stat().st_size
+    if run.progress:
+        run.progress(min(run.done_bytes, run.total_bytes), run.total_bytes)
+
+
+def _batches(rows: Iterator[_Row], size: int = BATCH_SIZE) -> Iterator[list[_Row]]:
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+
+
+def _row_error(run: _Run, table: Table, row: _Row, column: str, message: str) -> None:
+    run.report.error(file=table.file, line=row.line, column=column, message=message, kind=table.file.removesuffix(".csv"))
+
+
+# --- Writing -----------------------------------------------------------------------------
+
+def _upsert(run: _Run, *, table: Table, model: type[models.Model], key: str,
+            items: list[tuple[_Row, dict[str, Any]]], touch: str | None = None) -> list[Any]:
+    """Create or update ``items`` (row, field values) on the unique ``key``; return the pks changed.
+
+    A row equal to the stored one is counted unchanged and not written. ``touch`` names a
+    timestamp set to the import time on the rows created or changed (and not compared).
+    Of two rows with the same key in one batch the later wins; the earlier is reported.
+    """
+    kind = table.file.removesuffix(".csv")
+    by_key: dict[Any, tuple[_Row, dict[str, Any]]] = {}
+    for row, fields in items:
+        if fields[key] in by_key:
+            earlier = by_key[fields[key]][0]
+            run.report.skip(f"{table.file}: a later row has the same {key} (line {earlier.line} replaced)", kind=kind)
+        by_key[fields[key]] = (row, fields)
+    names = [n for n in next(iter(by_key.values()))[1]] if by_key else []
+    stored = {obj_key: obj for obj in model.objects.filter(**{f"{key}__in": list(by_key)})
+              for obj_key in [getattr(obj, key)]}
+    creates, updates, changed = [], [], []
+    for value, (row, fields) in by_key.items():
+        obj = stored.get(value)
+        if obj is None:
+            creates.append(model(**fields, **({touch: run.now} if touch else {})))
+            run.report.count("stored", kind=kind)
+            continue
+        if all(getattr(obj, _attname(model, n)) == _fk_value(fields[n]) for n in names):
+            run.report.count("unchanged", kind=kind)
+            continue
+        for n, v in fields.items():
+            setattr(obj, n, v)
+        if touch:
+            setattr(obj, touch, run.now)
+        updates.append(obj)
+        changed.append(obj.pk)
+        run.report.count("updated", kind=kind)
+    model.objects.bulk_create(creates, batch_size=BATCH_SIZE)
+    if updates:
+        model.objects.bulk_update(updates, [_field_name(model, n) for n in (*names, *([touch] if touch else []))],
+                                  batch_size=BATCH_SIZE)
+    if creates:
+        changed += list(model.objects.filter(**{f"{key}__in": [getattr(c, key) for c in creates]}).values_list("pk", flat=True))
+    return changed
+
+
+def _attname(model: type[models.Model], name: str) -> str:
+    """Return the attribute that holds ``name``'s raw value (a foreign key's ``*_id``)."""
+    for f in model._meta.concrete_fields:
+        if name in (f.name, f.attname):
+            return f.attname
+    raise LookupError(name)
+
+
+def _field_name(model: type[models.Model], name: str) -> str:
+    for f in model._meta.concrete_fields:
+        if name in (f.name, f.attname):
+            return f.name
+    raise LookupError(name)
+
+
+def _fk_value(value: Any) -> Any:
+    return value.pk if isinstance(value, models.Model) else value
+
+
+def _organizations(run: _Run) -> None:
+    table = TABLES["organizations.csv"]
+    for batch in _batches(_rows(run, table)):
+        items = [(r, {"npi": v["npi"], "name": v["name"], "city": v["city"], "state": v["state"],
+                      "fhir_id": v["fhir_id"] or f"org-{v['npi']}"}) for r in batch for v in [r.values]]
+        with transaction.atomic():
+            changed = _upsert(run, table=table, model=ProviderOrganization, key="npi", items=items)
+        run.changed_directory.update(ProviderOrganization.objects.filter(pk__in=changed).values_list("npi", flat=True))
+
+
+def _practitioners(run: _Run) -> None:
+    table = TABLES["practitioners.csv"]
+    for batch in _batches(_rows(run, table)):
+        orgs = {o.npi: o for o in ProviderOrganization.objects.filter(npi__in={r.values["organization_npi"] for r in batch})}
+        items = []
+        for row in batch:
+            v = row.values
+            org = orgs.get(v["organization_npi"])
+            if org is None:
+                _row_error(run, table, row, "organization_npi", f"no organization with NPI {v['organization_npi']}")
+                continue
+            items.append((row, {"npi": v["npi"], "family": v["family"], "given": v["given"],
+                                "taxonomy_code": v["taxonomy_code"], "taxonomy_display": v["taxonomy_display"],
+                                "organization": org, "fhir_id": v["fhir_id"] or f"prac-{v['npi']}"}))
+        with transaction.atomic():
+            changed = _upsert(run, table=table, model=ProviderPractitioner, key="npi", items=items)
+        run.changed_directory.update(ProviderPractitioner.objects.filter(pk__in=changed).values_list("npi", flat=True))
+
+
+def _directory_resources(run: _Run) -> None:
+    """Write the FHIR Organization, Location, Practitioner and PractitionerRole of changed providers.
+
+    The same resources the demo's directory has (payer/services/synthetic.py ``directory_rows``).
+    """
+    npis = sorted(run.changed_directory)
+    for start in range(0, len(npis), BATCH_SIZE):
+        chunk = npis[start:start + BATCH_SIZE]
+        orgs = [_org(o) for o in ProviderOrganization.objects.filter(npi__in=chunk)]
+        pracs = [Prac(p.npi, p.given, p.family, p.taxonomy_code, p.taxonomy_display, _org(p.organization), p.fhir_id)
+                 for p in ProviderPractitioner.objects.select_related("organization").filter(npi__in=chunk)]
+        stamp = run.now.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+        rows = [r for r in directory_rows(orgs, pracs)[1:]]  # [0] is the payer's own Organization
+        for r in rows:
+            r.resource["meta"]["lastUpdated"] = stamp
+        ClinicalResource.objects.bulk_create(
+            [ClinicalResource(resource_type=r.resource["resourceType"], resource_id=r.resource["id"],
+                              last_updated=run.now, patient_id="", date=None, status=r.status, resource=r.resource)
+             for r in rows],
+            update_conflicts=True, unique_fields=["resource_type", "resource_id"],
+            update_fields=["last_updated", "status", "resource", "patient_id", "date"])
+
+
+def _org(o: ProviderOrganization) -> Org:
+    return Org(o.npi, o.name, o.fhir_id, o.city, o.state, "clinic")
+
+
+def _contracts(run: _Run) -> None:
+    table = TABLES["contracts.csv"]
+    for batch in _batches(_rows(run, table)):
+        orgs = {o.npi: o for o in ProviderOrganization.objects.filter(npi__in={r.values["organization_npi"] for r in batch})}
+        items = []
+        for row in batch:
+            v = row.values
+            if v["organization_npi"] not in orgs:
+                _row_error(run, table, row, "organization_npi", f"no organization with NPI {v['organization_npi']}")
+            elif v["end"] is not None and v["end"] < v["start"]:
+                _row_error(run, table, row, "end", "before start")
+            else:
+                items.append((row, {"contract_number": v["contract_number"], "organization": orgs[v["organization_npi"]],
+                                    "start": v["start"], "end": v["end"]}))
+        with transaction.atomic():
+            _upsert(run, table=table, model=NetworkContract, key="contract_number", items=items)
+
+
+def _members(run: _Run) -> None:
+    table = TABLES["members.csv"]
+    for batch in _batches(_rows(run, table)):
+        items = [(r, {"member_id": v["member_id"], "patient_id": v["patient_id"] or f"pat-{v['member_id'].lower()}",
+                      "family": v["family"], "given": v["given"], "birth_date": v["birth_date"], "gender": v["gender"]})
+                 for r in batch for v in [r.values]]
+        # A patient id taken by another member would break the unique constraint mid-batch.
+        taken = dict(Member.objects.filter(patient_id__in=[f["patient_id"] for _, f in items])
+                     .values_list("patient_id", "member_id"))
+        kept = []
+        for row, fields in items:
+            owner = taken.get(fields["patient_id"])
+            if owner and owner != fields["member_id"]:
+                _row_error(run, table, row, "patient_id", f"Patient id {fields['patient_id']} belongs to member {owner}")
+            else:
+                kept.append((row, fields))
+        with transaction.atomic():
+            _upsert(run, table=table, model=Member, key="member_id", items=kept)
+
+
+def _coverage_resource(v: dict[str, Any], member: Member, now: datetime.datetime) -> dict[str, Any]:
+    """Return the Coverage of one enrollment period (CARIN BB C4BB Coverage shape, like the demo's)."""
+    classes = [
+        {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": code}]},
+         "value": value, **({"name": name} if name else {})}
+        for code, value, name in (("group", v["group_id"], ""), ("plan", v["plan_id"], v["plan_name"])) if value
+    ]
+    today = now.date()
+    active = v["start"] <= today and (v["end"] is None or v["end"] >= today)
+    return {
+        "resourceType": "Coverage", "id": v["coverage_id"],
+        "meta": {"lastUpdated": now.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")},
+        "identifier": [{"system": MEMBER_ID_SYSTEM, "value": member.member_id}],
+        # R4 Coverage.status is the status of the resource (active | cancelled | ...); an
+        # ended period is still an active record of coverage that existed.
+        "status": "active",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIP",
+                             "display": "health insurance plan policy"}]},
+        "subscriberId": member.member_id, "beneficiary": {"reference": f"Patient/{member.patient_id}"},
+        "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self"}]},
+        "period": {"start": v["start"].isoformat(), **({"end": v["end"].isoformat()} if v["end"] else {})},
+        "payor": [{"reference": "Organization/org-unitedcare-health"}],
+        **({"class": classes} if classes else {}),
+        "_active_today": active,
+    }
+
+
+def _coverage_periods(run: _Run) -> None:
+    table = TABLES["coverage_periods.csv"]
+    kind = "coverage_periods"
+    for batch in _batches(_rows(run, table)):
+        members = {m.member_id: m for m in Member.objects.filter(member_id__in={r.values["member_id"] for r in batch})}
+        candidates: dict[str, tuple[_Row, dict[str, Any], Member]] = {}
+        for row in batch:
+            v = row.values
+            member = members.get(v["member_id"])
+            if member is None:
+                _row_error(run, table, row, "member_id", f"no member {v['member_id']}")
+            elif v["end"] is not None and v["end"] < v["start"]:
+                _row_error(run, table, row, "end", "before start")
+            else:
+                if v["coverage_id"] in candidates:
+                    run.report.skip(f"{table.file}: a later row has the same coverage_id", kind=kind)
+                candidates[v["coverage_id"]] = (row, _coverage_resource(v, member, run.now), member)
+        with transaction.atomic():
+            stored = {r.resource_id: r for r in ClinicalResource.objects.select_for_update()
+                      .filter(resource_type="Coverage", resource_id__in=list(candidates))}
+            writes = []
+            for cid, (row, resource, member) in candidates.items():
+                active = resource.pop("_active_today")
+                old = stored.get(cid)
+                if old is not None and {**old.resource, "meta": None} == {**resource, "meta": None} \
+                        and old.patient_id == member.patient_id:
+                    run.report.count("unchanged", kind=kind)
+                    continue
+                if old is not None and old.patient_id != member.patient_id:
+                    _row_error(run, table, row, "coverage_id", f"Coverage/{cid} belongs to another member")
+                    continue
+                version = old.version_id + 1 if old else 1
+                resource["meta"]["versionId"] = str(version)
+                writes.append(ClinicalResource(
+                    resource_type="Coverage", resource_id=cid, version_id=version, last_updated=run.now,
+                    patient_id=member.patient_id, status="active" if active else "ended",
+                    date=datetime.datetime.combine(row.values["start"], datetime.time(), tzinfo=datetime.UTC),
+                    resource=resource))
+                run.changed_coverage_members.add(member.member_id)
+                run.report.count("updated" if old else "stored", kind=kind)
+            ClinicalResource.objects.bulk_create(
+                writes, update_conflicts=True, unique_fields=["resource_type", "resource_id"],
+                update_fields=["version_id", "last_updated", "patient_id", "date", "status", "resource"])
+
+
+def _claims(run: _Run) -> None:
+    table = TABLES["claims.csv"]
+    for batch in _batches(_rows(run, table)):
+        members = dict(Member.objects.filter(member_id__in={r.values["member_id"] for r in batch}).values_list("member_id", "pk"))
+        items = []
+        for row in batch:
+            v = dict(row.values)
+            member_pk = members.get(v.pop("member_id"))
+            if member_pk is None:
+                _row_error(run, table, row, "member_id", f"no member {row.values['member_id']}")
+            elif v["service_end"] < v["service_start"]:
+                _row_error(run, table, row, "service_end", "before service_start")
+            else:
+                items.append((row, {**v, "member_id": member_pk}))
+        with transaction.atomic():
+            run.changed_claims.update(_upsert(run, table=table, model=Claim, key="claim_number", items=items, touch="updated_at"))
+        reset_queries()
+
+
+def _claim_children(run: _Run, *, table: Table, model: type[models.Model], columns: tuple[str, ...]) -> None:
+    """Load lines or diagnoses: each claim's consecutive rows replace its stored ones if they differ."""
+    kind = table.file.removesuffix(".csv")
+    seen_claims: set[str] = set()
+    groups = itertools.groupby(_rows(run, table), key=lambda r: r.values["claim_number"])
+    # Each group is listed before the next is taken: groupby's groups share one iterator.
+    while chunk := [(number, list(rows)) for number, rows in itertools.islice(groups, BATCH_SIZE // 4)]:
+        claim_rows: dict[str, list[_Row]] = {}
+        for number, rows in chunk:
+            if number in seen_claims:
+                for row in rows:
+                    _row_error(run, table, row, "claim_number",
+                               f"rows of claim {number} are not consecutive (sort the file by claim_number)")
+                continue
+            seen_claims.add(number)
+            claim_rows[number] = rows
+        claims = dict(Claim.objects.filter(claim_number__in=list(claim_rows)).values_list("claim_number", "pk"))
+        with transaction.atomic():
+            stored: dict[int, set[tuple]] = {}
+            for claim_id, *values in model.objects.filter(claim_id__in=claims.values()).values_list("claim_id", *columns):
+                stored.setdefault(claim_id, set()).add(tuple(values))
+            replace: dict[int, list[tuple]] = {}
+            for number, rows in claim_rows.items():
+                claim_id = claims.get(number)
+                if claim_id is None:
+                    for row in rows:
+                        _row_error(run, table, row, "claim_number", f"no claim {number}")
+                    continue
+                wanted: dict[int, tuple] = {}
+                for row in rows:
+                    values = tuple(_child_value(c, row.values) for c in columns)
+                    if table.file == "claim_lines.csv" and bool(row.values["procedure_code"]) != bool(row.values["procedure_system"]):
+                        _row_error(run, table, row, "procedure_system", "procedure_code and procedure_system go together")
+                        continue
+                    if values[0] in wanted:
+                        run.report.skip(f"{table.file}: a later row has the same claim_number and sequence", kind=kind)
+                    wanted[values[0]] = values
+                old = stored.get(claim_id, set())
+                old_by_seq = {v[0]: v for v in old}
+                for seq, values in wanted.items():
+                    run.report.count("stored" if seq not in old_by_seq else
+                                     "unchanged" if old_by_seq[seq] == values else "updated", kind=kind)
+                if set(wanted.values()) != old:
+                    replace[claim_id] = list(wanted.values())
+            if replace:
+                model.objects.filter(claim_id__in=list(replace)).delete()
+                model.objects.bulk_create(
+                    [model(claim_id=claim_id, **dict(zip(columns, values)))
+                     for claim_id, rows in replace.items() for values in rows], batch_size=BATCH_SIZE)
+                Claim.objects.filter(pk__in=list(replace)).update(updated_at=run.now)
+                run.changed_claims.update(replace)
+        reset_queries()
+
+
+def _child_value(column: str, values: dict[str, Any]) -> Any:
+    value = values[column]
+    if column in ("procedure_system",):
+        return _SYSTEMS.get(value, value)
+    return value
+
+
+LINE_FIELDS = ("sequence", "procedure_code", "procedure_system", "procedure_display", "revenue_code", "modifier",
+               "place_of_service", "service_date", "quantity", "charged_amount", "allowed_amount", "paid_amount",
+               "copay_amount")
+DIAGNOSIS_FIELDS = ("sequence", "icd10_code", "display", "kind")
+
+
+def _prior_authorizations(run: _Run) -> None:
+    table = TABLES["prior_authorizations.csv"]
+    for batch in _batches(_rows(run, table)):
+        members = dict(Member.objects.filter(member_id__in={r.values["member_id"] for r in batch}).values_list("member_id", "pk"))
+        items = []
+        for row in batch:
+            v = dict(row.values)
+            member_pk = members.get(v.pop("member_id"))
+            if member_pk is None:
+                _row_error(run, table, row, "member_id", f"no member {row.values['member_id']}")
+            elif v["valid_start"] and v["valid_end"] and v["valid_end"] < v["valid_start"]:
+                _row_error(run, table, row, "valid_end", "before valid_start")
+            else:
+                v["service_system"] = _SYSTEMS[v["service_system"]]
+                items.append((row, {**v, "member_id": member_pk}))
+        with transaction.atomic():
+            run.changed_pas.update(_upsert(run, table=table, model=PriorAuthorization, key="auth_number",
+                                           items=items, touch="updated_at"))
+
+
+def claims_changed(*, claim_ids: list[int], prior_authorization_ids: list[int]) -> None:
+    """Hook: the claims and prior authorizations an import created or changed.
+
+    This is where the ExplanationOfBenefit projection refresh plugs in (the projection is
+    rebuilt for exactly these rows). Until then EOBs are mapped from the claims system at
+    read time (payer/mapping.py) and the new ``updated_at`` already makes them appear in
+    ``_since`` exports.
+    """
+
+
+def claims_import(*, folder: str, progress: Progress | None = None, report_path: str | None = None,
+                  today: datetime.date | None = None) -> ImportReport:
+    """Import the claims extract in ``folder`` (docs/claims-extract.md); return the report.
+
+    Safe to run twice: a second run of the same extract writes nothing. Attribution is
+    refreshed for the members whose claims changed, as of ``today``.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    known = {t.file for t in LAYOUT}
+    files = [t.file for t in LAYOUT if (path / t.file).exists()]
+    if not files:
+        raise FileNotFoundError(f"{folder}: none of {', '.join(sorted(known))}")
+    report = ImportReport(command="import_claims")
+    for other in sorted(p.name for p in path.glob("*.csv") if p.name not in known):
+        report.skip(f"{other}: not a file of the extract layout", kind=other.removesuffix(".csv"))
+    run = _Run(folder=path, report=report, now=timezone.now(), progress=progress,
+               total_bytes=sum((path / f).stat().st_size for f in files) or 1)
+    _organizations(run)
+    _practitioners(run)
+    _directory_resources(run)
+    _contracts(run)
+    _members(run)
+    _coverage_periods(run)
+    _claims(run)
+    _claim_children(run, table=TABLES["claim_lines.csv"], model=ClaimLine, columns=LINE_FIELDS)
+    _claim_children(run, table=TABLES["claim_diagnoses.csv"], model=ClaimDiagnosis, columns=DIAGNOSIS_FIELDS)
+    _prior_authorizations(run)
+
+    claim_ids = sorted(run.changed_claims)
+    claims_changed(claim_ids=claim_ids, prior_authorization_ids=sorted(run.changed_pas))
+    member_pks: set[int] = set()
+    for start in range(0, len(claim_ids), BATCH_SIZE):
+        member_pks.update(Claim.objects.filter(pk__in=claim_ids[start:start + BATCH_SIZE]).values_list("member_id", flat=True))
+    summary = attribution_refresh_members(member_pks=sorted(member_pks), today=today)
+    report.extra = {"claims_changed": len(claim_ids), "prior_authorizations_changed": len(run.changed_pas),
+                    "attribution_members_refreshed": len(member_pks), "attribution": summary.__dict__}
+    report.finish()
+    if report_path:
+        report.write(report_path)
+    return report
