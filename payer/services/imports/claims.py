@@ -343,6 +343,7 @@ def _rows(run: _Run, table: Table) -> Iterator[_Row]:
         known = {c.name for c in table.columns}
         missing = [c.name for c in table.columns if c.required and c.name not in header]
         if missing or len(set(header)) != len(header):
+            report.read += 1  # the file is one item, an error; its rows are not read
             report.error(file=table.file, line=1, column=",".join(missing), kind=kind,
                          message=f"header lacks required columns {missing}" if missing else "header repeats a column")
             return
