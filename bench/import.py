@@ -1,14 +1,14 @@
 """Benchmark import_claims and import_fhir on Postgres against a raw COPY of the same data.
 
-    psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE i15bench'
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/i15bench .venv/bin/python bench/import.py \
-        [--members 10000] [--resources 1000000] [--dir /tmp/i15bench-input]
+    .venv/bin/python bench/import.py [--members 10000] [--resources 1000000] [--dir /tmp/pa-bench-import]
+
+DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pa_bench_import, created when
+missing) is migrated and EMPTIED of payer data first: give it a database of its own.
 
 A child process writes the input with the synthetic generator (payer/services/synthetic.py):
 a claims extract of ``--members`` members in the documented layout (docs/claims-extract.md),
 and their clinical records as NDJSON, one file per type, topped up with extra Observations
-until there are ``--resources`` resources. The database is emptied of payer data first.
-Then this process imports the extract and the NDJSON through the real services and
+until there are ``--resources`` resources. Then this process imports the extract and the NDJSON through the real services and
 prints rows/s, resources/s and its peak RSS (ru_maxrss; the writer is another process, so
 its memory is not counted). The machine's limit is a ``COPY FROM STDIN`` of the same
 NDJSON lines (resource type, id and JSON) into an unlogged scratch table: parsing,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/i15bench")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pa_bench_import")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -170,13 +170,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--resources", type=int, default=1_000_000)
-    parser.add_argument("--dir", default="/tmp/i15bench-input")
+    parser.add_argument("--dir", default="/tmp/pa-bench-import")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-validate", action="store_true")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("Set DATABASE_URL to a PostgreSQL database.")
     folder = Path(args.dir)
+    from bench.export import _database_ensure
+
+    _database_ensure()
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(PAYER_TABLES)} RESTART IDENTITY CASCADE")
