@@ -41,7 +41,8 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from payer.services.demo import CONTRACTS, DEMO_POOL, ORGS, PRACS, demo_today  # noqa: E402
-from payer.services.imports.claims import TABLES, claims_import  # noqa: E402
+from payer.services.imports.claims import claims_import  # noqa: E402
+from payer.services.imports.layout import TABLES  # noqa: E402
 from payer.services.imports.fhir import fhir_import  # noqa: E402
 from payer.services.population import (  # noqa: E402
     CLAIM_COLUMNS,

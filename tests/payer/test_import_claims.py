@@ -30,7 +30,8 @@ from payer.models import (
     ProviderPractitioner,
 )
 from payer.services.attribution import attribution_group_ensure
-from payer.services.imports.claims import LAYOUT, CellError, claims_import, icd10cm, ndc, npi, procedure_code
+from payer.services.imports.claims import claims_import
+from payer.services.imports.layout import LAYOUT, CellError, icd10cm, ndc, npi, procedure_code
 from payer.tasks import claims_import_task
 from tests.factories import member_create
 from tests.payer.test_export import _kick_off, _resources, _wait_complete
