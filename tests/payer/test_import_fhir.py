@@ -230,3 +230,14 @@ def test_export_after_import_returns_imported_data(tmp_path, live_server, celery
     deleted = _resources(manifest, token, kind="deleted")["Bundle"]
     assert [e["request"]["url"] for b in deleted for e in b["entry"]] == ["Observation/obs-old"]
     assert [o["id"] for o in _resources(manifest, token)["Observation"]] == ["hr-1"]
+
+
+def test_an_id_of_another_patient_is_refused(tmp_path):
+    jack, mary = member_create(member_id="UCH1"), member_create(member_id="UCH2")
+    clinical_resource_create(resource_type="Observation", resource_id="1", patient_id=jack.patient_id)
+    feed = _write(tmp_path / "other-hie.ndjson", [
+        _observation("1", mary.patient_id, updated="2030-01-01T00:00:00Z", value=1)])
+    report = fhir_import(paths=[str(feed)])
+    assert (report.read, report.error_count, report.stored, report.updated) == (1, 1, 0, 0)
+    assert report.errors[0].message == "Observation/1 is stored for another patient; ids must be unique per type"
+    assert ClinicalResource.objects.get(resource_type="Observation", resource_id="1").patient_id == jack.patient_id

@@ -511,6 +511,13 @@ def _flush(run: _Run) -> None:
                 continue
             row = stored.get(key)
             version = 1
+            if row is not None and row.patient_id != cand.patient_id:
+                # The same Type/id already holds another person's (or a shared) resource:
+                # two sources' ids collide. Replacing it would move one person's record
+                # into another's history, so it is refused, whichever version is newer.
+                report.error(file=cand.item.file, line=cand.item.line, item=f"{rtype}/{key[1]}", kind=rtype,
+                             message=f"{rtype}/{key[1]} is stored for another patient; ids must be unique per type")
+                continue
             if row is not None:
                 if _content(row.resource) == _content(cand.resource):
                     report.count("unchanged", kind=rtype)
