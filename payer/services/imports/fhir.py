@@ -1,12 +1,11 @@
 """Import FHIR R4 clinical records (Bundles and NDJSON) into the clinical repository.
 
 Design:
-- Input is streamed: NDJSON line by line; a Bundle with ijson, entry by entry, in two
-  passes. The first pass keeps only each entry's fullUrl, type and id and each Patient's
-  member identifier (a few dozen bytes per entry), so ``urn:uuid:`` references can be
-  rewritten before the second pass stores anything, even when an entry refers forward
-  (R4 bundle.html#references). Memory is bounded by the largest single resource plus one
-  write batch and that map; it never holds a whole Bundle.
+- Input is streamed (payer/services/imports/fhir_read.py): NDJSON line by line; a Bundle
+  with ijson, entry by entry, in two passes, the first keeping only each entry's fullUrl,
+  type and id and each Patient's member link, so ``urn:uuid:`` references are rewritten
+  even when an entry refers forward (R4 bundle.html#references). Memory is bounded by the
+  largest single resource plus one write batch and that map; no whole Bundle is held.
 - Each resource is validated with the fhir.resources R4B model of its type and stored
   with the indexed columns export and search use (patient, clinical date, status).
 - Patients and Coverages are linked to members through the identifier system the plan
@@ -25,14 +24,10 @@ Design:
 
 import datetime
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import ijson
 import orjson
-from django.conf import settings
 from django.db import IntegrityError, connection, reset_queries, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -41,8 +36,19 @@ from fhirkit.validation import resource_validate
 from payer.models import ClinicalResource, Member
 from payer.services.clinical import clinical_resource_delete
 from payer.services.export_params import PATIENT_TYPES, SHARED_TYPES
-from payer.services.population import RESOURCE_COLUMNS, _copy
+from payer.services.imports.fhir_read import (
+    ImportRun,
+    Item,
+    identifier_value,
+    input_files,
+    is_ndjson,
+    member_identifier_system,
+    patient_member_patient_id,
+    read_bundle,
+    read_ndjson,
+)
 from payer.services.imports.report import ImportReport, Progress
+from payer.services.population import RESOURCE_COLUMNS, _copy
 
 BATCH_SIZE = 1000
 # Financial resources and the claims system's own outputs: this server derives
@@ -54,7 +60,6 @@ FINANCIAL_TYPES = {
     "Invoice", "Account", "ChargeItem", "Contract",
 }
 STORED_TYPES = {t for t in (*PATIENT_TYPES, *SHARED_TYPES) if t not in FINANCIAL_TYPES}
-BUNDLE_TYPES = {"collection", "transaction", "batch", "searchset", "history"}
 SOURCE_LAST_UPDATED_URL = "https://provider-access.example/fhir/StructureDefinition/source-last-updated"
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 
@@ -82,223 +87,15 @@ _DATE_PATHS: dict[str, tuple[str, ...]] = {
 _PATIENT_PATHS = ("subject", "patient", "beneficiary")
 
 
-def member_identifier_system() -> str:
-    return settings.PA_MEMBER_IDENTIFIER_SYSTEM
-
-
-@dataclass
-class _Item:
-    """One resource (or deletion) read from the input, with where it came from."""
-
-    file: str
-    line: int | None  # NDJSON line, or the entry's position (1-based) in a Bundle
-    resource: dict[str, Any] | None = None
-    method: str = "PUT"  # PUT/POST store, DELETE deletes
-    url: str = ""  # request.url of a transaction/batch entry
-    full_url: str = ""
-
-
 @dataclass
 class _Candidate:
-    item: _Item
+    item: Item
     resource: dict[str, Any]
     patient_id: str
     date: datetime.datetime | None
     status: str
     source_updated: datetime.datetime | None
 
-
-@dataclass
-class _Run:
-    report: ImportReport
-    now: datetime.datetime
-    # Patient id aliases (source id -> member's Patient id) and fullUrl -> "Type/id".
-    patient_alias: dict[str, str] = field(default_factory=dict)
-    full_urls: dict[str, str] = field(default_factory=dict)
-    batch: list[_Candidate] = field(default_factory=list)
-    validate: bool = True
-
-
-# --- Reading -----------------------------------------------------------------------------
-
-def _input_files(paths: list[str]) -> list[Path]:
-    """Return the files to read: each file given, and the .json/.ndjson files of each folder.
-
-    Within a folder Patient files come first, so the member links they make are known
-    when the resources that refer to them are read.
-    """
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".json", ".ndjson", ".jsonl")))
-            files += sorted(found, key=lambda p: (not p.name.startswith("Patient"), str(p)))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{raw}: no such file or folder")
-    return files
-
-
-def _is_ndjson(path: Path) -> bool:
-    if path.name.endswith((".ndjson", ".jsonl")):
-        return True
-    # A .json file holding one resource per line (some exporters name them so): the first
-    # line is a complete object.
-    with path.open("rb") as handle:
-        first = handle.readline().strip()
-    if not first.startswith(b"{"):
-        return False
-    try:
-        orjson.loads(first)
-    except orjson.JSONDecodeError:
-        return False
-    with path.open("rb") as handle:
-        handle.readline()
-        return bool(handle.readline().strip())
-
-
-def _bundle_entries(item_file: str, bundle: dict[str, Any], *, run: _Run, first_line: int | None) -> Iterator[_Item]:
-    """Yield the items of an in-memory Bundle (an NDJSON line that is a Bundle)."""
-    btype = bundle.get("type")
-    if btype not in BUNDLE_TYPES:
-        run.report.read += 1
-        run.report.error(file=item_file, line=first_line, message=f"Bundle type {btype!r} is not imported "
-                         f"(collection, transaction, batch, searchset, history are).", kind="Bundle")
-        return
-    entries = bundle.get("entry") or []
-    _bundle_map(entries, run=run)
-    for entry in entries:
-        yield _entry_item(item_file, first_line, entry)
-
-
-def _entry_item(file: str, line: int | None, entry: Any) -> _Item:
-    if not isinstance(entry, dict):
-        return _Item(file=file, line=line, resource=None, method="INVALID")
-    request = entry.get("request") or {}
-    method = str(request.get("method") or "PUT").upper()
-    return _Item(file=file, line=line, resource=entry.get("resource"), method=method,
-                 url=str(request.get("url") or ""), full_url=str(entry.get("fullUrl") or ""))
-
-
-def _entry_id(entry: dict[str, Any]) -> tuple[str, str] | None:
-    """Return the (type, id) an entry's resource will be stored under (before member links)."""
-    resource = entry.get("resource")
-    if not isinstance(resource, dict):
-        return None
-    rtype = resource.get("resourceType")
-    rid = resource.get("id")
-    full_url = str(entry.get("fullUrl") or "")
-    if not rid and full_url.startswith("urn:uuid:"):
-        rid = full_url.removeprefix("urn:uuid:")
-    if not rid:
-        url = str((entry.get("request") or {}).get("url") or "")
-        if url.count("/") == 1 and "?" not in url:
-            rid = url.split("/")[1]
-    return (rtype, rid) if isinstance(rtype, str) and isinstance(rid, str) and rid else None
-
-
-def _bundle_map(entries: Any, *, run: _Run) -> None:
-    """Record fullUrl -> Type/id and Patient -> member links of ``entries`` (first pass)."""
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        ids = _entry_id(entry)
-        if ids is None:
-            continue
-        rtype, rid = ids
-        if rtype == "Patient":
-            member_patient_id = _patient_member_patient_id(entry["resource"])
-            if member_patient_id:
-                run.patient_alias[rid] = member_patient_id
-                rid = member_patient_id
-        full_url = str(entry.get("fullUrl") or "")
-        if full_url:
-            run.full_urls[full_url] = f"{rtype}/{rid}"
-
-
-def _patient_member_patient_id(patient: dict[str, Any]) -> str:
-    """Return the Patient id of the member ``patient`` names by the member identifier, or ''."""
-    member_id = _identifier_value(patient.get("identifier"))
-    if not member_id:
-        return ""
-    return Member.objects.filter(member_id=member_id).values_list("patient_id", flat=True).first() or ""
-
-
-def _identifier_value(identifiers: Any) -> str:
-    system = member_identifier_system()
-    for identifier in identifiers if isinstance(identifiers, list) else []:
-        if isinstance(identifier, dict) and identifier.get("system") == system and identifier.get("value"):
-            return str(identifier["value"])
-    return ""
-
-
-def _read_ndjson(path: Path, *, run: _Run, progress_base: int, progress) -> Iterator[_Item]:
-    name = str(path)
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            if progress and number % 5000 == 0:
-                progress(progress_base + handle.tell())
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                run.report.read += 1
-                run.report.error(file=name, line=number, message=f"not JSON: {error}", kind="(unreadable)")
-                continue
-            if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
-                # A Bulk Data ``deleted`` file holds one transaction Bundle of DELETE entries
-                # per line (Bulk Data 2.0 export.html, complete status, ``deleted``).
-                yield from _bundle_entries(name, resource, run=run, first_line=number)
-            else:
-                yield _Item(file=name, line=number, resource=resource)
-
-
-def _read_bundle(path: Path, *, run: _Run, progress_base: int, progress) -> Iterator[_Item]:
-    name = str(path)
-    try:
-        with path.open("rb") as handle:
-            head = _bundle_head(handle)
-    except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError) as error:
-        run.report.read += 1
-        run.report.error(file=name, line=None, message=f"not JSON: {error}", kind="(unreadable)")
-        return
-    if head["resourceType"] != "Bundle":
-        # A single resource in a .json file: it is small by nature; read it whole.
-        resource = orjson.loads(path.read_bytes())
-        yield _Item(file=name, line=None, resource=resource)
-        return
-    if head["type"] not in BUNDLE_TYPES:
-        run.report.read += 1
-        run.report.error(file=name, line=None, message=f"Bundle type {head['type']!r} is not imported "
-                         f"(collection, transaction, batch, searchset, history are).", kind="Bundle")
-        return
-    with path.open("rb") as handle:
-        _bundle_map(ijson.items(handle, "entry.item", use_float=True), run=run)
-    with path.open("rb") as handle:
-        for position, entry in enumerate(ijson.items(handle, "entry.item", use_float=True), start=1):
-            if progress and position % 2000 == 0:
-                progress(progress_base + handle.tell())
-            if head["type"] == "searchset" and isinstance(entry, dict) and (entry.get("search") or {}).get("mode") == "outcome":
-                run.report.read += 1
-                run.report.skip("searchset outcome entry", kind="OperationOutcome")
-                continue
-            yield _entry_item(name, position, entry)
-
-
-def _bundle_head(handle) -> dict[str, Any]:
-    """Return the top-level ``resourceType`` and ``type`` of a JSON file, streaming its events."""
-    head: dict[str, Any] = {"resourceType": None, "type": None}
-    for prefix, event, value in ijson.parse(handle):
-        if prefix in head and event == "string":
-            head[prefix] = value
-            if head["resourceType"] and head["resourceType"] != "Bundle":
-                break
-            if all(head.values()):
-                break
-    return head
 
 
 # --- Checking and writing ----------------------------------------------------------------
@@ -329,7 +126,7 @@ def _when(value: Any) -> datetime.datetime | None:
     return moment
 
 
-def _rewrite_references(value: Any, *, run: _Run) -> Any:
+def _rewrite_references(value: Any, *, run: ImportRun) -> Any:
     """Rewrite ``urn:uuid:``/fullUrl references and source Patient ids to the stored ids (in place)."""
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -343,7 +140,7 @@ def _rewrite_references(value: Any, *, run: _Run) -> Any:
     return value
 
 
-def _reference_target(reference: str, *, run: _Run) -> str:
+def _reference_target(reference: str, *, run: ImportRun) -> str:
     if reference in run.full_urls:
         return run.full_urls[reference]
     if reference.startswith("Patient/"):
@@ -383,7 +180,7 @@ def _clinical_date(resource: dict[str, Any]) -> datetime.datetime | None:
     return None
 
 
-def _item_check(item: _Item, *, run: _Run) -> _Candidate | None:
+def _item_check(item: Item, *, run: ImportRun) -> _Candidate | None:
     """Turn an item into a candidate row, or count why it is not one."""
     report = run.report
     resource = item.resource
@@ -428,9 +225,9 @@ def _item_check(item: _Item, *, run: _Run) -> _Candidate | None:
 
     patient_id = ""
     if rtype == "Patient":
-        member_patient_id = run.patient_alias.get(rid) or _patient_member_patient_id(resource)
+        member_patient_id = run.patient_alias.get(rid) or patient_member_patient_id(resource)
         if not member_patient_id:
-            value = _identifier_value(resource.get("identifier"))
+            value = identifier_value(resource.get("identifier"))
             report.error(file=item.file, line=item.line, item=label, kind=rtype, column="identifier",
                          message=(f"no member has identifier {member_identifier_system()}|{value}" if value else
                                   f"no identifier of system {member_identifier_system()} (PA_MEMBER_IDENTIFIER_SYSTEM)"))
@@ -440,7 +237,7 @@ def _item_check(item: _Item, *, run: _Run) -> _Candidate | None:
     elif rtype in PATIENT_TYPES:
         patient_id = _patient_ref_id(resource)
         if rtype == "Coverage":
-            member_id = _identifier_value(resource.get("identifier")) or str(resource.get("subscriberId") or "")
+            member_id = identifier_value(resource.get("identifier")) or str(resource.get("subscriberId") or "")
             linked = Member.objects.filter(member_id=member_id).values_list("patient_id", flat=True).first() if member_id else None
             if linked:
                 patient_id = linked
@@ -473,7 +270,7 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _flush(run: _Run) -> None:
+def _flush(run: ImportRun) -> None:
     """Write the batch: members' links checked, newer versions only, in one transaction."""
     batch, run.batch = run.batch, []
     if not batch:
@@ -577,7 +374,7 @@ def _instant(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _delete(item: _Item, *, run: _Run) -> None:
+def _delete(item: Item, *, run: ImportRun) -> None:
     report = run.report
     parts = item.url.strip("/").split("/")
     if len(parts) < 2 or "?" in item.url:
@@ -602,9 +399,9 @@ def fhir_import(*, paths: list[str], validate: bool = True, progress: Progress |
     run of the same files stores nothing (every resource is unchanged).
     """
     report = ImportReport(command="import_fhir")
-    files = _input_files(paths)
+    files = input_files(paths)
     total = sum(os.path.getsize(p) for p in files) or 1
-    run = _Run(report=report, now=timezone.now(), validate=validate)
+    run = ImportRun(report=report, now=timezone.now(), validate=validate)
     done = 0
 
     def tick(position: int) -> None:
@@ -612,7 +409,7 @@ def fhir_import(*, paths: list[str], validate: bool = True, progress: Progress |
             progress(min(position, total), total)
 
     for path in files:
-        reader = _read_ndjson if _is_ndjson(path) else _read_bundle
+        reader = read_ndjson if is_ndjson(path) else read_bundle
         for item in reader(path, run=run, progress_base=done, progress=tick if progress else None):
             report.read += 1
             if item.method == "DELETE":
