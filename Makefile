@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/fetch_latency.py
+	$(BIN)/python bench/import.py
 
 clean:
 	rm -rf var

@@ -290,6 +290,10 @@ PA_ATTESTATION_MAX_AGE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_AGE_DAYS", 
 PA_ATTESTATION_MAX_FUTURE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_FUTURE_DAYS", "90"))
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Imports of the plan's own data (payer/services/imports/): the identifier system whose
+# value on a Patient or Coverage is the member id (Member.member_id) that links it.
+PA_MEMBER_IDENTIFIER_SYSTEM = os.environ.get("PA_MEMBER_IDENTIFIER_SYSTEM", "https://unitedcare.example.org/fhir/sid/member-id")
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["fhirkit.renderers.FHIRJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [

@@ -7,6 +7,8 @@ from celery import shared_task
 from payer.services import export as export_services
 from payer.services.attribution import attribution_refresh
 from payer.services.auth import access_tokens_purge
+from payer.services.imports.claims import claims_import
+from payer.services.imports.fhir import fhir_import
 
 
 @shared_task(acks_late=True)
@@ -36,3 +38,17 @@ def export_purge_task() -> int:
 @shared_task
 def access_tokens_purge_task() -> int:
     return access_tokens_purge()
+
+
+# --- Imports of the plan's own data (payer/services/imports/) ---------------------------
+
+@shared_task(acks_late=True)
+def fhir_import_task(paths: list[str], report_path: str | None = None) -> dict:
+    # Safe twice: a resource already stored is unchanged unless the feed's version is newer.
+    return fhir_import(paths=paths, report_path=report_path).as_dict()
+
+
+@shared_task(acks_late=True)
+def claims_import_task(folder: str, report_path: str | None = None) -> dict:
+    # Safe twice: rows are upserted on natural keys and an unchanged row is not written.
+    return claims_import(folder=folder, report_path=report_path).as_dict()

@@ -67,10 +67,13 @@ def _organization_claims(organization: ProviderOrganization):
 
 @transaction.atomic
 def _organization_refresh(
-    *, organization: ProviderOrganization, today: datetime.date, summary: AttributionRefreshSummary
+    *, organization: ProviderOrganization, today: datetime.date, summary: AttributionRefreshSummary,
+    member_pks: list[int] | None = None,
 ) -> None:
     window_start = _months_before(today, LOOKBACK_MONTHS)
     claims = _organization_claims(organization)
+    if member_pks is not None:
+        claims = claims.filter(member_id__in=member_pks)
     # Per member: the first and last qualifying claim inside the look-back window.
     current = {
         row["member_id"]: row
@@ -85,9 +88,10 @@ def _organization_refresh(
             return
         group = attribution_group_ensure(organization=organization)
     summary.organizations += 1
-    existing = {
-        row.member_id: row for row in AttributionMember.objects.select_for_update().filter(group=group)
-    }
+    entries = AttributionMember.objects.select_for_update().filter(group=group)
+    if member_pks is not None:
+        entries = entries.filter(member_id__in=member_pks)
+    existing = {row.member_id: row for row in entries}
 
     for member_id, row in current.items():
         entry = existing.get(member_id)
@@ -160,6 +164,27 @@ def attribution_refresh(*, today: datetime.date | None = None) -> AttributionRef
     summary = AttributionRefreshSummary()
     for organization in ProviderOrganization.objects.order_by("pk"):
         _organization_refresh(organization=organization, today=today, summary=summary)
+    return summary
+
+
+def attribution_refresh_members(*, member_pks: list[int], today: datetime.date | None = None) -> AttributionRefreshSummary:
+    """Refresh the attribution of ``member_pks`` only (their claims changed), leaving everyone else's alone.
+
+    The organizations looked at are those a claim of these members names (billing, or a
+    rendering practitioner) and those that have them on their list already.
+    """
+    today = today or timezone.localdate()
+    summary = AttributionRefreshSummary()
+    if not member_pks:
+        return summary
+    claims = Claim.objects.filter(member_id__in=member_pks)
+    organizations = ProviderOrganization.objects.filter(
+        Q(npi__in=claims.values("billing_npi"))
+        | Q(practitioners__npi__in=claims.values("rendering_npi"))
+        | Q(attribution_group__members__member_id__in=member_pks)
+    ).distinct().order_by("pk")
+    for organization in organizations:
+        _organization_refresh(organization=organization, today=today, summary=summary, member_pks=member_pks)
     return summary
 
 
