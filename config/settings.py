@@ -18,6 +18,26 @@ VAR_DIR = Path(os.environ.get("PA_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def _env_file_load(path: Path) -> None:
+    """Read ``NAME=value`` lines of ``path`` into the environment, never over a variable already set.
+
+    ``make demo`` writes ``var/demo.env`` (``DEBUG=1``), so every ``manage.py`` command the
+    README shows finds the demo's settings without extra variables. A production deployment
+    has no such file, so it still refuses to start without ``SECRET_KEY``.
+    """
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        os.environ.setdefault(name.strip(), value.strip())
+
+
+_env_file_load(VAR_DIR / "demo.env")
+
+
 def env_bool(name: str, default: bool = False) -> bool:
     value = os.environ.get(name)
     if value is None:

@@ -1,0 +1,95 @@
+"""Every command the README shows runs as printed after ``make demo``.
+
+The test does what a newcomer does in a fresh clone: ``make seed`` (the part of ``make demo``
+before it serves) into a temporary ``var/``, then the demo's server and worker, then every
+``sh`` block of the README in a shell with no DEBUG, SECRET_KEY or DATABASE_URL set, so the
+demo's settings must be found in ``var/demo.env`` alone. The changes made to a command are the
+demo's port (``make demo PORT=...``) and ``var/`` (``PA_VAR_DIR``), so that the test never
+meets a demo already running in this checkout.
+A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the README says why.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+README = BASE_DIR / "README.md"
+BLOCK = re.compile(r"(<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\n)?```sh\n(?P<body>.*?)```", re.S)
+# Variables of a configured deployment: a fresh clone has none of them.
+CLEARED = {"SECRET_KEY", "DEBUG", "DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "PA_S3_BUCKET",
+           "PA_FILES_DIR", "PA_BROKER_DIR", "PA_CELERY_QUEUE", "PA_ROLES", "DJANGO_SETTINGS_MODULE"}
+
+
+def readme_blocks() -> list[tuple[str, str | None]]:
+    """Return each ``sh`` block of the README with its skip reason (None: it runs)."""
+    return [(m["body"], m["reason"]) for m in BLOCK.finditer(README.read_text())]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_readme_lists_its_commands_and_skips_only_with_a_reason():
+    blocks = readme_blocks()
+
+    assert any("make demo" in body for body, _ in blocks)
+    assert any("register_client" in body for body, reason in blocks if reason is None)
+    assert any("bulk_fetch" in body for body, reason in blocks if reason is None)
+    assert [reason for _, reason in blocks if reason] == [
+        "a production deployment: needs Postgres, Redis, S3 and a real SECRET_KEY"
+    ]
+
+
+def test_every_readme_command_runs_as_printed_after_make_demo(tmp_path):
+    var = tmp_path / "var"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED} | {"PA_VAR_DIR": str(var)}
+    seed = subprocess.run(["make", "seed", f"PORT={port}"], cwd=BASE_DIR, env=env, capture_output=True, text=True)
+    assert seed.returncode == 0, seed.stdout + seed.stderr
+    assert (var / "demo.env").read_text().splitlines()[-1] == "DEBUG=1"
+
+    logs = [open(tmp_path / name, "wb") for name in ("worker.log", "server.log")]
+    processes = [
+        subprocess.Popen([str(BASE_DIR / ".venv/bin/celery"), "-A", "config", "worker", "--pool=solo",
+                          "--without-gossip", "--without-mingle", "--loglevel=INFO"],
+                         cwd=BASE_DIR, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
+        subprocess.Popen([str(BASE_DIR / ".venv/bin/python"), "manage.py", "runserver", "--noreload",
+                          f"127.0.0.1:{port}"], cwd=BASE_DIR, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/payer/fhir/metadata", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.3)
+        for body, reason in readme_blocks():
+            if reason or "make demo" in body:
+                continue  # the set-up block: make seed and the two processes above are what it runs
+            script = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(" var/", f" {var}/")
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=BASE_DIR, env=env,
+                                    capture_output=True, text=True, timeout=300)
+            output = result.stdout + result.stderr
+            assert result.returncode == 0 and "Traceback" not in output, f"{body}\n{output}"
+            if "bulk_fetch" in body:
+                assert "Completed" in output and "Encounter" in output, output
+            if "register_client" in body:
+                assert re.fullmatch(r"[A-Za-z0-9_-]{20,}", result.stdout.splitlines()[-1])
+    finally:
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
