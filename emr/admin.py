@@ -33,3 +33,7 @@ class AccessEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Append-only, for superusers too (and the database refuses: emr/migrations/0002).
+        return False

@@ -89,3 +89,7 @@ class AccessEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        who = self.user.get_username() if self.user_id else "a removed user"
+        return f"{self.created_at:%Y-%m-%d %H:%M} {who}: {self.get_action_display().lower()} ({self.patient})"

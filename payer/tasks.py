@@ -6,7 +6,9 @@ from celery import shared_task
 
 from payer.services import export as export_services
 from payer.services.attribution import attribution_refresh
+from payer.services.audit import audit_purge
 from payer.services.auth import access_tokens_purge
+from payer.services.notices import notices_send_due
 
 
 @shared_task(acks_late=True)
@@ -36,3 +38,17 @@ def export_purge_task() -> int:
 @shared_task
 def access_tokens_purge_task() -> int:
     return access_tokens_purge()
+
+
+# --- Notices and audit retention (payer/services/notices.py, payer/services/audit.py) ----
+
+@shared_task(acks_late=True)
+def notices_send_task() -> dict:
+    # Safe twice: each occasion is claimed by a UniqueConstraint before it is sent.
+    return dataclasses.asdict(notices_send_due())
+
+
+@shared_task
+def audit_purge_task() -> int | None:
+    purge = audit_purge(run_by="celery beat")
+    return purge.deleted if purge else None
