@@ -294,26 +294,32 @@ class OptOutEventInline(ReadOnlyInline):
     ordering = ["-created_at", "-id"]
 
 
-class NoticeInline(ReadOnlyInline):
-    model = Notice
-    fields = ["sent_at", "kind", "channel", "outcome", "template_version", "detail"]
-    readonly_fields = fields
-    verbose_name_plural = "Provider Access notices sent"
-
-
 @admin.register(Member)
 class MemberAdmin(admin.ModelAdmin):
     list_display = ["member_id", "family", "given", "birth_date", "opted_out"]
     list_filter = ["opted_out"]
     search_fields = ["member_id", "family", "given", "patient_id"]
     # Staff change the opt-out only through the actions, so every change is an OptOutEvent.
-    readonly_fields = ["opted_out", "shared_with"]
-    inlines = [OptOutEventInline, NoticeInline]
+    readonly_fields = ["opted_out", "shared_with", "notices_sent"]
+    inlines = [OptOutEventInline]
     actions = ["opt_out_action", "opt_in_action"]
 
     def has_delete_permission(self, request, obj=None):
         # A member's records (claims, audit, opt-out history, notices) must outlive them.
         return False
+
+    @admin.display(description="Provider Access notices")
+    def notices_sent(self, obj: Member) -> str:
+        notices = list(obj.notices.all()[:20])
+        if not notices:
+            return "None sent yet: their data is withheld from exports until one is (PA_EXPORT_ALLOW_UNNOTIFIED)."
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((f"{n.sent_at:%Y-%m-%d %H:%M}", n.get_kind_display(), n.get_channel_display(), n.get_outcome_display(),
+              n.template_version) for n in notices),
+        )
+        return format_html('<table><thead><tr><th>Sent</th><th>Occasion</th><th>Channel</th><th>Outcome</th>'
+                           '<th>Version</th></tr></thead><tbody>{}</tbody></table>', body)
 
     @admin.display(description="Shared with")
     def shared_with(self, obj: Member) -> str:
