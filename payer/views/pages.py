@@ -326,13 +326,15 @@ def providers_page(request: HttpRequest) -> HttpResponse:
             ("GET", ".well-known/smart-configuration", "Discovery: the token URL and the signing algorithms we accept."),
             ("GET", "metadata", "Our CapabilityStatement: every resource type, search parameter and operation we support."),
             ("GET", "Group", "Your organization's attribution list (the members attributed to you)."),
-            ("GET", "Group/{id}/$davinci-data-export", "Da Vinci PDex bulk export of your attributed members' data."),
-            ("GET", "Group/{id}/$export", "FHIR Bulk Data export of your attributed members' data."),
-            ("GET", "Patient/$export", "Bulk export for all members attributed to you."),
+            ("POST", "Group/$provider-member-match", "Da Vinci PDex 2.2: match patients to our members (see step 4)."),
+            ("POST", "Group/{id}/$davinci-data-export", "Da Vinci PDex bulk export of your attributed members' data (POST only)."),
+            ("GET or POST", "Group/{id}/$export", "FHIR Bulk Data export of your attributed members' data."),
+            ("GET or POST", "Patient/$export", "Bulk export for all members attributed to you."),
             ("GET", "[type]/{id}", "Read one record (Patient, Encounter, Condition, ExplanationOfBenefit, ...)."),
             ("GET", "[type]?patient={id}", "Search one member's records, with _lastUpdated and _count."),
         ],
         "provider_email": PROVIDER_RELATIONS_EMAIL,
         "provider_phone": PROVIDER_RELATIONS_PHONE,
+        "expiry_hours": f"{settings.PA_EXPORT_EXPIRY_HOURS:g}",
     }
     return render(request, "payer/providers.html", context)
