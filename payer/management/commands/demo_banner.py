@@ -19,6 +19,7 @@ class Command(BaseCommand):
             f"  Home                     {base}/",
             f"  Payer admin              {base}/admin/   (payer staff: {ADMIN_USERNAME} / {ADMIN_PASSWORD})",
             f"  Member opt-out           {base}/payer/opt-out/   (e.g. member {JACK_SHAW_MEMBER_ID}, Shaw, 1961-03-14)",
+            f"  Who received my data     {base}/payer/my-data/   (the same member details)",
             f"  Provider directory       {base}/payer/providers/",
             f"  FHIR CapabilityStatement {base}/payer/fhir/metadata",
         ]
