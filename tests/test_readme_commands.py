@@ -1,9 +1,9 @@
 """Every command the README shows runs as printed after ``make demo``.
 
-The test does what a newcomer does in a fresh clone: ``make seed`` (the part of ``make demo``
-before it serves) into a temporary ``var/``, then the demo's server and worker, then every
-``sh`` block of the README in a shell with no DEBUG, SECRET_KEY or DATABASE_URL set, so the
-demo's settings must be found in ``var/demo.env`` alone. The changes made to a command are the
+The test does what a newcomer does in a fresh clone: ``make demo`` into a temporary ``var/``,
+then every ``sh`` block of the README in a shell with no DEBUG, SECRET_KEY or DATABASE_URL
+set, so the demo's settings must be found in ``var/demo.env`` alone; then Ctrl-C, after
+which the server, the worker and its beat must all be gone within 20 s. The changes made to a command are the
 demo's port (``make demo PORT=...``) and ``var/`` (``PA_VAR_DIR``), so that the test never
 meets a demo already running in this checkout.
 A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the README says why.
@@ -11,6 +11,7 @@ A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the READ
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -47,34 +48,40 @@ def test_readme_lists_its_commands_and_skips_only_with_a_reason():
     ]
 
 
-def test_every_readme_command_runs_as_printed_after_make_demo(tmp_path):
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies (exited, not yet reaped by init) do not count.
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return any(not state.startswith("Z") for state in states)
+
+
+def test_every_readme_command_runs_as_printed_after_make_demo_and_ctrl_c_stops_it(tmp_path):
     var = tmp_path / "var"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in CLEARED} | {"PA_VAR_DIR": str(var)}
-    seed = subprocess.run(["make", "seed", f"PORT={port}"], cwd=BASE_DIR, env=env, capture_output=True, text=True)
-    assert seed.returncode == 0, seed.stdout + seed.stderr
-    assert (var / "demo.env").read_text().splitlines()[-1] == "DEBUG=1"
-
-    logs = [open(tmp_path / name, "wb") for name in ("worker.log", "server.log")]
-    processes = [
-        subprocess.Popen([str(BASE_DIR / ".venv/bin/celery"), "-A", "config", "worker", "--pool=solo",
-                          "--without-gossip", "--without-mingle", "--loglevel=INFO"],
-                         cwd=BASE_DIR, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
-        subprocess.Popen([str(BASE_DIR / ".venv/bin/python"), "manage.py", "runserver", "--noreload",
-                          f"127.0.0.1:{port}"], cwd=BASE_DIR, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
-    ]
+    log = open(tmp_path / "demo.log", "wb")
+    # Its own process group, as a terminal gives it, so Ctrl-C (SIGINT to the group) can be sent.
+    demo = subprocess.Popen(["make", "demo", f"PORT={port}"], cwd=BASE_DIR, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/payer/fhir/metadata", timeout=2)
                 break
             except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.3)
+                assert demo.poll() is None and time.monotonic() < deadline, (tmp_path / "demo.log").read_text()
+                time.sleep(0.5)
+        assert (var / "demo.env").read_text().splitlines()[-1] == "DEBUG=1"
+        banner = (tmp_path / "demo.log").read_text()
+        assert banner.count(f"http://127.0.0.1:{port}/emr/") == 1, banner
+
         for body, reason in readme_blocks():
             if reason or "make demo" in body:
-                continue  # the set-up block: make seed and the two processes above are what it runs
+                continue  # the set-up block: it is what started this demo
             script = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(" var/", f" {var}/")
             result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=BASE_DIR, env=env,
                                     capture_output=True, text=True, timeout=300)
@@ -84,12 +91,16 @@ def test_every_readme_command_runs_as_printed_after_make_demo(tmp_path):
                 assert "Completed" in output and "Encounter" in output, output
             if "register_client" in body:
                 assert re.fullmatch(r"[A-Za-z0-9_-]{20,}", result.stdout.splitlines()[-1])
+
+        # Ctrl-C: the server, the worker and its beat all stop promptly.
+        os.killpg(demo.pid, signal.SIGINT)
+        stopped_by = time.monotonic() + 20
+        while _group_alive(demo.pid) and time.monotonic() < stopped_by:
+            time.sleep(0.2)
+        assert not _group_alive(demo.pid), subprocess.run(
+            ["ps", "-o", "pid,stat,cmd", "-g", str(demo.pid)], capture_output=True, text=True).stdout
     finally:
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for log in logs:
-            log.close()
+        if _group_alive(demo.pid):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait(timeout=10)
+        log.close()
