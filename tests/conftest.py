@@ -26,7 +26,8 @@ def _sqlite_flush_opens_append_only_window() -> None:
     The triggers of payer/migrations/_append_only.py stand aside while ``<app>_flush_window``
     holds a row; only this wrapper, around the flush between transactional tests, writes one.
     """
-    from django.db.backends.sqlite3.operations import DatabaseOperations
+    # Through base: importing operations first is a circular import when SQLite is not loaded.
+    from django.db.backends.sqlite3.base import DatabaseOperations
 
     original = DatabaseOperations.sql_flush
     if getattr(original, "opens_window", False):

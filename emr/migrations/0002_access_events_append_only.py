@@ -40,12 +40,12 @@ def _statements(vendor: str) -> list[tuple[str, str]]:
 
 def _create(apps, schema_editor) -> None:
     for create, _drop in _statements(schema_editor.connection.vendor):
-        schema_editor.execute(create)
+        schema_editor.execute(create, params=None)
 
 
 def _drop(apps, schema_editor) -> None:
     for _create, drop in reversed(_statements(schema_editor.connection.vendor)):
-        schema_editor.execute(drop)
+        schema_editor.execute(drop, params=None)
 
 
 class Migration(migrations.Migration):

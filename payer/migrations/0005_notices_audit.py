@@ -171,12 +171,12 @@ def _statements(vendor: str) -> list[tuple[str, str]]:
 
 def _triggers_create(apps, schema_editor) -> None:
     for create, _drop in _statements(schema_editor.connection.vendor):
-        schema_editor.execute(create)
+        schema_editor.execute(create, params=None)
 
 
 def _triggers_drop(apps, schema_editor) -> None:
     for _create, drop in reversed(_statements(schema_editor.connection.vendor)):
-        schema_editor.execute(drop)
+        schema_editor.execute(drop, params=None)
 
 
 Migration.operations.append(migrations.RunPython(_triggers_create, _triggers_drop))
