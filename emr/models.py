@@ -70,6 +70,9 @@ class PatientSync(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"Fetch for {self.patient} on {self.created_at:%Y-%m-%d %H:%M} (sync job {self.job_id})"
+
 
 class AccessEvent(models.Model):
     """A clinician's access to a patient's record: who, which patient, what, when."""
