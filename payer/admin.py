@@ -163,9 +163,10 @@ class AuditMemberFilter(admin.SimpleListFilter):
     parameter_name = "member"
 
     def lookups(self, request, model_admin):
-        members = Member.objects.filter(audit_subjects__isnull=False).distinct().order_by("family", "given")[:200]
-        chosen = Member.objects.filter(pk=self.value()) if (self.value() or "").isdigit() else Member.objects.none()
-        return [(str(m.pk), str(m)) for m in {*members, *chosen}]
+        members = list(Member.objects.filter(audit_subjects__isnull=False).distinct().order_by("family", "given")[:200])
+        if (self.value() or "").isdigit() and not any(str(m.pk) == self.value() for m in members):
+            members += list(Member.objects.filter(pk=self.value()))  # reached from a member's page
+        return [(str(m.pk), str(m)) for m in members]
 
     def queryset(self, request, queryset):
         if not self.value():
