@@ -84,7 +84,10 @@ def test_members_see_who_received_their_data_in_a_real_browser(live_server, brow
     opt_out_record(member=oscar, opted_out=True, channel="web", changed_by="member")
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{live_server.url}{URL}")
+    # Reached from the opt-out page, which promises a record of every time providers ask.
+    page.goto(f"{live_server.url}/payer/opt-out/")
+    page.get_by_role("link", name="see who received your information").click()
+    page.wait_for_url(f"{live_server.url}{URL}")
     expect(page.get_by_role("heading", level=1)).to_have_text("Who received your health information")
     shot(page, "access-history-1-start", directory=DOCS_SCREENSHOTS)
 
@@ -112,6 +115,7 @@ def test_members_see_who_received_their_data_in_a_real_browser(live_server, brow
     _identify(page, member_id="UCH300000004", family="price")
     expect(page.locator("#current-choice")).to_contain_text("You have opted out")
     expect(page.locator("#shared-with")).to_contain_text("Grace Hospital")
+    expect(page.get_by_role("link", name="opt back in")).to_have_attribute("href", "/payer/opt-out/")
     shot(page, "access-history-4-opted-out", directory=DOCS_SCREENSHOTS)
     page.get_by_role("button", name="I am done (remove my details from this page)").click()
 
