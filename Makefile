@@ -16,25 +16,39 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed
 
-migrate: install
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+# The demo's settings, read by config/settings.py, so that every `manage.py` command the README
+# shows runs as printed (DEBUG on: a generated SECRET_KEY under var/). Production has no such file.
+$(VAR)/demo.env:
+	mkdir -p $(VAR)
+	printf '# Written by `make demo`: the demo runs with DEBUG on. Delete for production.\nDEBUG=1\n' >$@
+
+migrate: install $(VAR)/demo.env
+	$(BIN)/python manage.py migrate --noinput
 
 # The payer's demo data, Grace Hospital's connection to it (this same server), and the EMR's users.
 seed: migrate
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py add_payer_connection --name unitedcare \
+	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py add_payer_connection --name unitedcare \
 	    --display-name "UnitedCare Health" --fhir-base-url http://127.0.0.1:$(PORT)/payer/fhir \
 	    --client-id grace-hospital-ehr --private-key-path $(VAR)/keys/grace-hospital-ehr.pem \
 	    --key-id grace-hospital-ehr-rs384 --organization-npi 1345678902
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_emr
+	$(BIN)/python manage.py seed_emr
 
 # Web server and a Celery worker (with its beat scheduler) together; Ctrl-C stops both.
+# Ctrl-C: the worker gets SIGTERM (warm shutdown: finish the task at hand), and SIGQUIT (cold
+# shutdown) if it is still up after 10 s; a background job of a script ignores SIGINT, so the
+# trap is what stops it.
 demo: seed
-	@DEBUG=$${DEBUG:-1} PORT=$(PORT) BIN=$(BIN) bash -c '\
-	  export DEBUG PORT; \
+	@PORT=$(PORT) BIN=$(BIN) bash -c '\
+	  export PORT; \
 	  $$BIN/celery -A config worker --beat --loglevel=INFO --concurrency=2 \
 	      >$(VAR)/worker.log 2>&1 & worker=$$!; \
-	  trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
+	  stop() { trap - EXIT INT TERM; kill -TERM $$worker 2>/dev/null || return 0; \
+	    for _ in $$(seq 100); do kill -0 $$worker 2>/dev/null || return 0; sleep 0.1; done; \
+	    echo "Worker still running after 10 s: cold shutdown"; kill -QUIT $$worker 2>/dev/null; \
+	    for _ in $$(seq 30); do kill -0 $$worker 2>/dev/null || return 0; sleep 0.1; done; \
+	    kill -KILL $$worker 2>/dev/null; return 0; }; \
+	  trap stop EXIT; trap "stop; exit 130" INT TERM; \
 	  $$BIN/python manage.py demo_banner --port $$PORT; \
 	  $$BIN/python manage.py emr_banner --port $$PORT; \
 	  $$BIN/python manage.py runserver --noreload 127.0.0.1:$$PORT'
@@ -57,4 +71,4 @@ bench: install
 	$(BIN)/python bench/import.py
 
 clean:
-	rm -rf var
+	rm -rf $(VAR)

@@ -18,6 +18,26 @@ VAR_DIR = Path(os.environ.get("PA_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
+def _env_file_load(path: Path) -> None:
+    """Read ``NAME=value`` lines of ``path`` into the environment, never over a variable already set.
+
+    ``make demo`` writes ``var/demo.env`` (``DEBUG=1``), so every ``manage.py`` command the
+    README shows finds the demo's settings without extra variables. A production deployment
+    has no such file, so it still refuses to start without ``SECRET_KEY``.
+    """
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        os.environ.setdefault(name.strip(), value.strip())
+
+
+_env_file_load(VAR_DIR / "demo.env")
+
+
 def env_bool(name: str, default: bool = False) -> bool:
     value = os.environ.get(name)
     if value is None:
@@ -247,6 +267,10 @@ if "payer" in ROLES:
         "export-purge": {"task": "payer.tasks.export_purge_task", "schedule": 15 * 60},
         # Expired access tokens are refused anyway; drop their rows (payer/services/auth.py).
         "access-tokens-purge": {"task": "payer.tasks.access_tokens_purge_task", "schedule": 60 * 60},
+        # Provider Access notices due (payer/services/notices.py), in bounded batches.
+        "notices-send": {"task": "payer.tasks.notices_send_task", "schedule": 60 * 60},
+        # Audit retention, when PA_AUDIT_RETENTION_DAYS is set (payer/services/audit.py).
+        "audit-purge-daily": {"task": "payer.tasks.audit_purge_task", "schedule": 24 * 60 * 60},
     }
 if "provider" in ROLES:
     # Provider sync jobs whose worker died (its lease ran out) or whose task was lost:
@@ -288,6 +312,25 @@ PA_TREATMENT_RELATIONSHIP_DAYS = int(os.environ.get("PA_TREATMENT_RELATIONSHIP_D
 # relationship may start at most PA_ATTESTATION_MAX_FUTURE_DAYS ahead.
 PA_ATTESTATION_MAX_AGE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_AGE_DAYS", "30"))
 PA_ATTESTATION_MAX_FUTURE_DAYS = int(os.environ.get("PA_ATTESTATION_MAX_FUTURE_DAYS", "90"))
+# Audit retention (payer/services/audit.py audit_purge): days audit events are kept; 0 keeps
+# them forever. The purge is logged (AuditPurge) and is the only DELETE the database allows.
+PA_AUDIT_RETENTION_DAYS = int(os.environ.get("PA_AUDIT_RETENTION_DAYS", "0"))
+# Provider Access notices (42 CFR 422.121(a)(4); payer/services/notices.py).
+PA_NOTICE_BATCH_SIZE = int(os.environ.get("PA_NOTICE_BATCH_SIZE", "500"))
+# Off: an export withholds members not yet sent the notice, and its manifest says so.
+PA_EXPORT_ALLOW_UNNOTIFIED = env_bool("PA_EXPORT_ALLOW_UNNOTIFIED")
+PA_NOTICE_FROM_EMAIL = os.environ.get("PA_NOTICE_FROM_EMAIL", "provider-access@unitedcare.example")
+# Email: files under var/mail by default; SMTP when EMAIL_HOST is set.
+if os.environ.get("EMAIL_HOST"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = os.environ["EMAIL_HOST"]
+    EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "587"))
+    EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+else:
+    EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+    EMAIL_FILE_PATH = str(VAR_DIR / "mail")
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Imports of the plan's own data (payer/services/imports/): the identifier system whose

@@ -34,6 +34,9 @@ class AccessEventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Append-only, for superusers too (and the database refuses: emr/migrations/0002).
+        return False
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
     """Records of what happened: visible to staff, never edited."""

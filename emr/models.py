@@ -73,6 +73,9 @@ class PatientSync(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"Fetch for {self.patient} on {self.created_at:%Y-%m-%d %H:%M} (sync job {self.job_id})"
+
 
 class AccessEvent(models.Model):
     """A clinician's access to a patient's record: who, which patient, what, when."""
@@ -95,6 +98,9 @@ class AccessEvent(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        who = self.user.get_username() if self.user_id else "a removed user"
+        return f"{self.created_at:%Y-%m-%d %H:%M} {who}: {self.get_action_display().lower()} ({self.patient})"
 
 class TreatmentAttestation(models.Model):
     """A clinician's explicit statement that the organization treats the patient: who, when.

@@ -14,12 +14,13 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone as _tz
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from payer.models import (
     AttributionGroup,
     AttributionMember,
     AuditEvent,
+    AuditPurge,
     Claim,
     ClaimDiagnosis,
     ClaimLine,
@@ -27,6 +28,7 @@ from payer.models import (
     Member,
     MemberMatchDecision,
     NetworkContract,
+    Notice,
     OptOutEvent,
     PriorAuthorization,
     ProviderOrganization,
@@ -43,6 +45,7 @@ from payer.services.attribution import (
 from payer.services.audit import audit_record
 from payer.services.auth import client_register, jwks_url_allowed, jwks_validate, scope_parse
 from payer.services.member_match import treatment_relationship_revoke
+from payer.services.access_history import member_shared_with
 from payer.services.opt_out import opt_out_record
 
 
@@ -75,8 +78,20 @@ class ReadOnlyInline(admin.TabularInline):
 # --- SMART clients and the audit trail (SMART Backend Services; CMS-0057-F audit) ---------
 
 
+class BlankJSONField(forms.JSONField):
+    """A JSON box that shows empty, not ``null``, when there is no value (so it saves on the first try)."""
+
+    def prepare_value(self, value):
+        return "" if value is None else super().prepare_value(value)
+
+
 class SmartClientForm(forms.ModelForm):
-    jwks_url = forms.URLField(required=False, assume_scheme="https", help_text="Where the client serves its public JWKS.")
+    jwks_url = forms.URLField(label="JWKS URL", required=False, assume_scheme="https",
+                              help_text="Where the provider system serves its public keys (https). Or paste the keys below.")
+    jwks = BlankJSONField(label="Public keys (JWKS)", required=False, widget=forms.Textarea(attrs={"rows": 6}),
+                          help_text='The JWKS itself, e.g. {"keys": [{"kty": "RSA", "kid": "...", "n": "...", "e": "AQAB"}]}.')
+    scopes = forms.CharField(initial="system/*.read", max_length=1000,
+                             help_text="Space-separated; the default, system/*.read, is what register_client gives.")
 
     class Meta:
         model = SmartClient
@@ -131,14 +146,81 @@ class SmartClientAdmin(admin.ModelAdmin):
         obj.pk, obj.client_id, obj.created_at = client.pk, client.client_id, client.created_at
 
 
+class AuditOrganizationFilter(admin.SimpleListFilter):
+    title = "organization"
+    parameter_name = "organization_npi"
+
+    def lookups(self, request, model_admin):
+        npis = AuditEvent.objects.exclude(organization_npi="").values_list("organization_npi", flat=True).distinct()
+        names = dict(ProviderOrganization.objects.filter(npi__in=list(npis)).values_list("npi", "name"))
+        return sorted(((npi, f"{names.get(npi, 'Unknown')} ({npi})") for npi in npis), key=lambda c: c[1])
+
+    def queryset(self, request, queryset):
+        return queryset.filter(organization_npi=self.value()) if self.value() else queryset
+
+
+class AuditMemberFilter(admin.SimpleListFilter):
+    """Filter by member: the members the trail names (and the one asked for, via a member's page)."""
+
+    title = "member"
+    parameter_name = "member"
+
+    def lookups(self, request, model_admin):
+        members = list(Member.objects.filter(audit_subjects__isnull=False).distinct().order_by("family", "given")[:200])
+        if (self.value() or "").isdigit() and not any(str(m.pk) == self.value() for m in members):
+            members += list(Member.objects.filter(pk=self.value()))  # reached from a member's page
+        return [(str(m.pk), str(m)) for m in members]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if not self.value().isdigit():
+            return queryset.none()
+        return queryset.filter(subjects__member_id=int(self.value()))
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the audit trail is written by the services, never edited by hand."""
 
-    list_display = ["created_at", "action", "outcome", "client_id", "organization_npi", "status_code", "request_path"]
-    list_filter = ["action", "outcome", "client_id"]
-    search_fields = ["client_id", "organization_npi", "patient_ids", "detail"]
+    list_display = ["created_at", "action", "outcome", "client_id", "organization_npi", "members_named",
+                    "resource_types_text", "status_code"]
+    list_filter = [AuditMemberFilter, AuditOrganizationFilter, "client_id", "action", "outcome", "created_at"]
+    search_fields = ["=members__member_id", "members__family", "client_id", "organization_npi", "detail"]
     date_hierarchy = "created_at"
+    fields = ["created_at", "action", "outcome", "client_id", "organization_npi", "members_named",
+              "resource_types_text", "request_path", "status_code", "detail", "remote_addr"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("members")
+
+    @admin.display(description="members")
+    def members_named(self, obj: AuditEvent) -> str:
+        names = [f"{m.given} {m.family} ({m.member_id})" for m in obj.members.all()]
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") if names else "-"
+
+    @admin.display(description="kinds of data")
+    def resource_types_text(self, obj: AuditEvent) -> str:
+        return ", ".join(obj.resource_types) or "-"
+
+
+@admin.register(AuditPurge)
+class AuditPurgeAdmin(ReadOnlyAdmin):
+    """The log of audit retention purges (PA_AUDIT_RETENTION_DAYS), read-only."""
+
+    list_display = ["created_at", "cutoff", "retention_days", "deleted", "run_by"]
+
+
+@admin.register(Notice)
+class NoticeAdmin(ReadOnlyAdmin):
+    """Provider Access notices sent (42 CFR 422.121(a)(4)); written by payer/services/notices.py only."""
+
+    list_display = ["sent_at", "member", "kind", "channel", "outcome", "template_version", "detail"]
+    list_filter = ["kind", "channel", "outcome", "template_version", "sent_at"]
+    search_fields = ["=member__member_id", "member__family"]
+    date_hierarchy = "sent_at"
+    list_select_related = ["member"]
 
 
 # --- Members, opt-outs and attribution lists (CMS-0057-F opt-out; PDex / ATR attribution) ----
@@ -222,9 +304,42 @@ class MemberAdmin(admin.ModelAdmin):
     list_filter = ["opted_out"]
     search_fields = ["member_id", "family", "given", "patient_id"]
     # Staff change the opt-out only through the actions, so every change is an OptOutEvent.
-    readonly_fields = ["opted_out"]
+    readonly_fields = ["opted_out", "shared_with", "notices_sent"]
     inlines = [OptOutEventInline]
     actions = ["opt_out_action", "opt_in_action"]
+
+    def has_delete_permission(self, request, obj=None):
+        # A member's records (claims, audit, opt-out history, notices) must outlive them.
+        return False
+
+    @admin.display(description="Provider Access notices")
+    def notices_sent(self, obj: Member) -> str:
+        notices = list(obj.notices.all()[:20])
+        if not notices:
+            return "None sent yet: their data is withheld from exports until one is (PA_EXPORT_ALLOW_UNNOTIFIED)."
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((f"{n.sent_at:%Y-%m-%d %H:%M}", n.get_kind_display(), n.get_channel_display(), n.get_outcome_display(),
+              n.template_version) for n in notices),
+        )
+        return format_html('<table><thead><tr><th>Sent</th><th>Occasion</th><th>Channel</th><th>Outcome</th>'
+                           '<th>Version</th></tr></thead><tbody>{}</tbody></table>', body)
+
+    @admin.display(description="Shared with")
+    def shared_with(self, obj: Member) -> str:
+        rows = member_shared_with(member=obj)
+        audit_url = f"../../../auditevent/?member={obj.pk}"
+        if not rows:
+            return format_html('Never shared with a provider organization. <a href="{}">All audit events</a>', audit_url)
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.organization, f"{r.first:%Y-%m-%d %H:%M}", f"{r.last:%Y-%m-%d %H:%M}", ", ".join(r.kinds)) for r in rows),
+        )
+        return format_html(
+            '<table class="shared-with"><thead><tr><th>Provider organization</th><th>First</th><th>Last</th>'
+            '<th>Kinds of data</th></tr></thead><tbody>{}</tbody></table><p><a href="{}">All audit events of this member</a></p>',
+            body, audit_url,
+        )
 
     def _opt_out_change(self, request, queryset, *, opted_out: bool, action: str, title: str):
         form, page = _action_form(

@@ -3,4 +3,4 @@ from django.apps import AppConfig
 
 class PayerConfig(AppConfig):
     name = "payer"
-    verbose_name = "Payer (UnitedCare FHIR server)"
+    verbose_name = "Health plan: members, provider systems and audit"

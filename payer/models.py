@@ -73,6 +73,8 @@ class Member(models.Model):
     # empty bounds are open. Ended coverage: not matched, not attributed, not exported.
     coverage_start = models.DateField(null=True, blank=True)
     coverage_end = models.DateField(null=True, blank=True)
+    # Where the Provider Access notice goes (42 CFR 422.121(a)(4)); empty: a printed letter.
+    email = models.EmailField(blank=True)
     # Current opt-out state; the history is in OptOutEvent. Kept here so every access
     # check is one indexed column, not a scan of the history.
     opted_out = models.BooleanField(default=False, db_index=True)
@@ -203,6 +205,9 @@ class ClaimLine(models.Model):
         constraints = [models.UniqueConstraint(fields=["claim", "sequence"], name="claim_line_seq_unique")]
         ordering = ["claim", "sequence"]
 
+    def __str__(self) -> str:
+        return f"{self.claim.claim_number} line {self.sequence}"
+
 
 class ClaimDiagnosis(models.Model):
     class Kind(models.TextChoices):
@@ -219,6 +224,9 @@ class ClaimDiagnosis(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["claim", "sequence"], name="claim_dx_seq_unique")]
         ordering = ["claim", "sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.claim.claim_number} diagnosis {self.sequence}: {self.icd10_code}"
 
 
 class PriorAuthorization(models.Model):
@@ -319,6 +327,10 @@ class OptOutEvent(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self) -> str:
+        choice = "opted out" if self.opted_out else "opted in"
+        return f"{self.member} {choice} by {self.get_channel_display().lower()} on {self.created_at:%Y-%m-%d %H:%M}"
+
 
 class SmartClient(models.Model):
     """A provider system registered for SMART Backend Services (private_key_jwt)."""
@@ -326,9 +338,13 @@ class SmartClient(models.Model):
     client_id = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     organization = models.ForeignKey(ProviderOrganization, on_delete=models.PROTECT, related_name="clients")
-    jwks_url = models.URLField(blank=True)
-    jwks = models.JSONField(null=True, blank=True, help_text="Public keys as a JWKS, when not served at jwks_url.")
-    scopes = models.CharField(max_length=1000, help_text="Space-separated scopes this client may be granted.")
+    jwks_url = models.URLField("JWKS URL", blank=True, help_text="Where the provider system serves its public keys (https).")
+    jwks = models.JSONField(
+        "Public keys (JWKS)", null=True, blank=True, help_text="Public keys as a JWKS, when not served at the JWKS URL."
+    )
+    scopes = models.CharField(
+        max_length=1000, default="system/*.read", help_text="Space-separated scopes this client may be granted."
+    )
     active = models.BooleanField(default=True)
     max_concurrent_exports = models.PositiveIntegerField(default=5)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -337,6 +353,8 @@ class SmartClient(models.Model):
     is_authenticated = True
 
     class Meta:
+        verbose_name = "provider system"
+        verbose_name_plural = "provider systems"
         constraints = [
             models.CheckConstraint(
                 condition=~Q(jwks_url="") | Q(jwks__isnull=False), name="client_has_keys"
@@ -357,6 +375,9 @@ class UsedAssertion(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["client", "jti"], name="assertion_jti_unique")]
 
+    def __str__(self) -> str:
+        return f"Assertion {self.jti} of {self.client.client_id}"
+
 
 class AccessToken(models.Model):
     """An issued bearer token, stored as a SHA-256 hash only."""
@@ -367,9 +388,16 @@ class AccessToken(models.Model):
     issued_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
 
+    def __str__(self) -> str:
+        return f"Token of {self.client.client_id} until {self.expires_at:%Y-%m-%d %H:%M}"
+
 
 class AuditEvent(models.Model):
-    """Who accessed or tried to access what, and with which outcome. Never holds tokens or keys."""
+    """Who accessed or tried to access what, and with which outcome. Never holds tokens or keys.
+
+    Append-only: the admin offers no change or delete, and database triggers (migration
+    0008_notices_audit) refuse UPDATE and DELETE except the logged retention purge.
+    """
 
     class Outcome(models.TextChoices):
         SUCCESS = "success", "Success"
@@ -380,9 +408,12 @@ class AuditEvent(models.Model):
     action = models.CharField(max_length=40, help_text="token, read, search, export, status, download, ...")
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     client_id = models.CharField(max_length=64, blank=True, db_index=True)
-    organization_npi = models.CharField(max_length=10, blank=True)
+    organization_npi = models.CharField(max_length=10, blank=True, db_index=True)
     patient_ids = models.JSONField(default=list, blank=True)
     resource_types = models.JSONField(default=list, blank=True)
+    # The members the event concerns, resolved from patient_ids when it is recorded, so
+    # "whose data went where" is one indexed join (AuditSubject), not a scan of JSON.
+    members = models.ManyToManyField(Member, through="AuditSubject", related_name="audit_events", blank=True)
     request_path = models.CharField(max_length=500, blank=True)
     status_code = models.PositiveIntegerField(null=True, blank=True)
     detail = models.CharField(max_length=500, blank=True)
@@ -390,6 +421,93 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name = "audit event"
+
+    def __str__(self) -> str:
+        who = self.client_id or "anonymous"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {who}: {self.get_outcome_display().lower()}"
+
+
+class AuditSubject(models.Model):
+    """One member an audit event concerns."""
+
+    event = models.ForeignKey(AuditEvent, on_delete=models.CASCADE, related_name="subjects")
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="audit_subjects")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event", "member"], name="audit_subject_unique")]
+        indexes = [models.Index(fields=["member", "event"], name="audit_subject_member_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.member} in {self.event}"
+
+
+class AuditPurge(models.Model):
+    """One run of the audit retention purge: the only path by which audit rows are deleted.
+
+    The database triggers allow a DELETE of an audit row only when it is older than the
+    latest purge cutoff recorded here, so a purge is always logged first.
+    """
+
+    cutoff = models.DateTimeField(help_text="Audit events created before this instant were deleted.")
+    retention_days = models.PositiveIntegerField()
+    deleted = models.PositiveIntegerField(default=0)
+    run_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "audit retention purge"
+
+    def __str__(self) -> str:
+        return f"Purge of audit events before {self.cutoff:%Y-%m-%d} ({self.deleted} deleted)"
+
+
+class Notice(models.Model):
+    """One Provider Access notice sent (or attempted) to a member (42 CFR 422.121(a)(4)).
+
+    ``period`` names the occasion, so the UniqueConstraint makes sending safe to run twice:
+    ``initial`` (once, before any data is released), the coverage start date for
+    ``coverage_start``, the year for ``annual``. Append-only like the audit trail.
+    """
+
+    class Kind(models.TextChoices):
+        INITIAL = "initial", "Before the first release of data"
+        COVERAGE_START = "coverage_start", "Within 7 days of a coverage start"
+        ANNUAL = "annual", "Yearly"
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        LETTER = "letter", "Printed letter"
+
+    class Outcome(models.TextChoices):
+        # Claimed by a sending run (the UniqueConstraint decides which), not yet delivered;
+        # the triggers allow one change of a pending row, to its outcome, and no other.
+        PENDING = "pending", "Being sent"
+        SENT = "sent", "Sent"
+        QUEUED_FOR_PRINT = "queued_for_print", "Letter ready to print and mail"
+        FAILED = "failed", "Failed"
+
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="notices")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    period = models.CharField(max_length=20, help_text="initial, the coverage start date, or the year.")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    template_version = models.CharField(max_length=20)
+    sent_at = models.DateTimeField()
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    # The printable letter (members without an email address), under the default storage.
+    letter_path = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-sent_at", "-id"]
+        # A failed attempt does not count, so the next run may try the same occasion again.
+        constraints = [models.UniqueConstraint(fields=["member", "kind", "period"], condition=~Q(outcome="failed"),
+                                               name="notice_member_kind_period_unique")]
+        indexes = [models.Index(fields=["member", "outcome"], name="notice_member_outcome_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} notice to {self.member} by {self.get_channel_display().lower()} ({self.get_outcome_display().lower()})"
 
 
 class ExportJob(models.Model):

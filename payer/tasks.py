@@ -6,9 +6,11 @@ from celery import shared_task
 
 from payer.services import export as export_services
 from payer.services.attribution import attribution_refresh
+from payer.services.audit import audit_purge
 from payer.services.auth import access_tokens_purge
 from payer.services.imports.claims import claims_import
 from payer.services.imports.fhir import fhir_import
+from payer.services.notices import notices_send_due
 
 
 @shared_task(acks_late=True)
@@ -52,3 +54,15 @@ def fhir_import_task(paths: list[str], report_path: str | None = None) -> dict:
 def claims_import_task(folder: str, report_path: str | None = None) -> dict:
     # Safe twice: rows are upserted on natural keys and an unchanged row is not written.
     return claims_import(folder=folder, report_path=report_path).as_dict()
+# --- Notices and audit retention (payer/services/notices.py, payer/services/audit.py) ----
+
+@shared_task(acks_late=True)
+def notices_send_task() -> dict:
+    # Safe twice: each occasion is claimed by a UniqueConstraint before it is sent.
+    return dataclasses.asdict(notices_send_due())
+
+
+@shared_task
+def audit_purge_task() -> int | None:
+    purge = audit_purge(run_by="celery beat")
+    return purge.deleted if purge else None

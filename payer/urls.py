@@ -7,6 +7,7 @@ app_name = "payer"
 urlpatterns = [
     # Plain-language pages for members and providers (CMS-0057-F).
     path("opt-out/", pages.opt_out_page, name="opt-out"),
+    path("my-data/", pages.access_history_page, name="access-history"),
     path("providers/", pages.providers_page, name="providers"),
     # SMART Backend Services authorization server and discovery; the public CapabilityStatement.
     path("auth/token", auth.TokenView.as_view(), name="token"),

@@ -28,10 +28,14 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def shot(page: Page, name: str, *, full_page: bool = True) -> Path:
-    """Save a screenshot of the page under var/screenshots/ (kept by CI as an artifact)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def shot(page: Page, name: str, *, full_page: bool = True, directory: Path = SCREENSHOTS) -> Path:
+    """Save a screenshot of the page under var/screenshots/ (kept by CI as an artifact), or
+    under ``directory`` (DOCS_SCREENSHOTS for the ones the README shows)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
 

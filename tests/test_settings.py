@@ -77,3 +77,14 @@ def test_unknown_role_is_refused(tmp_path):
     result = _run(tmp_path, PA_ROLES="payer,pharmacy", SECRET_KEY="k" * 50)
 
     assert result.returncode != 0 and "Unknown PA_ROLES: pharmacy" in result.stderr
+
+
+def test_make_demos_env_file_turns_debug_on_and_a_variable_set_wins(tmp_path):
+    (tmp_path / "demo.env").write_text("# Written by `make demo`\nDEBUG=1\n")
+    demo = _run(tmp_path)
+    (tmp_path / "secret_key").unlink()
+    production = _run(tmp_path, DEBUG="0")
+
+    assert demo.returncode == 0, demo.stderr  # no SECRET_KEY needed: the file says DEBUG=1
+    assert "notices-send" in json.loads(demo.stdout)["beat"]
+    assert production.returncode != 0 and "SECRET_KEY must be set when DEBUG is off" in production.stderr

@@ -5,12 +5,19 @@ export kick-off, download and denial be recorded. One INSERT per event keeps it 
 enough to call on every request. Tokens, assertions and keys are never stored.
 """
 
+import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
+from django.db import transaction
+from django.utils import timezone
 
-from payer.models import AuditEvent
+from payer.models import AuditEvent, AuditPurge, AuditSubject, Member
+
+logger = logging.getLogger(__name__)
 
 # Query parameters whose values must never reach the audit trail.
 _SECRET_PARAMS = frozenset({"access_token", "client_assertion", "token", "code", "client_secret"})
@@ -63,13 +70,16 @@ def audit_record(
     resource_types: Iterable[str] = (),
     status_code: int | None = None,
     detail: str = "",
+    members: Iterable[Member] = (),
 ) -> AuditEvent:
     """Record one audit event and return it.
 
     ``client`` is a ``SmartClient`` (or None when the caller is unknown, e.g. a refused
     token request naming a client that does not exist: then put what it claimed in
     ``detail``). ``request`` is a Django or DRF request; only its path and remote address
-    are kept. ``outcome`` is one of ``AuditEvent.Outcome``.
+    are kept. ``outcome`` is one of ``AuditEvent.Outcome``. The members the event concerns
+    are ``members`` plus those whose FHIR Patient id is in ``patient_ids`` (one indexed
+    query), linked through ``AuditSubject`` so staff and members can ask "whose data".
     """
     client_id = ""
     organization_npi = ""
@@ -83,15 +93,45 @@ def audit_record(
         request_path = _request_path(request)
         remote_addr = _remote_addr(request)
         _mark_recorded(request)
-    return AuditEvent.objects.create(
+    patient_ids = sorted({_clean(p) for p in patient_ids})
+    event = AuditEvent.objects.create(
         action=_clean(action)[:40],
         outcome=outcome,
         client_id=_clean(client_id),
         organization_npi=organization_npi,
-        patient_ids=sorted({_clean(p) for p in patient_ids}),
+        patient_ids=patient_ids,
         resource_types=sorted({_clean(t) for t in resource_types}),
         request_path=_clean(request_path)[:500],
         status_code=status_code,
         detail=_clean(detail)[:500],
         remote_addr=remote_addr,
     )
+    member_pks = {m.pk for m in members}
+    if patient_ids:
+        member_pks |= set(Member.objects.filter(patient_id__in=patient_ids).values_list("pk", flat=True))
+    if member_pks:
+        AuditSubject.objects.bulk_create([AuditSubject(event=event, member_id=pk) for pk in sorted(member_pks)])
+    return event
+
+
+@transaction.atomic
+def audit_purge(*, run_by: str, retention_days: int | None = None) -> AuditPurge | None:
+    """Delete audit events older than the retention period, after logging the purge.
+
+    ``PA_AUDIT_RETENTION_DAYS`` (0, the default: keep everything) is the retention; the
+    database triggers allow a DELETE of audit rows only below the cutoff of a logged
+    ``AuditPurge``, so this is the one sanctioned way audit rows leave. Return the purge
+    row, or None when retention is off.
+    """
+    days = settings.PA_AUDIT_RETENTION_DAYS if retention_days is None else retention_days
+    if days <= 0:
+        return None
+    cutoff = timezone.now() - timedelta(days=days)
+    old = AuditEvent.objects.filter(created_at__lt=cutoff)
+    count = old.count()
+    purge = AuditPurge.objects.create(cutoff=cutoff, retention_days=days, deleted=count, run_by=run_by[:150])
+    AuditSubject.objects.filter(event__created_at__lt=cutoff).delete()
+    old.delete()
+    logger.warning("Audit retention purge by %s: %d audit events before %s deleted (retention %d days)",
+                   run_by, count, cutoff.isoformat(), days)
+    return purge

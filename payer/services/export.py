@@ -48,6 +48,7 @@ from payer.models import (
     SmartClient,
 )
 from payer.services.access import organization_in_network, visible_members, visible_patient_ids
+from payer.services.notices import notice_filter_unnotified
 from payer.services.auth import scope_granted_types
 from payer.services.eob_projection import eob_projection_refresh
 from payer.services.export_params import (
@@ -179,6 +180,16 @@ def export_job_create(
         )
         wanted = set(params.patients)
         member_rows = [row for row in member_rows if row[0] in wanted]
+
+    # --- Notice gate (42 CFR 422.121(a)(4)(i)): no member's data before they were sent the
+    # Provider Access notice, unless PA_EXPORT_ALLOW_UNNOTIFIED; the manifest's error file says so.
+    member_rows, withheld = notice_filter_unnotified(rows=member_rows)
+    if withheld:
+        issues.append(outcome_issue(
+            code="suppressed", severity="warning",
+            diagnostics=f"{len(withheld)} member(s) withheld: not yet sent the payer's Provider Access notice "
+                        "(42 CFR 422.121(a)(4)); their data is released once the notice has gone out.",
+        ))
 
     with transaction.atomic():
         # Lock the client row so two simultaneous kick-offs cannot both pass the limit.

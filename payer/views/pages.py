@@ -6,6 +6,7 @@ how attribution works), in plain language. These are plain Django views; the log
 ``payer.services.opt_out``.
 """
 
+import hashlib
 import time
 from datetime import date
 
@@ -19,6 +20,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from payer.models import Member, OptOutEvent
+from payer.services.access_history import member_shared_with
 from payer.services.audit import audit_record
 from payer.services.opt_out import member_identify, opt_out_record
 
@@ -33,8 +35,10 @@ SESSION_CONFIRMATION = "payer_opt_out_confirmation"
 # A member who walks away from a shared computer is forgotten after this long.
 IDENTIFIED_FOR_SECONDS = 15 * 60
 
-# Failed identifications allowed per browser session and per client address in the
-# window before the form refuses all attempts (right or wrong) until the window passes.
+# Failed identifications allowed per browser session, and per member id typed from one
+# client address, in the window before the form refuses all attempts for them (right or
+# wrong) until the window passes. Per member AND address, so that one address (a library,
+# a family's router, an attacker) cannot lock every other member out.
 MAX_FAILURES_PER_SESSION = 5
 MAX_FAILURES_PER_ADDRESS = 20
 FAILURE_WINDOW_SECONDS = 15 * 60
@@ -137,21 +141,23 @@ def _client_address(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR") or "unknown"
 
 
-def _failure_keys(request: HttpRequest) -> list[tuple[str, int]]:
+def _failure_keys(request: HttpRequest, member_id: str) -> list[tuple[str, int]]:
     if not request.session.session_key:
         request.session.save()
+    # Hashed: the cache key holds neither the typed member id nor the address in clear.
+    typed = hashlib.sha256(f"{member_id.strip().casefold()}|{_client_address(request)}".encode()).hexdigest()
     return [
         (f"payer:opt-out:fail:session:{request.session.session_key}", MAX_FAILURES_PER_SESSION),
-        (f"payer:opt-out:fail:addr:{_client_address(request)}", MAX_FAILURES_PER_ADDRESS),
+        (f"payer:opt-out:fail:member-addr:{typed}", MAX_FAILURES_PER_ADDRESS),
     ]
 
 
-def _locked_out(request: HttpRequest) -> bool:
-    return any((cache.get(key) or 0) >= limit for key, limit in _failure_keys(request))
+def _locked_out(request: HttpRequest, member_id: str) -> bool:
+    return any((cache.get(key) or 0) >= limit for key, limit in _failure_keys(request, member_id))
 
 
-def _failure_count(request: HttpRequest) -> None:
-    for key, _limit in _failure_keys(request):
+def _failure_count(request: HttpRequest, member_id: str) -> None:
+    for key, _limit in _failure_keys(request, member_id):
         # add() starts the window; incr() keeps the window's original expiry.
         if not cache.add(key, 1, FAILURE_WINDOW_SECONDS):
             try:
@@ -180,6 +186,70 @@ def _audit(request: HttpRequest, **fields) -> None:
     audit_record(request=request, **fields)
 
 
+def _identify(request: HttpRequest, *, page: str) -> tuple[IdentifyForm, str, int]:
+    """Run the identity check of a member page's POST; on success remember the member.
+
+    Return the bound form, the error message and the status: 200 with no error means the
+    session now holds the member (the caller redirects). Shared by the opt-out and the
+    access-history pages, so both have the same check and the same limits against guessing.
+    """
+    identify_form = IdentifyForm(request.POST)
+    typed = request.POST.get("member_id", "")[:40]
+    if _locked_out(request, typed):
+        _audit(request, action=f"{page}-identify", outcome="denied", detail="rate limited", status_code=429)
+        return identify_form, LOCKED_MESSAGE, 429
+    if not identify_form.is_valid():
+        return identify_form, "", 400
+    found = member_identify(
+        member_id=identify_form.cleaned_data["member_id"],
+        birth_date=identify_form.cleaned_data["birth_date"],
+        family=identify_form.cleaned_data["family"],
+    )
+    if found is None:
+        _failure_count(request, typed)
+        _audit(request, action=f"{page}-identify", outcome="denied", detail="no matching member", status_code=400)
+        return identify_form, NO_MATCH_MESSAGE, 400
+    # A new session key on identification, so a planted session id is useless.
+    request.session.cycle_key()
+    request.session[SESSION_MEMBER] = found.pk
+    request.session[SESSION_IDENTIFIED_AT] = time.time()
+    return identify_form, "", 200
+
+
+@never_cache
+@csrf_protect
+@require_http_methods(["GET", "POST"])
+def access_history_page(request: HttpRequest) -> HttpResponse:
+    """Show an identified member which provider organizations received their data, when and what.
+
+    Read from the audit trail through ``member_shared_with``, which reads only the rows that
+    name this member. Same identity check, session and limits as the opt-out page.
+    """
+    member = _identified_member(request)
+    step = request.POST.get("step") if request.method == "POST" else None
+    identify_form, error, status = IdentifyForm(), "", 200
+    if step == "forget":
+        _forget(request)
+        return redirect("payer:access-history")
+    if step == "identify":
+        identify_form, error, status = _identify(request, page="access-history")
+        if not error and status == 200:
+            return redirect("payer:access-history")
+    shared = member_shared_with(member=member) if member is not None else []
+    if member is not None and request.method == "GET":
+        _audit(request, action="access-history", outcome="success", patient_ids=[member.patient_id],
+               detail="member viewed who received their data")
+    context = {
+        "member": member,
+        "identify_form": identify_form,
+        "error": error,
+        "shared": shared,
+        "last_change": member.opt_out_events.first() if member is not None else None,
+        "member_services_phone": MEMBER_SERVICES_PHONE,
+    }
+    return render(request, "payer/access_history.html", context, status=status)
+
+
 @never_cache
 @csrf_protect
 @require_http_methods(["GET", "POST"])
@@ -203,28 +273,9 @@ def opt_out_page(request: HttpRequest) -> HttpResponse:
         return redirect("payer:opt-out")
 
     if step == "identify":
-        identify_form = IdentifyForm(request.POST)
-        if _locked_out(request):
-            error, status = LOCKED_MESSAGE, 429
-            _audit(request, action="opt-out-identify", outcome="denied", detail="rate limited", status_code=429)
-        elif identify_form.is_valid():
-            found = member_identify(
-                member_id=identify_form.cleaned_data["member_id"],
-                birth_date=identify_form.cleaned_data["birth_date"],
-                family=identify_form.cleaned_data["family"],
-            )
-            if found is None:
-                _failure_count(request)
-                error, status = NO_MATCH_MESSAGE, 400
-                _audit(request, action="opt-out-identify", outcome="denied", detail="no matching member", status_code=400)
-            else:
-                # A new session key on identification, so a planted session id is useless.
-                request.session.cycle_key()
-                request.session[SESSION_MEMBER] = found.pk
-                request.session[SESSION_IDENTIFIED_AT] = time.time()
-                return redirect("payer:opt-out")
-        else:
-            status = 400
+        identify_form, error, status = _identify(request, page="opt-out")
+        if not error and status == 200:
+            return redirect("payer:opt-out")
     elif step == "choose":
         if member is None:
             error, status = "For your privacy, we need to check who you are again. Please fill in the form.", 400
@@ -276,11 +327,11 @@ def providers_page(request: HttpRequest) -> HttpResponse:
             ("GET", "metadata", "Our CapabilityStatement: every resource type, search parameter and operation we support."),
             ("GET", "Group", "Your organization's attribution list (the members attributed to you)."),
             ("POST", "Group/$provider-member-match", "PDex 2.2: find new patients among our members with a treatment "
-             "attestation; the result names a Group to export (see below)."),
+             "attestation; the result names a Group to export (see step 4)."),
             ("POST", "Group/{id}/$davinci-data-export", "Da Vinci PDex bulk export of your attributed members' data, "
-             "or of the MatchedMembers Group of your member match."),
-            ("GET", "Group/{id}/$export", "FHIR Bulk Data export of your attributed members' data."),
-            ("GET", "Patient/$export", "Bulk export for all members attributed to you."),
+             "or of the MatchedMembers Group of your member match (POST only)."),
+            ("GET or POST", "Group/{id}/$export", "FHIR Bulk Data export of your attributed members' data."),
+            ("GET or POST", "Patient/$export", "Bulk export for all members attributed to you."),
             ("GET", "[type]/{id}", "Read one record (Patient, Encounter, Condition, ExplanationOfBenefit, ...)."),
             ("GET", "[type]?patient={id}", "Search one member's records, with _lastUpdated and _count."),
         ],
@@ -292,5 +343,6 @@ def providers_page(request: HttpRequest) -> HttpResponse:
         "attestation_max_age_days": settings.PA_ATTESTATION_MAX_AGE_DAYS,
         "attestation_max_future_days": settings.PA_ATTESTATION_MAX_FUTURE_DAYS,
         "disclose_opt_out": settings.PA_MEMBER_MATCH_DISCLOSE_OPT_OUT,
+        "expiry_hours": f"{settings.PA_EXPORT_EXPIRY_HOURS:g}",
     }
     return render(request, "payer/providers.html", context)

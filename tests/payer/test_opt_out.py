@@ -281,15 +281,24 @@ def test_providers_page():
     response = Client().get("/payer/providers/")
     assert response.status_code == 200
     html = response.content.decode()
+    # Providers are told what they do, never the payer's own commands.
+    assert "manage.py" not in html and "register_client" not in html
     for phrase in [
-        "register_client",
+        "openssl genpkey",
+        '"kty": "RSA", "kid": "provider-access-2026"',
+        "POST [base]/Group/$provider-member-match",
+        "MemberPatient", "CoverageToMatch", "MatchedMembers",
+        "POST [base]/Group/{id}/$davinci-data-export",
+        "<strong>POST only</strong>",
+        "Files expire <strong>24 hours</strong>",
+        "application/fhir+json",
+        "Retry-After",
         "JWKS",
         "system/*.read",
         "system/*.rs",
         "http://testserver/payer/auth/token",
         "http://testserver/payer/fhir/.well-known/smart-configuration",
         'href="http://testserver/payer/fhir/metadata"',
-        "$davinci-data-export",
         "Patient/$export",
         "last 24 months",
         "Ask for a correction",

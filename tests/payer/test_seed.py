@@ -126,6 +126,9 @@ def test_demo_banner_prints_urls_and_login():
     out = io.StringIO()
     call_command("demo_banner", "--port", "8123", stdout=out)
     text = out.getvalue()
-    for path in ("/admin/", "/emr/", "/payer/opt-out/", "/payer/providers/", "/payer/fhir/metadata"):
+    for path in ("/admin/", "/payer/opt-out/", "/payer/my-data/", "/payer/providers/", "/payer/fhir/metadata"):
         assert f"http://127.0.0.1:8123{path}" in text
     assert "admin / admin" in text
+    # The EMR's line is the hospital's banner's (emr_banner): `make demo` prints both, the EMR once.
+    call_command("emr_banner", "--port", "8123", stdout=out)
+    assert out.getvalue().count("http://127.0.0.1:8123/emr/") == 1

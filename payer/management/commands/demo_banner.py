@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from payer.services.demo import ADMIN_PASSWORD, ADMIN_USERNAME, GRACE_HOSPITAL_NAME, JACK_SHAW_MEMBER_ID
+from payer.services.demo import ADMIN_PASSWORD, ADMIN_USERNAME, JACK_SHAW_MEMBER_ID
 
 
 class Command(BaseCommand):
@@ -18,8 +18,8 @@ class Command(BaseCommand):
             "Provider Access demo",
             f"  Home                     {base}/",
             f"  Payer admin              {base}/admin/   (payer staff: {ADMIN_USERNAME} / {ADMIN_PASSWORD})",
-            f"  EMR ({GRACE_HOSPITAL_NAME})     {base}/emr/",
             f"  Member opt-out           {base}/payer/opt-out/   (e.g. member {JACK_SHAW_MEMBER_ID}, Shaw, 1961-03-14)",
+            f"  Who received my data     {base}/payer/my-data/   (the same member details)",
             f"  Provider directory       {base}/payer/providers/",
             f"  FHIR CapabilityStatement {base}/payer/fhir/metadata",
         ]

@@ -15,6 +15,7 @@ from payer.services.demo import (
     seed_demo,
 )
 from payer.services.demo_keys import demo_key_kid, demo_key_path
+from payer.services.notices import notices_send_due
 
 
 class Command(BaseCommand):
@@ -46,5 +47,9 @@ class Command(BaseCommand):
             f"Grace Hospital's SMART client: {client.client_id}, key "
             f"{demo_key_path(key_dir=key_dir, client_id=client.client_id)} (kid {demo_key_kid(client_id=client.client_id)})"
         )
+        # 42 CFR 422.121(a)(4): members hear how sharing works before any of their data leaves.
+        sent = notices_send_due(batch_size=summary.members + 1)
+        self.stdout.write(f"Provider Access notices: {sent.sent} emailed, {sent.letters} letters to print "
+                          f"(under {settings.STORAGES['default']['OPTIONS']['location']}/notices/).")
         if summary.admin_created:
             self.stdout.write("Created payer staff superuser admin / admin.")
