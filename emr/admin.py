@@ -35,7 +35,7 @@ class AccessEventAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
-        # Append-only, for superusers too (and the database refuses: emr/migrations/0002).
+        # Append-only, for superusers too (and the database refuses: emr/migrations/0003).
         return False
 
 class _ReadOnlyAdmin(admin.ModelAdmin):

@@ -59,13 +59,18 @@ def members_notified(*, queryset: QuerySet[Member] | None = None) -> QuerySet[Me
 def _coverage_starts(*, today: date) -> dict[str, date]:
     """Return patient id -> the latest coverage start within the last week (up to today).
 
-    Coverage periods come from the clinical repository's Coverage resources, whose ``date``
-    column is ``Coverage.period.start``; the coverage-period model replaces this at merge.
+    From the member's coverage period (``Member.coverage_start``) and from Coverage
+    resources in the clinical repository (whose ``date`` column is ``Coverage.period.start``;
+    ``import_claims`` and ``import_fhir`` bring them), whichever is later.
     """
-    since = timezone.make_aware(datetime.combine(today - timedelta(days=COVERAGE_START_WINDOW_DAYS), datetime.min.time()))
+    window_start = today - timedelta(days=COVERAGE_START_WINDOW_DAYS)
+    starts: dict[str, date] = dict(
+        Member.objects.filter(coverage_start__gte=window_start, coverage_start__lte=today)
+        .values_list("patient_id", "coverage_start")
+    )
+    since = timezone.make_aware(datetime.combine(window_start, datetime.min.time()))
     until = timezone.make_aware(datetime.combine(today + timedelta(days=1), datetime.min.time()))
     rows = ClinicalResource.objects.filter(resource_type="Coverage", date__gte=since, date__lt=until).exclude(patient_id="")
-    starts: dict[str, date] = {}
     for patient_id, start in rows.values_list("patient_id", "date"):
         day = timezone.localdate(start)
         starts[patient_id] = max(starts.get(patient_id, day), day)
