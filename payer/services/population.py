@@ -51,7 +51,8 @@ BATCH_SIZE = 2000
 # Column order of the tuples below: the model's attnames, without the surrogate ``id`` and
 # the foreign key to the parent row (the writers add those).
 
-MEMBER_COLUMNS = ("member_id", "patient_id", "family", "given", "birth_date", "gender", "opted_out")
+MEMBER_COLUMNS = ("member_id", "patient_id", "family", "given", "birth_date", "gender", "opted_out",
+                  "subscriber_id", "coverage_start", "coverage_end", "email")
 RESOURCE_COLUMNS = ("resource_type", "resource_id", "version_id", "last_updated", "patient_id", "date", "status", "resource")
 CLAIM_COLUMNS = (
     "claim_number", "claim_type", "status", "billing_npi", "rendering_npi", "facility_npi", "type_of_bill",
@@ -74,8 +75,9 @@ PA_COLUMNS = (
 def _member_values(b: RecordBuilder) -> tuple:
     patient = b.rows[0].resource  # RecordBuilder.patient() writes the Patient first
     name = patient["name"][0]
+    # The member is the subscriber; coverage open-ended; no email (notices go as letters).
     return (b.member_id, b.patient_id, name["family"], name["given"][0], date.fromisoformat(patient["birthDate"]),
-            patient["gender"], False)
+            patient["gender"], False, "", None, None, "")
 
 
 def _resource_values(b: RecordBuilder, *, serialize: bool) -> Iterator[tuple]:
