@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/fetch.py
 	$(BIN)/python bench/fetch_latency.py
 	$(BIN)/python bench/import.py
 
