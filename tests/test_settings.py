@@ -44,7 +44,7 @@ def test_a_hospital_deployment_serves_provider_and_emr_without_the_payer(tmp_pat
     assert "payer" not in probe["apps"] and "storage" not in probe["apps"]
     assert {"provider", "emr"} <= set(probe["apps"])
     assert (probe["payer"], probe["provider"], probe["emr"]) == (False, True, True)
-    assert probe["beat"] == ["sync-jobs-resume"]
+    assert sorted(probe["beat"]) == ["panel-syncs-run", "sync-jobs-resume"]
 
 
 def test_a_health_plan_deployment_serves_only_the_payer(tmp_path):
@@ -53,7 +53,8 @@ def test_a_health_plan_deployment_serves_only_the_payer(tmp_path):
     probe = json.loads(result.stdout)
     assert {"payer", "storage"} <= set(probe["apps"]) and "provider" not in probe["apps"]
     assert (probe["payer"], probe["provider"], probe["emr"]) == (True, False, False)
-    assert "sync-jobs-resume" not in probe["beat"] and "export-reconcile" in probe["beat"]
+    assert "sync-jobs-resume" not in probe["beat"] and "panel-syncs-run" not in probe["beat"]
+    assert "export-reconcile" in probe["beat"]
 
 
 def test_secret_key_is_required_when_debug_is_off(tmp_path):

@@ -1038,6 +1038,11 @@ def export_job_cancel(*, job_id: str, client: SmartClient) -> ExportJob:
     """Cancel a job (Bulk Data DELETE, req 119-122): stop its units and delete its files."""
     with transaction.atomic():
         job = export_job_get(job_id=job_id, client=client)
+        if job.status == ExportJob.Status.COMPLETED:
+            # A client that read a finished $provider-member-match deletes its status URL
+            # (Bulk Data req 119: done with the files); its result Groups stay live for
+            # PA_MEMBER_MATCH_GROUP_DAYS (§pdex-264), so the MatchedMembers export still works.
+            MemberMatchGroup.objects.filter(job=job).update(job=None)
         ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
         ExportWorkUnit.objects.filter(job=job, status__in=ACTIVE).update(status=ExportWorkUnit.Status.FAILED, error="cancelled")
         names = list(ExportFile.objects.filter(job=job).values_list("name", flat=True))

@@ -685,6 +685,6 @@ def test_capability_statement_lists_every_supported_search_parameter(base):
     params = {r["type"]: {p["name"]: p["type"] for p in r["searchParam"]} for r in rest["resource"]}
     assert params["Patient"] == {"_id": "token", "_lastUpdated": "date", "identifier": "token"}
     assert params["Encounter"] == {"_id": "token", "_lastUpdated": "date", "patient": "reference", "date": "date"}
-    assert params["Group"] == {"_id": "token", "identifier": "token", "name": "string"}
+    assert params["Group"] == {"_id": "token", "identifier": "token", "name": "string", "characteristic": "token"}
     assert params["Observation"]["patient"] == "reference" and params["ExplanationOfBenefit"]["patient"] == "reference"
     assert "patient" not in params["Practitioner"]
