@@ -7,6 +7,8 @@ which the server, the worker and its beat must all be gone within 20 s. The chan
 demo's port (``make demo PORT=...``) and ``var/`` (``PA_VAR_DIR``), so that the test never
 meets a demo already running in this checkout.
 A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the README says why.
+One preceded by ``<!-- readme-test: exit N (reason) -->`` must end with status N (an example
+that reports errors on purpose); the README says that too.
 """
 
 import os
@@ -20,7 +22,10 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 README = BASE_DIR / "README.md"
-BLOCK = re.compile(r"(<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\n)?```sh\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(
+    r"(<!-- readme-test: (?:skip \((?P<reason>[^)]+)\)|exit (?P<exit>\d+) \((?P<why>[^)]+)\)) -->\n)?```sh\n(?P<body>.*?)```",
+    re.S,
+)
 # Variables of a configured deployment: a fresh clone has none of them.
 CLEARED = {"SECRET_KEY", "DEBUG", "DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "PA_S3_BUCKET",
            "PA_FILES_DIR", "PA_BROKER_DIR", "PA_CELERY_QUEUE", "PA_ROLES", "DJANGO_SETTINGS_MODULE"}
@@ -29,6 +34,11 @@ CLEARED = {"SECRET_KEY", "DEBUG", "DATABASE_URL", "CELERY_BROKER_URL", "CACHE_UR
 def readme_blocks() -> list[tuple[str, str | None]]:
     """Return each ``sh`` block of the README with its skip reason (None: it runs)."""
     return [(m["body"], m["reason"]) for m in BLOCK.finditer(README.read_text())]
+
+
+def readme_exit_statuses() -> dict[str, int]:
+    """Return the expected exit status of each block that declares one (others: 0)."""
+    return {m["body"]: int(m["exit"]) for m in BLOCK.finditer(README.read_text()) if m["exit"]}
 
 
 def _free_port() -> int:
@@ -79,6 +89,7 @@ def test_every_readme_command_runs_as_printed_after_make_demo_and_ctrl_c_stops_i
         banner = (tmp_path / "demo.log").read_text()
         assert banner.count(f"http://127.0.0.1:{port}/emr/") == 1, banner
 
+        expected_exit = readme_exit_statuses()
         for body, reason in readme_blocks():
             if reason or "make demo" in body:
                 continue  # the set-up block: it is what started this demo
@@ -86,7 +97,7 @@ def test_every_readme_command_runs_as_printed_after_make_demo_and_ctrl_c_stops_i
             result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=BASE_DIR, env=env,
                                     capture_output=True, text=True, timeout=300)
             output = result.stdout + result.stderr
-            assert result.returncode == 0 and "Traceback" not in output, f"{body}\n{output}"
+            assert result.returncode == expected_exit.get(body, 0) and "Traceback" not in output, f"{body}\n{output}"
             if "bulk_fetch" in body:
                 assert "Completed" in output and "Encounter" in output, output
             if "register_client" in body:
