@@ -340,7 +340,7 @@ PA_MEMBER_IDENTIFIER_SYSTEM = os.environ.get("PA_MEMBER_IDENTIFIER_SYSTEM", "htt
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["fhirkit.renderers.FHIRJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "fhirkit.parsers.FHIRJSONParser", "rest_framework.parsers.JSONParser", "rest_framework.parsers.FormParser",
+        "fhirkit.parsers.FHIRJSONParser", "fhirkit.parsers.BoundedJSONParser", "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],

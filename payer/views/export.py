@@ -8,10 +8,10 @@ import json
 from django.conf import settings
 from django.http import HttpResponse
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from fhirkit.outcome import FHIRError, operation_outcome, outcome_issue
+from fhirkit.parsers import BoundedJSONParser, FHIRJSONParser
 from payer.models import AttributionGroup, ExportJob
 from payer.services import export as export_services
 from payer.services.audit import audit_record
@@ -36,16 +36,11 @@ def _prefer(request) -> tuple[bool, bool]:
     return "respond-async" in tokens, "handling=lenient" in tokens
 
 
-class _FHIRJSONBodyParser(JSONParser):
-    # Bulk Data export.html#post-body: a Parameters resource as application/fhir+json.
-    media_type = "application/fhir+json"
-
-
 class _KickOffView(PayerFHIRView):
     audit_action = "export"
     level = ExportJob.Level.SYSTEM
     operation = "export"
-    parser_classes = [_FHIRJSONBodyParser, JSONParser]
+    parser_classes = [FHIRJSONParser, BoundedJSONParser]  # export.html#post-body: a Parameters resource
 
     def get(self, request, group_id: str | None = None):
         return self._kick_off(request, raw_params_from_query(dict(request.query_params.lists())), group_id)
@@ -189,7 +184,7 @@ class MemberMatchView(PayerFHIRView):
     """
 
     audit_action = "member-match"
-    parser_classes = [_FHIRJSONBodyParser, JSONParser]
+    parser_classes = [FHIRJSONParser, BoundedJSONParser]  # export.html#post-body: a Parameters resource
     http_method_names = ["post", "options"]
 
     def post(self, request):

@@ -1058,6 +1058,11 @@ def test_hostile_kick_offs_answer_400_never_500_and_lenient_never_widens(live_se
         "resourceType": "Parameters",
         "parameter": [{"name": "patient", "valueReference": {"reference": f"Patient/p{n}"}} for n in range(1500)]})
     assert response.status_code == 400 and response.json()["issue"][0]["code"] == "too-costly"
+    # A body past DATA_UPLOAD_MAX_MEMORY_SIZE (DRF reads past Django's own bound) is 413.
+    huge = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Encounter" + " " * 3_000_000}]}
+    response = _kick_off(live_server, token, f"Group/{group}/$export", method="POST", body=huge)
+    assert response.status_code == 413 and response.json()["resourceType"] == "OperationOutcome"
+    assert AuditEvent.objects.filter(status_code=413).exists()
     assert ExportJob.objects.count() == 0
 
     manifest = _run(live_server, token, f"Group/{group}/$export", celery_worker,
