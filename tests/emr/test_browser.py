@@ -35,6 +35,9 @@ def test_clinician_reads_the_history_in_the_browser(live_server):
         page.get_by_role("link", name="Shaw, Jack").click()
         page.wait_for_url(f"{live_server.url}/emr/patients/{jack.pk}/")
 
+        # The summary opens first; the encounters are a tab away.
+        assert page.get_by_role("tab", name="Summary").get_attribute("aria-selected") == "true"
+        page.get_by_role("tab", name="Encounters").click()
         # Timeline: a dot per encounter, a row per facility; table: a row per encounter.
         assert page.locator("svg.timeline a[data-encounter]").count() == len(ENCOUNTERS)
         assert page.locator("svg.timeline text.facility").count() == len(FACILITIES)
@@ -45,18 +48,24 @@ def test_clinician_reads_the_history_in_the_browser(live_server):
         # Sorting by date ascending puts the oldest first; filtering by facility narrows the rows.
         page.get_by_role("button", name="Date").click()
         assert "Mar 14, 2018" in table.first.inner_text()
-        page.get_by_label("Facility", exact=True).select_option("Lakeview Cardiology Clinic")
-        assert page.locator("#encounters-table tbody tr:not([hidden])").count() == 2
-        assert "2 of 7 encounters" in page.locator("[data-result-count]").inner_text()
-        page.get_by_label("Facility", exact=True).select_option("")
+        # Filtering by facility (on the server, the panel swapped in without a reload) narrows the rows.
+        page.evaluate("window.__noReload = true")
+        page.locator("#panel-encounters").get_by_label("Facility", exact=True).select_option("Lakeview Cardiology Clinic")
+        page.locator("#panel-encounters").get_by_role("button", name="Apply").click()
+        page.wait_for_function("document.querySelector('#panel-encounters [data-result-count]').textContent.includes('matching')")
+        assert page.locator("#encounters-table tbody tr").count() == 2
+        assert "Encounters 1–2 of 2 matching (of 7 in all)" in page.locator("#panel-encounters [data-result-count]").inner_text()
+        assert page.evaluate("window.__noReload") is True and "enc-facility=Lakeview" in page.url
+        page.locator("#panel-encounters").get_by_role("link", name="Clear").click()
+        page.wait_for_function("document.querySelectorAll('#encounters-table tbody tr').length === 7")
 
         # Tabs work with the keyboard.
         page.get_by_role("tab", name="Encounters").focus()
         page.keyboard.press("ArrowRight")
-        assert page.get_by_role("tab", name="Claims").get_attribute("aria-selected") == "true"
-        assert page.locator("#panel-claims").is_visible() and not page.locator("#panel-encounters").is_visible()
+        assert page.get_by_role("tab", name="Problems").get_attribute("aria-selected") == "true"
+        assert page.locator("#panel-problems").is_visible() and not page.locator("#panel-encounters").is_visible()
         page.get_by_role("tab", name="Prior authorizations").click()
-        assert "MRI lumbar spine" in page.locator("#panel-pas").inner_text()
+        assert "MRI lumbar spine" in page.locator("#panel-prior-auths").inner_text()
         shot(page, "local-04-prior-auths", full_page=False)
         page.get_by_role("tab", name="Encounters").click()
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from emr import selectors
+from emr import history as history_reads
 from emr.demo import emr_demo_seed
 from emr.models import HospitalPatient
 from payer.models import ProviderOrganization
@@ -83,14 +83,17 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         assert jack.payer_patient_id == payer_demo.JACK_SHAW_PATIENT_ID
         encounters = LocalResource.objects.filter(resource_type="Encounter", patient_id=jack.payer_patient_id).count()
         assert encounters > 0
-        assert page.locator("#encounters-table tbody tr").count() == encounters
+        page.get_by_role("tab", name="Encounters").click()
+        # Paged by 25, newest first; every encounter has its dot on the timeline.
+        assert page.locator("#encounters-table tbody tr").count() == min(encounters, 25)
+        assert f"of {encounters}" in page.locator("#panel-encounters [data-result-count]").inner_text()
         assert page.locator("svg.timeline a[data-encounter]").count() == encounters
         assert page.locator("svg.timeline text.facility").count() >= 4
         assert "Fetched" in page.locator(".sync-message").inner_text()
 
         # Open, from its dot on the timeline, an encounter with diagnoses and a claim (EOB).
-        history = selectors.patient_history(patient=jack)
-        details = (selectors.encounter_detail(patient=jack, encounter_id=e.id) for e in history.encounters)
+        history = history_reads.patient_history(patient=jack)
+        details = (history_reads.encounter_detail(patient=jack, encounter_id=e.id) for e in history.encounters)
         chosen = next(d for d in details if d.claims and d.diagnoses)
         # By keyboard: the timeline's dots are links.
         page.locator(f'svg.timeline a[data-encounter="{chosen.encounter.id}"]').focus()
@@ -106,6 +109,6 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         page.go_back()
         page.get_by_role("tab", name="Prior authorizations").click()
         shot(page, "07-prior-authorizations", full_page=False)
-        page.get_by_role("tab", name="Conditions").click()
-        shot(page, "08-conditions", full_page=False)
+        page.get_by_role("tab", name="Problems").click()
+        shot(page, "08-problems", full_page=False)
         assert errors == []

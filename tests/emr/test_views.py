@@ -105,7 +105,7 @@ def test_patient_page_shows_history_with_timeline_table_tabs_and_sources(smith, 
     assert page.count(f'href="/emr/patients/{jack.pk}/encounters/enc-') >= 2 * len(ENCOUNTERS)
     assert "Non-ST elevation myocardial infarction" in page and "Dr. Wei Chen" in page and "Emergency" in page
     assert "Fetch history from UnitedCare Health" in page
-    assert "UnitedCare Health · Jun 13, 2025" in page  # provenance on every row
+    assert "UnitedCare Health, received Jun 13, 2025" in page  # provenance on every row
     assert "MRI lumbar spine without contrast" in page and "PA-2024-0042" in page  # prior authorization
     assert "Atorvastatin 40 mg tablet" in page and "Hyperlipidemia" in page
     assert "987.65" not in page  # no cost data
