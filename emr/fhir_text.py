@@ -1,42 +1,39 @@
 """Reading FHIR JSON for display: references, dates, names, quantities. Every string that
 comes out of a resource is plain text here; the templates escape it and no narrative
-(``text.div``) is ever read."""
+(``text.div``) is ever read. Each helper takes whatever the JSON holds (ingest validates,
+but a value of the wrong shape must read as nothing, never as an error page)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.utils.dateparse import parse_date, parse_datetime
 
 from emr import terms
 
 
-def codeable_text(concept: dict | None) -> str:
-    """Return a CodeableConcept's text, else its first coding's display, else its code."""
-    if not concept:
-        return ""
-    if concept.get("text"):
-        return str(concept["text"])
-    for coding in concept.get("coding") or []:
-        if coding.get("display"):
-            return str(coding["display"])
-    for coding in concept.get("coding") or []:
-        if coding.get("code"):
-            return str(coding["code"])
-    return ""
+def as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
-def coding_code(concept: dict | None) -> str:
-    for coding in (concept or {}).get("coding") or []:
-        if coding.get("code"):
-            return str(coding["code"])
-    return ""
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
-def ref_key(reference: dict | None) -> tuple[str, str] | None:
+def dicts(value: Any) -> list[dict]:
+    """Return the dicts of a JSON array (nothing for anything else)."""
+    return [v for v in as_list(value) if isinstance(v, dict)]
+
+
+def text(value: Any) -> str:
+    """Return a JSON string or number as text ("" for objects, arrays, null)."""
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
+
+
+def ref_key(reference: Any) -> tuple[str, str] | None:
     """Return (type, id) of a literal reference, relative or absolute (FHIR R4 §2.3.0.3)."""
-    value = (reference or {}).get("reference") or ""
-    parts = value.rstrip("/").split("/")
+    parts = text(as_dict(reference).get("reference")).rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
     if len(parts) >= 2 and parts[-2] and parts[-1]:
@@ -44,52 +41,43 @@ def ref_key(reference: dict | None) -> tuple[str, str] | None:
     return None
 
 
-def parse_when(value: str | None) -> dt.datetime | None:
-    """Parse a FHIR date or dateTime (partial dates allowed) into an aware datetime."""
+def parse_when(value: Any) -> dt.datetime | None:
+    """Parse a FHIR date or dateTime (partial dates allowed) into an aware datetime; None
+    for anything else (an impossible date such as 2024-02-30 included)."""
+    value = text(value)
     if not value:
         return None
-    value = str(value)
-    parsed = parse_datetime(value) if "T" in value else None
-    if parsed is None:
-        padded = value + "-01" * (3 - len(value.split("-"))) if len(value) < 10 else value[:10]
-        day = parse_date(padded)
-        if day is None:
-            return None
-        parsed = dt.datetime.combine(day, dt.time())
+    try:
+        parsed = parse_datetime(value) if "T" in value else None
+        if parsed is None:
+            padded = value + "-01" * (3 - len(value.split("-"))) if len(value) < 10 else value[:10]
+            day = parse_date(padded)
+            if day is None:
+                return None
+            parsed = dt.datetime.combine(day, dt.time())
+    except ValueError:
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed
 
 
 def human_name(resource: dict) -> str:
-    for name in resource.get("name") or []:
-        if name.get("text"):
-            return str(name["text"])
-        parts = [*(name.get("prefix") or []), *(name.get("given") or []), name.get("family") or ""]
-        text = " ".join(str(p) for p in parts if p)
-        if text:
-            return text
+    for name in dicts(resource.get("name")):
+        if text(name.get("text")):
+            return text(name["text"])
+        parts = [*as_list(name.get("prefix")), *as_list(name.get("given")), name.get("family")]
+        words = " ".join(text(p) for p in parts if text(p))
+        if words:
+            return words
     return ""
 
 
-def quantity_text(q: dict) -> str:
-    value = q.get("value")
-    unit = terms.unit_text(q.get("unit") or q.get("code"))
-    return f"{value} {unit}".strip() if value is not None else ""
-
-
-def observation_value(obs: dict) -> str:
-    if "valueQuantity" in obs:
-        return quantity_text(obs["valueQuantity"])
-    if "valueCodeableConcept" in obs:
-        return codeable_text(obs["valueCodeableConcept"])
-    for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime"):
-        if key in obs:
-            return str(obs[key])
-    parts = []
-    for comp in obs.get("component") or []:
-        value = quantity_text(comp.get("valueQuantity") or {}) or codeable_text(comp.get("valueCodeableConcept"))
-        if value:
-            parts.append(f"{codeable_text(comp.get('code'))}: {value}")
-    return "; ".join(parts)
-
+def quantity_text(quantity: Any) -> str:
+    """Return a Quantity in words: "1 tablet", "2 tablets", "101.4 kg"."""
+    quantity = as_dict(quantity)
+    value = quantity.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    unit = terms.unit_text(text(quantity.get("unit")) or text(quantity.get("code")), count=value)
+    return f"{value} {unit}".strip()

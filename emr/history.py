@@ -10,6 +10,7 @@ is read: totals, payments and adjudication amounts never leave the store.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from typing import Any
 from django.conf import settings
 
 from emr import terms
-from emr.fhir_text import human_name, parse_when, quantity_text, ref_key
+from emr.fhir_text import as_dict, dicts, human_name, parse_when, quantity_text, ref_key, text
 from emr.models import HospitalPatient
 from emr.selectors import PayerLink, payer_link
 from emr.terms import Status
 from emr.timeline import ENCOUNTER_CLASSES, encounter_timeline
 from provider.models import LocalResource
+
+logger = logging.getLogger(__name__)
 
 HISTORY_TYPES = (
     "Encounter",
@@ -67,6 +70,8 @@ class Item:
     source: Source
     codes: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+    # False for a resource whose shape the reading could not follow: listed, never summarized.
+    readable: bool = True
 
 
 class Resolver:
@@ -102,13 +107,13 @@ class Resolver:
                 return terms.concept_name(target.get("code")) or str(reference.get("display") or "")
             if target.get("name"):
                 return str(target["name"])
-        if reference.get("display"):
-            return str(reference["display"])
+        if text(reference.get("display")):
+            return text(reference["display"])
         # A logical reference by NPI (CARIN BB pharmacy claims) still says who; a bare
         # "Practitioner/123" is not a name a clinician can use.
-        identifier = reference.get("identifier") or {}
-        if identifier.get("system") == "http://hl7.org/fhir/sid/us-npi" and identifier.get("value"):
-            return f"NPI {identifier['value']}"
+        identifier = as_dict(reference.get("identifier"))
+        if identifier.get("system") == "http://hl7.org/fhir/sid/us-npi" and text(identifier.get("value")):
+            return f"NPI {text(identifier['value'])}"
         return ""
 
     def resource(self, reference: dict | None) -> dict | None:
@@ -192,17 +197,25 @@ def _is_preauth(resource: dict) -> bool:
 
 def _encounter_refs(resource: dict) -> set[str]:
     """Return ids of the Encounters a resource points to (encounter, context, item.encounter)."""
-    ids = set()
-    for ref in (resource.get("encounter"), resource.get("context")):
-        key = ref_key(ref if isinstance(ref, dict) else None)
-        if key and key[0] == "Encounter":
-            ids.add(key[1])
-    for item in resource.get("item") or []:
-        for ref in (item.get("encounter") if isinstance(item, dict) else None) or []:
-            key = ref_key(ref)
-            if key and key[0] == "Encounter":
-                ids.add(key[1])
-    return ids
+    refs = [resource.get("encounter"), resource.get("context")]
+    refs += [ref for item in dicts(resource.get("item")) for ref in dicts(item.get("encounter"))]
+    return {key[1] for key in map(ref_key, refs) if key and key[0] == "Encounter"}
+
+
+UNREADABLE = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def readable(build, row: LocalResource, *args: Any) -> Item:
+    """Build a row's item; a resource whose shape the reading cannot follow becomes an item
+    that says so, instead of an error page. (Ingest validates every resource, so this is a
+    guard for rows stored under a laxer validation setting, not a path the data takes.)"""
+    try:
+        return build(row, *args)
+    except UNREADABLE:
+        logger.warning("Could not read %s/%s of connection %s for display", row.resource_type, row.resource_id,
+                       row.connection_id, exc_info=True)
+        return Item(kind=row.resource_type, id=row.resource_id, date=row.date, title="A record that could not be read",
+                    status=Status("Not readable", "warn"), source=_source(row), codes=row.resource_type, readable=False)
 
 
 def _named(concept: dict | None, fallback: str) -> tuple[str, str]:
@@ -301,7 +314,7 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
     # The authorized service period: the item's servicedPeriod (PDex), else preAuthRefPeriod.
     period = next((i.get("servicedPeriod") for i in items if i.get("servicedPeriod")), None) or next(
         iter((r.get("insurance") or [{}])[0].get("preAuthRefPeriod") or r.get("preAuthRefPeriod") or []), None
-    ) or {}
+    ) or r.get("billablePeriod") or {}
     requested = sum(float((i.get("quantity") or {}).get("value") or 0) for i in items) or None
     approved, used = _units(r, "allowedunits"), _units(r, "consumedunits")
     services = _names(terms.concept_name(i.get("productOrService")) for i in items)
@@ -347,12 +360,10 @@ def _dosage(dosage: dict) -> tuple[str, str]:
             break
     sig = str(dosage.get("text") or "")
     if not sig:
-        repeat = (dosage.get("timing") or {}).get("repeat") or {}
-        parts = [dose, terms.concept_name(dosage.get("route")).lower()]
-        if repeat.get("frequency") and repeat.get("period"):
-            unit = {"h": "hour", "d": "day", "wk": "week", "mo": "month"}.get(repeat.get("periodUnit"), repeat.get("periodUnit", ""))
-            parts.append(f"{repeat['frequency']} time{'s' if repeat['frequency'] != 1 else ''} per "
-                         f"{_number(repeat['period']) + ' ' if repeat['period'] != 1 else ''}{unit}")
+        # No text: write it from its parts, as a prescriber would ("1 tablet by mouth twice a day").
+        route = dosage.get("route")
+        parts = [dose, terms.ROUTE_WORDS.get(terms.concept_code(route)) or terms.concept_name(route).lower(),
+                 terms.frequency_text((dosage.get("timing") or {}).get("repeat") or {})]
         if dosage.get("asNeededBoolean") or dosage.get("asNeededCodeableConcept"):
             parts.append("as needed")
         sig = " ".join(p for p in parts if p)
@@ -487,11 +498,11 @@ def _range_text(ranges: list[dict]) -> str:
         low, high = rr.get("low") or {}, rr.get("high") or {}
         unit = terms.unit_text(high.get("unit") or high.get("code") or low.get("unit") or low.get("code"))
         if low.get("value") is not None and high.get("value") is not None:
-            return f"{_number(low['value'])}–{_number(high['value'])} {unit}".strip()
+            return f"{low['value']}–{high['value']} {unit}".strip()
         if low.get("value") is not None:
-            return f"≥ {_number(low['value'])} {unit}".strip()
+            return f"≥ {low['value']} {unit}".strip()
         if high.get("value") is not None:
-            return f"≤ {_number(high['value'])} {unit}".strip()
+            return f"≤ {high['value']} {unit}".strip()
         if rr.get("text"):
             return str(rr["text"])
     return ""
@@ -521,7 +532,7 @@ def _observation_value(r: dict) -> tuple[str, float | None, str]:
     quantity = r.get("valueQuantity")
     if isinstance(quantity, dict) and quantity.get("value") is not None:
         value = quantity["value"]
-        return (f"{_number(value)} {terms.unit_text(quantity.get('unit') or quantity.get('code'))}".strip(),
+        return (f"{value} {terms.unit_text(quantity.get('unit') or quantity.get('code'))}".strip(),
                 float(value) if isinstance(value, int | float) else None,
                 terms.unit_text(quantity.get("unit") or quantity.get("code")))
     if r.get("valueCodeableConcept"):
@@ -539,7 +550,7 @@ def _observation_value(r: dict) -> tuple[str, float | None, str]:
     systolic, diastolic = components.get("8480-6"), components.get("8462-4")
     if systolic and diastolic and systolic.get("value") is not None and diastolic.get("value") is not None:
         unit = terms.unit_text(systolic.get("unit") or systolic.get("code"))
-        return f"{_number(systolic['value'])}/{_number(diastolic['value'])} {unit}".strip(), None, unit
+        return f"{systolic['value']}/{diastolic['value']} {unit}".strip(), None, unit
     parts = [f"{terms.concept_name(c.get('code'))}: {quantity_text(c.get('valueQuantity') or {})}"
              for c in r.get("component") or [] if isinstance(c, dict) and c.get("valueQuantity")]
     if r.get("dataAbsentReason"):
@@ -662,11 +673,11 @@ class History:
 
     @property
     def active_medications(self) -> list[Item]:
-        return [m for m in self.medications if m.fields["active"]]
+        return [m for m in self.medications if m.fields.get("active")]
 
     @property
     def past_medications(self) -> list[Item]:
-        return [m for m in self.medications if not m.fields["active"]]
+        return [m for m in self.medications if not m.fields.get("active")]
 
     @property
     def received_at(self) -> dt.datetime | None:
@@ -685,17 +696,17 @@ def patient_history(*, patient: HospitalPatient) -> History:
         (row.resource for type_rows in rows.values() for row in type_rows),
         connection_id=link.connection.pk if link else None,
     )
-    conditions = {row.resource_id: condition_item(row) for row in rows["Condition"]}
-    encounters = [encounter_item(row, resolver, conditions) for row in rows["Encounter"]]
+    conditions = {row.resource_id: readable(condition_item, row) for row in rows["Condition"]}
+    encounters = [readable(encounter_item, row, resolver, conditions) for row in rows["Encounter"]]
     claim_rows = [*rows["ExplanationOfBenefit"], *rows["Claim"], *rows["ClaimResponse"]]
-    claims = [claim_item(row, resolver) for row in claim_rows if not _is_preauth(row.resource)]
+    claims = [readable(claim_item, row, resolver) for row in claim_rows if not _is_preauth(row.resource)]
     # A Claim and its ClaimResponse/EOB describe one claim: list EOBs, else the Claim.
     if any(c.kind == "ExplanationOfBenefit" for c in claims):
         claims = [c for c in claims if c.kind == "ExplanationOfBenefit"]
-    prior_auths = [prior_auth_item(row, resolver) for row in claim_rows if _is_preauth(row.resource)]
+    prior_auths = [readable(prior_auth_item, row, resolver) for row in claim_rows if _is_preauth(row.resource)]
     if any(c.kind == "ExplanationOfBenefit" for c in prior_auths):
         prior_auths = [c for c in prior_auths if c.kind == "ExplanationOfBenefit"]
-    medications = [medication_item(row, resolver) for kind in MEDICATION_TYPES for row in rows[kind]]
+    medications = [readable(medication_item, row, resolver) for kind in MEDICATION_TYPES for row in rows[kind]]
 
     sources: dict[tuple, Source] = {}
     for type_rows in rows.values():
@@ -709,10 +720,10 @@ def patient_history(*, patient: HospitalPatient) -> History:
         prior_auths=newest_first(prior_auths),
         conditions=newest_first(list(conditions.values())),
         medications=newest_first(medications),
-        allergies=newest_first([allergy_item(row, resolver) for row in rows["AllergyIntolerance"]]),
-        immunizations=newest_first([immunization_item(row, resolver) for row in rows["Immunization"]]),
-        observations=newest_first([observation_item(row) for row in rows["Observation"]]),
-        timeline=encounter_timeline(encounters=encounters),
+        allergies=newest_first([readable(allergy_item, row, resolver) for row in rows["AllergyIntolerance"]]),
+        immunizations=newest_first([readable(immunization_item, row, resolver) for row in rows["Immunization"]]),
+        observations=newest_first([readable(observation_item, row) for row in rows["Observation"]]),
+        timeline=encounter_timeline(encounters=[e for e in encounters if e.readable]),
         sources=sorted(sources.values(), key=lambda s: (s.export_time is None, s.export_time), reverse=True),
         total=sum(len(v) for v in rows.values()),
         ended=ended,
@@ -749,46 +760,46 @@ def encounter_detail(*, patient: HospitalPatient, encounter_id: str) -> Encounte
         [row.resource, *(r.resource for r in claim_rows), *(r.resource for k in HISTORY_TYPES for r in linked(k))],
         connection_id=row.connection_id,
     )
-    conditions = {r.resource_id: condition_item(r) for r in rows["Condition"]}
-    encounter = encounter_item(row, resolver, conditions)
+    conditions = {r.resource_id: readable(condition_item, r) for r in rows["Condition"]}
+    encounter = readable(encounter_item, row, resolver, conditions)
     r = row.resource
 
     participants = []
-    for p in r.get("participant") or []:
-        roles = ", ".join(_names(terms.concept_name(t) for t in p.get("type") or []))
+    for p in dicts(r.get("participant")):
+        roles = ", ".join(_names(terms.concept_name(t) for t in dicts(p.get("type"))))
         participants.append({"name": resolver.name(p.get("individual")) or "Name not given", "role": roles.capitalize()})
     locations = []
-    for loc in r.get("location") or []:
-        target = resolver.resource(loc.get("location")) or {}
-        address = target.get("address") or {}
+    for loc in dicts(r.get("location")):
+        address = as_dict(as_dict(resolver.resource(loc.get("location"))).get("address"))
+        lines = address.get("line") if isinstance(address.get("line"), list) else []
         locations.append({
             "name": resolver.name(loc.get("location")) or "Location not named",
-            "address": ", ".join(str(p) for p in [*(address.get("line") or []), address.get("city"), address.get("state")] if p),
+            "address": ", ".join(text(p) for p in [*lines, address.get("city"), address.get("state")] if text(p)),
         })
-    diagnosis_ids = [ref_key(d.get("condition")) for d in r.get("diagnosis") or []]
+    diagnosis_ids = [ref_key(d.get("condition")) for d in dicts(r.get("diagnosis"))]
     diagnoses = [conditions[k[1]] for k in diagnosis_ids if k and k[1] in conditions]
-    for item in (condition_item(c) for c in linked("Condition")):
+    for item in (readable(condition_item, c) for c in linked("Condition")):
         if item.id not in {d.id for d in diagnoses}:
             diagnoses.append(item)
     # The claim for the encounter: an EOB whose item.encounter names it (CARIN BB), else
     # one whose billablePeriod starts on the encounter's day.
-    claims = [claim_item(c, resolver) for c in claim_rows if encounter_id in _encounter_refs(c.resource)]
+    claims = [readable(claim_item, c, resolver) for c in claim_rows if encounter_id in _encounter_refs(c.resource)]
     if not claims and encounter.date:
         day = encounter.date.date()
         for c in claim_rows:
-            start = parse_when((c.resource.get("billablePeriod") or {}).get("start"))
+            start = parse_when(as_dict(c.resource.get("billablePeriod")).get("start"))
             if start and start.date() == day:
-                claims.append(claim_item(c, resolver))
+                claims.append(readable(claim_item, c, resolver))
     return EncounterDetail(
         encounter=encounter,
         resource=r,
         participants=participants,
         locations=locations,
         diagnoses=diagnoses,
-        procedures=[procedure_item(p) for p in linked("Procedure")],
-        observations=[observation_item(o) for o in linked("Observation")],
-        medications=[medication_item(m, resolver) for kind in MEDICATION_TYPES for m in linked(kind)],
-        immunizations=[immunization_item(i, resolver) for i in linked("Immunization")],
+        procedures=[readable(procedure_item, p) for p in linked("Procedure")],
+        observations=[readable(observation_item, o) for o in linked("Observation")],
+        medications=[readable(medication_item, m, resolver) for kind in MEDICATION_TYPES for m in linked(kind)],
+        immunizations=[readable(immunization_item, i, resolver) for i in linked("Immunization")],
         claims=claims,
         ended=link if link and link.ended_at else None,
     )

@@ -5,6 +5,7 @@ each entry keeps its source and date."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -126,9 +127,21 @@ def _latest_by(items: list[Item], key) -> list[Item]:
     return list(seen.values())
 
 
+def _readable_only(history: History) -> History:
+    """Return the history without the records that could not be read (the tabs list them)."""
+    keep = lambda items: [i for i in items if i.readable]  # noqa: E731
+    return dataclasses.replace(
+        history, encounters=keep(history.encounters), conditions=keep(history.conditions),
+        medications=keep(history.medications), allergies=keep(history.allergies),
+        immunizations=keep(history.immunizations), observations=keep(history.observations),
+        prior_auths=keep(history.prior_auths), claims=keep(history.claims),
+    )
+
+
 def summary_build(*, history: History, now: dt.datetime | None = None) -> Summary:
     """Return the summary of a patient's history."""
     now = now or timezone.now()
+    history = _readable_only(history)
     recent = now - dt.timedelta(days=RECENT_DAYS)
     problems = _latest_by([c for c in history.conditions if c.fields["active"]], lambda c: c.fields["code"] or c.title)
     # The problem list first, then other active diagnoses; each group newest first.

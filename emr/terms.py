@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # Code systems a clinician may recognise, by their FHIR canonical URL.
 SYSTEM_NAMES = {
@@ -106,53 +107,87 @@ UNIT_WORDS = {
 }
 
 
-def unit_text(unit: str | None) -> str:
-    """Return a unit as a clinician writes it ("mm[Hg]" reads "mmHg")."""
+# Routes (SNOMED CT, US Core's extensible binding) as a sig says them.
+ROUTE_WORDS = {
+    "26643006": "by mouth", "447694001": "inhaled", "18679011000001101": "inhaled", "34206005": "under the skin",
+    "78421000": "into a muscle", "47625008": "into a vein", "6064005": "on the skin", "37161004": "rectally",
+    "37839007": "under the tongue", "46713006": "in the nose", "54485002": "in the eye", "10547007": "in the ear",
+}
+TIMES = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
+PERIOD_UNITS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
+
+
+def frequency_text(repeat: dict) -> str:
+    """Return a Timing.repeat in words: "twice a day", "every 8 hours", "once a week"."""
+    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), PERIOD_UNITS.get(str(repeat.get("periodUnit")))
+    if (not isinstance(frequency, int) or isinstance(frequency, bool) or not isinstance(period, int | float)
+            or isinstance(period, bool) or not unit or frequency < 1 or period <= 0):
+        return ""
+    if period == 1:
+        return f"{TIMES.get(frequency, f'{frequency} times')} a {unit}"
+    every = f"every {period:g} {unit}s"
+    return every if frequency == 1 else f"{TIMES.get(frequency, f'{frequency} times')} {every}"
+
+
+# Units that count things ("{tbl}" is UCUM's annotation for a tablet): plural past one.
+COUNTED_UNITS = {"tablet", "puff", "capsule", "drop", "spray", "patch", "unit"}
+
+
+def unit_text(unit: str | None, *, count: float | None = None) -> str:
+    """Return a unit as a clinician writes it ("mm[Hg]" reads "mmHg", 2 "{tbl}" "tablets")."""
     unit = str(unit or "").strip()
-    return UNIT_WORDS.get(unit, unit)
+    words = UNIT_WORDS.get(unit, unit)
+    if words in COUNTED_UNITS and count is not None and count != 1:
+        return words + "s"
+    return words
 
 
 def display_clean(display: str) -> str:
     """Return a coding's display without SNOMED CT's semantic tag."""
-    return _SEMANTIC_TAG.sub("", display.strip())
+    return _SEMANTIC_TAG.sub("", str(display).strip())
 
 
-def _codings(concept: dict | None) -> list[dict]:
-    return [c for c in (concept or {}).get("coding") or [] if isinstance(c, dict)]
+def _codings(concept: Any) -> list[dict]:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
-def concept_name(concept: dict | None) -> str:
+def _text(value: Any) -> str:
+    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
+
+
+def concept_name(concept: Any) -> str:
     """Return what a CodeableConcept names, in words: a LOINC short name for the common
     tests, else the concept's text, else the display of the most readable coding. Return ""
     when the source gave only codes (the caller says "not named" and shows the code)."""
     codings = _codings(concept)
     for coding in codings:
-        if coding.get("system") == "http://loinc.org" and coding.get("code") in LOINC_SHORT_NAMES:
-            return LOINC_SHORT_NAMES[str(coding["code"])]
-    if (concept or {}).get("text"):
-        return display_clean(str(concept["text"]))
+        if coding.get("system") == "http://loinc.org" and _text(coding.get("code")) in LOINC_SHORT_NAMES:
+            return LOINC_SHORT_NAMES[_text(coding.get("code"))]
+    if isinstance(concept, dict) and _text(concept.get("text")):
+        return display_clean(_text(concept["text"]))
     ranked = sorted(
-        (c for c in codings if c.get("display")),
-        key=lambda c: SYSTEM_PREFERENCE.index(c.get("system")) if c.get("system") in SYSTEM_PREFERENCE else 99,
+        (c for c in codings if _text(c.get("display"))),
+        key=lambda c: SYSTEM_PREFERENCE.index(c["system"]) if _text(c.get("system")) in SYSTEM_PREFERENCE else 99,
     )
-    return display_clean(str(ranked[0]["display"])) if ranked else ""
+    return display_clean(_text(ranked[0]["display"])) if ranked else ""
 
 
-def concept_codes(concept: dict | None) -> str:
+def concept_codes(concept: Any) -> str:
     """Return the codes behind a concept for the secondary line: "ICD-10-CM E11.9 · SNOMED CT 44054006"."""
     parts = []
     for coding in _codings(concept):
-        if coding.get("code"):
-            system = SYSTEM_NAMES.get(str(coding.get("system") or ""), "")
-            parts.append(f"{system} {coding['code']}".strip())
+        if _text(coding.get("code")):
+            system = SYSTEM_NAMES.get(_text(coding.get("system")), "")
+            parts.append(f"{system} {_text(coding['code'])}".strip())
     return " · ".join(dict.fromkeys(parts))
 
 
-def concept_code(concept: dict | None, *, system: str | None = None) -> str:
+def concept_code(concept: Any, *, system: str | None = None) -> str:
     """Return the first code of a concept (of ``system`` when given)."""
     for coding in _codings(concept):
-        if coding.get("code") and (system is None or coding.get("system") == system):
-            return str(coding["code"])
+        if _text(coding.get("code")) and (system is None or coding.get("system") == system):
+            return _text(coding["code"])
     return ""
 
 
@@ -164,8 +199,8 @@ class Status:
     tone: str = "plain"
 
 
-def _status(table: dict[str, Status], code: str | None, *, missing: str = "Status not given") -> Status:
-    code = str(code or "").strip()
+def _status(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:
+    code = _text(code).strip()
     if not code:
         return Status(missing)
     return table.get(code) or Status(code.replace("-", " ").capitalize())
@@ -273,6 +308,6 @@ PA_OUTCOME = {
 PA_OPEN = {"Pending", "Deferred", "Contact the plan"}
 
 
-def status_word(table: dict[str, Status], code: str | None, *, missing: str = "Status not given") -> Status:
+def status_word(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:
     """Return a status code in words (the code itself, capitalised, when not in the table)."""
     return _status(table, code, missing=missing)

@@ -9,33 +9,13 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from emr.models import AccessEvent, HospitalPatient, PatientSync
-from provider.models import LocalResource, PayerConnection, SyncJob
+from provider.models import LocalResource, SyncJob
 from tests import factories
 from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
 
 pytestmark = pytest.mark.django_db
 
-JACK_MEMBER_ID = "UC-TEST-0001"
-GRACE_NPI = "1234567893"  # the factories' default organization
-
-
-@pytest.fixture
-def connection() -> PayerConnection:
-    return PayerConnection.objects.create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
-        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1", organization_npi=GRACE_NPI,
-    )
-
-
-@pytest.fixture
-def smith():
-    return factories.clinician_create(username="jsmith")
-
-
-@pytest.fixture
-def jack(connection) -> HospitalPatient:
-    history_store(connection=connection, patient_id="pat-jack", member_id=JACK_MEMBER_ID)
-    return factories.hospital_patient_create(insurer=connection, member_id=JACK_MEMBER_ID, payer_patient_id="pat-jack")
+from tests.emr.conftest import JACK_MEMBER_ID
 
 
 def _client(clinician, **kwargs) -> Client:
