@@ -176,23 +176,55 @@ class Lab:
     display: str
     unit: str
     category: str = "laboratory"
+    # Adult reference range, in ``unit``; vital signs and survey scores have none. R4
+    # Observation.referenceRange.low/.high are inclusive and either may be absent, so a
+    # one-sided limit (LDL "<100") is a high of 100 (100 is not flagged), and a text says
+    # the one-sided range in words.
+    low: float | None = None
+    high: float | None = None
+    range_text: str = ""
 
 
 LABS: dict[str, Lab] = {
-    "a1c": Lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%"),
-    "egfr": Lab("33914-3", "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)", "mL/min/{1.73_m2}"),
-    "creatinine": Lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL"),
-    "glucose": Lab("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL"),
-    "ldl": Lab("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", "mg/dL"),
-    "bnp": Lab("30934-4", "Natriuretic peptide B [Mass/volume] in Serum or Plasma", "pg/mL"),
-    "troponin": Lab("10839-9", "Troponin I.cardiac [Mass/volume] in Serum or Plasma", "ng/mL"),
-    "lvef": Lab("10230-1", "Left ventricular Ejection fraction", "%", "imaging"),
-    "fev1fvc": Lab("19926-5", "FEV1/FVC", "%", "procedure"),
+    "a1c": Lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", low=4.0, high=5.6),
+    "egfr": Lab("33914-3", "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)", "mL/min/{1.73_m2}",
+                low=60, range_text=">=60 mL/min/1.73 m2"),
+    "creatinine": Lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", low=0.7, high=1.3),
+    "glucose": Lab("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", low=70, high=99),
+    "ldl": Lab("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", "mg/dL",
+               high=100, range_text="<=100 mg/dL"),
+    "bnp": Lab("30934-4", "Natriuretic peptide B [Mass/volume] in Serum or Plasma", "pg/mL", high=100, range_text="<=100 pg/mL"),
+    "troponin": Lab("10839-9", "Troponin I.cardiac [Mass/volume] in Serum or Plasma", "ng/mL", high=0.04, range_text="<=0.04 ng/mL"),
+    "lvef": Lab("10230-1", "Left ventricular Ejection fraction", "%", "imaging", low=55, high=70),
+    "fev1fvc": Lab("19926-5", "FEV1/FVC", "%", "procedure", low=70, range_text=">=70 %"),
     "weight": Lab("29463-7", "Body weight", "kg", "vital-signs"),
     "bmi": Lab("39156-5", "Body mass index (BMI) [Ratio]", "kg/m2", "vital-signs"),
     "heart_rate": Lab("8867-4", "Heart rate", "/min", "vital-signs"),
     "phq9": Lab("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]", "{score}", "survey"),
 }
+
+
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def _interpretation(lab: Lab, value: float) -> tuple[str, str]:
+    """Return the v3 ObservationInterpretation code and display of ``value`` against the lab's range."""
+    if lab.high is not None and value > lab.high:
+        return "H", "High"
+    if lab.low is not None and value < lab.low:
+        return "L", "Low"
+    return "N", "Normal"
+
+
+def _reference_range(lab: Lab) -> dict[str, Any]:
+    """Return the Observation.referenceRange of a lab: SimpleQuantity bounds in the value's unit."""
+    reference: dict[str, Any] = {}
+    for name, value in (("low", lab.low), ("high", lab.high)):
+        if value is not None:
+            reference[name] = {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit}
+    if lab.range_text:
+        reference["text"] = lab.range_text
+    return reference
 
 
 # US Core 6.1.0 profile of an Observation by category: clinical results cover imaging and
@@ -803,6 +835,10 @@ class RecordBuilder:
             "performer": [{"reference": f"Practitioner/{enc.prac.fhir_id}", "display": enc.prac.display}],
             "valueQuantity": {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit},
         }
+        if lab.low is not None or lab.high is not None:
+            code, display = _interpretation(lab, value)
+            resource["interpretation"] = [{"coding": [{"system": V3_INTERPRETATION, "code": code, "display": display}]}]
+            resource["referenceRange"] = [_reference_range(lab)]
         self._add(resource, when=when, status="final", updated=issued)
         return oid
 

@@ -1,4 +1,4 @@
-"""The generator's clinical detail: every drug's sig, without a database."""
+"""The generator's clinical detail: every drug's sig, lab reference ranges and flags, without a database."""
 
 import datetime as dt
 import random
@@ -8,7 +8,7 @@ import pytest
 
 from fhirkit.validation import resource_validate
 from payer.services.demo import SMITH
-from payer.services.synthetic import DRUGS, RecordBuilder
+from payer.services.synthetic import DRUGS, LABS, RecordBuilder
 
 TODAY = dt.date(2026, 6, 1)
 UCUM = "http://unitsofmeasure.org"
@@ -48,3 +48,40 @@ def test_every_drug_is_prescribed_with_a_structured_sig_that_matches_its_supply(
         used = sum(_doses_per_day(d) * d["timing"]["repeat"].get("boundsDuration", {}).get("value", drug.days)
                    for d in dosages)
         assert used == units, (key, used, units)
+
+
+@pytest.mark.parametrize(("key", "value", "flag", "bounds"), [
+    ("a1c", 7.7, "H", (4.0, 5.6)), ("a1c", 5.6, "N", (4.0, 5.6)), ("a1c", 3.9, "L", (4.0, 5.6)),
+    ("egfr", 45, "L", (60, None)), ("egfr", 60, "N", (60, None)),
+    ("creatinine", 1.7, "H", (0.7, 1.3)), ("glucose", 52, "L", (70, 99)),
+    ("ldl", 100, "N", (None, 100)), ("ldl", 162, "H", (None, 100)), ("bnp", 1450, "H", (None, 100)),
+    ("troponin", 0.03, "N", (None, 0.04)), ("troponin", 2.31, "H", (None, 0.04)),
+    ("lvef", 45, "L", (55, 70)), ("fev1fvc", 62, "L", (70, None)),
+])
+def test_results_carry_their_reference_range_and_a_flag_computed_from_the_value(key, value, flag, bounds):
+    b = _builder()
+    enc = b.encounter("office", dt.date(2025, 1, 6), SMITH, reasons=["checkup"], claim=False)
+    b.observation(key, value, enc)
+    observation = b.rows[-1].resource
+    assert resource_validate(observation) == []
+    assert observation["interpretation"] == [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": flag,
+        "display": {"H": "High", "L": "Low", "N": "Normal"}[flag]}]}]
+    [reference] = observation["referenceRange"]
+    unit = observation["valueQuantity"]["unit"]
+    for name, bound in zip(("low", "high"), bounds):
+        if bound is None:
+            assert name not in reference
+        else:
+            assert reference[name] == {"value": bound, "unit": unit, "system": UCUM, "code": unit}
+    # A one-sided range also says so in words (R4 Observation.referenceRange.text).
+    assert ("text" in reference) == (None in bounds)
+
+
+@pytest.mark.parametrize("key", ["weight", "bmi", "heart_rate", "phq9"])
+def test_vital_signs_and_scores_have_no_reference_range(key):
+    b = _builder()
+    enc = b.encounter("office", dt.date(2025, 1, 6), SMITH, reasons=["checkup"], claim=False)
+    b.observation(key, 10, enc)
+    assert "referenceRange" not in b.rows[-1].resource and "interpretation" not in b.rows[-1].resource
+    assert LABS[key].category in ("vital-signs", "survey")
