@@ -162,7 +162,10 @@ def test_every_emr_page_has_no_serious_or_critical_axe_violation(live_server, se
         # the fetch panel): ``shows`` only where its words are the state itself.
         audit.visit(f"/emr/patients/{maria.pk}/", "patient, before any fetch")
         audit.visit(f"/emr/patients/{uninsured.pk}/", "patient, no insurer on file")
-        audit.visit(f"/emr/patients/{waiting.pk}/", "patient, a fetch in progress")
+        # As the page's script shows it: after its first poll of the job.
+        with page.expect_response(lambda response: "/syncs/" in response.url):
+            page.goto(f"{live_server.url}/emr/patients/{waiting.pk}/")
+        audit.check("patient, a fetch in progress")
         audit.visit(f"/emr/patients/{failed.pk}/", "patient, a failed fetch", shows="text=Connection refused")
         audit.visit(f"/emr/patients/{dana.pk}/", "patient, the payer's record is another person's",
                     shows=".link-mismatch")
