@@ -392,6 +392,10 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
             "kind_label": terms.MEDICATION_KIND.get(row.resource_type, "Medication"),
             "dose": "; ".join(_names(doses)),
             "sig": "; ".join(_names(sigs)),
+            # What the page shows: the sig, with the dose first when the sig does not say it.
+            "directions": "; ".join(_names(
+                sig if not dose or dose.lower() in sig.lower() else f"{dose} · {sig}" if sig else dose
+                for dose, sig in zip(doses, sigs))),
             "supply": quantity_text(supply) if supply.get("value") is not None else "",
             "prescriber": resolver.name(r.get("requester") or next(
                 (p.get("actor") for p in r.get("performer") or [] if isinstance(p, dict)), None)),

@@ -16,7 +16,13 @@ from django.utils import timezone
 from emr.models import PatientSync
 from provider.models import PayerConnection, SyncJob
 from tests import factories
-from tests.axe import AXE_VERSION, assert_no_serious_violations, axe_violations, serious, violations_report
+from tests.axe import (
+    AXE_VERSION,
+    assert_no_serious_violations,
+    axe_violations,
+    serious,
+    violations_report,
+)
 from tests.browser import chromium, login
 from tests.emr.history_data import history_store
 

@@ -9,34 +9,12 @@ import time
 import pytest
 
 from emr import history as history_reads
-from emr.demo import emr_demo_seed
 from emr.models import HospitalPatient
-from payer.models import ProviderOrganization
 from payer.services import demo as payer_demo
-from payer.services.attribution import attribution_refresh
-from payer.services.demo_keys import demo_client_ensure, demo_key_kid, demo_key_path
 from provider.models import LocalResource, SyncJob
-from provider.services.connections import payer_connection_create
 from tests.browser import chromium, login, shot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.browser]
-
-
-@pytest.fixture
-def scenario(live_server, tmp_path):
-    """UnitedCare's demo data, Grace Hospital's registered key and connection, the EMR seed."""
-    payer_demo.seed_demo(create_admin=False)
-    attribution_refresh()
-    grace = ProviderOrganization.objects.get(npi=payer_demo.GRACE_HOSPITAL_NPI)
-    client_id = "grace-hospital-e2e"
-    demo_client_ensure(organization=grace, key_dir=tmp_path / "keys", client_id=client_id)
-    connection = payer_connection_create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=f"{live_server.url}/payer/fhir",
-        client_id=client_id, private_key_path=str(demo_key_path(key_dir=tmp_path / "keys", client_id=client_id)),
-        key_id=demo_key_kid(client_id=client_id),
-    )
-    emr_demo_seed(connection_name=connection.name)
-    return connection
 
 
 def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, celery_worker):

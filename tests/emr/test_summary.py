@@ -152,7 +152,7 @@ def test_patient_page_opens_on_the_summary_in_plain_words(smith, jack):
                     "Last encounters", "Open or recent prior authorizations", "Immunizations"):
         assert f'">{heading} ' in html or f'">{heading}<' in html, heading
     assert "Penicillin High risk" in text and "Hives and facial swelling (severe)" in text
-    assert "1 tablet · 1 tablet by mouth twice a day" in text
+    assert "1 tablet by mouth twice a day" in text and "1 tablet · 1 tablet" not in text
     assert "6.9 % High 4.0–5.6 %" in text and "134/82 mmHg" in text
     assert 'role="img" aria-label="Hemoglobin A1c: 3 results' in html
     # No FHIR type names or raw status codes on screen; codes only on the secondary line.
