@@ -12,7 +12,7 @@ from emr import history as history_reads
 from emr.models import HospitalPatient
 from payer.services import demo as payer_demo
 from provider.models import LocalResource, SyncJob
-from tests.browser import chromium, login, shot
+from tests.browser import DOCS_SCREENSHOTS, chromium, login, shot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.browser]
 
@@ -27,7 +27,7 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         page.goto(f"{live_server.url}/emr/login/")
         shot(page, "01-login")
         login(page, live_server.url, username="jsmith", password="grace-demo")
-        shot(page, "02-patient-list")
+        shot(page, "02-patient-list", directory=DOCS_SCREENSHOTS)
 
         page.get_by_role("link", name="Shaw, Jack").click()
         page.wait_for_url(f"{live_server.url}/emr/patients/{jack.pk}/")
@@ -43,7 +43,6 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         page.locator("#sync[data-history-loaded]").wait_for(timeout=60_000)
         elapsed = time.monotonic() - started
         assert page.evaluate("window.__noReload") is True
-        shot(page, "05-history")
 
         job = SyncJob.objects.get(member_id=payer_demo.JACK_SHAW_MEMBER_ID)
         assert job.status == SyncJob.Status.COMPLETED, (job.status, job.error, celery_worker.log()[-3000:])
@@ -62,6 +61,7 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         encounters = LocalResource.objects.filter(resource_type="Encounter", patient_id=jack.payer_patient_id).count()
         assert encounters > 0
         page.get_by_role("tab", name="Encounters").click()
+        shot(page, "05-history", directory=DOCS_SCREENSHOTS)
         # Paged by 25, newest first; every encounter has its dot on the timeline.
         assert page.locator("#encounters-table tbody tr").count() == min(encounters, 25)
         assert f"of {encounters}" in page.locator("#panel-encounters [data-result-count]").inner_text()
@@ -82,11 +82,11 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         assert "No diagnoses recorded" not in diagnoses.inner_text()
         claim = page.get_by_role("region", name="Claim")
         assert "No claim for this encounter" not in claim.inner_text()
-        shot(page, "06-encounter")
+        shot(page, "06-encounter", directory=DOCS_SCREENSHOTS)
 
         page.go_back()
         page.get_by_role("tab", name="Prior authorizations").click()
-        shot(page, "07-prior-authorizations", full_page=False)
+        shot(page, "07-prior-authorizations", full_page=False, directory=DOCS_SCREENSHOTS)
         page.get_by_role("tab", name="Problems").click()
         shot(page, "08-problems", full_page=False)
         assert errors == []
