@@ -101,6 +101,7 @@ def test_summary_first_then_each_tab_in_plain_words_and_the_opt_out_notice(scena
         claims.get_by_role("link", name="Older ›").click()
         page.wait_for_function("document.querySelector('#panel-claims [data-result-count]').textContent.includes('Claims 26–')")
         assert page.evaluate("document.activeElement.hasAttribute('data-result-count')")
+        claims.get_by_text("Filter claims by date").click()
         claims.get_by_label("Type").select_option("Hospital or facility")
         claims.get_by_role("button", name="Apply").click()
         page.wait_for_function("document.querySelector('#panel-claims [data-result-count]').textContent.includes('matching')")
