@@ -311,3 +311,42 @@ PA_OPEN = {"Pending", "Deferred", "Contact the plan"}
 def status_word(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:
     """Return a status code in words (the code itself, capitalised, when not in the table)."""
     return _status(table, code, missing=missing)
+
+
+# Resource types as the records a clinician recognizes (singular, plural), for counts such
+# as the fetch panel's "26 encounters, 272 claims and authorizations".
+RECORD_KINDS = {
+    "AllergyIntolerance": ("allergy", "allergies"),
+    "CarePlan": ("care plan", "care plans"),
+    "CareTeam": ("care team", "care teams"),
+    "Claim": ("claim", "claims"),
+    "ClaimResponse": ("claim response", "claim responses"),
+    "Condition": ("problem or diagnosis", "problems and diagnoses"),
+    "Coverage": ("coverage record", "coverage records"),
+    "Device": ("device", "devices"),
+    "DiagnosticReport": ("report", "reports"),
+    "DocumentReference": ("document", "documents"),
+    "Encounter": ("encounter", "encounters"),
+    "ExplanationOfBenefit": ("claim or authorization", "claims and authorizations"),
+    "Goal": ("goal", "goals"),
+    "Group": ("group", "groups"),
+    "Immunization": ("immunization", "immunizations"),
+    "Location": ("location", "locations"),
+    "Medication": ("medication", "medications"),
+    "MedicationDispense": ("dispensed medication", "dispensed medications"),
+    "MedicationRequest": ("prescription", "prescriptions"),
+    "MedicationStatement": ("reported medication", "reported medications"),
+    "Observation": ("result", "results"),
+    "Organization": ("organization", "organizations"),
+    "Patient": ("patient record", "patient records"),
+    "Practitioner": ("clinician", "clinicians"),
+    "PractitionerRole": ("clinician's role", "clinicians' roles"),
+    "Procedure": ("procedure", "procedures"),
+    "Provenance": ("provenance record", "provenance records"),
+}
+
+
+def record_kind(resource_type: str, count: int) -> str:
+    """Return the words for ``count`` records of a type: "encounters" for 26, "allergy" for 1."""
+    one, many = RECORD_KINDS.get(resource_type, (f"record of type {resource_type}", f"records of type {resource_type}"))
+    return one if count == 1 else many
