@@ -241,7 +241,7 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
     type_code = terms.concept_code(r.get("type"))
     kind = terms.CLAIM_TYPE.get(type_code) or terms.concept_name(r.get("type")) or "Claim"
     subtype = terms.concept_name(r.get("subType"))
-    status = terms.RECORD_STATUS.get(r.get("status", "")) or terms.status_word(
+    status = terms.RECORD_STATUS.get(text(r.get("status"))) or terms.status_word(
         terms.CLAIM_OUTCOME, r.get("outcome"), missing="Processing status not given")
     provider = resolver.name(r.get("provider"))
     facility = resolver.name(r.get("facility"))
@@ -305,8 +305,8 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
     r = row.resource
     items = [i for i in r.get("item") or [] if isinstance(i, dict)]
     action, decided, reason = _review_action(r)
-    if r.get("status") in terms.RECORD_STATUS:
-        decision = terms.RECORD_STATUS[r["status"]]
+    if text(r.get("status")) in terms.RECORD_STATUS:
+        decision = terms.RECORD_STATUS[text(r["status"])]
     elif action:
         decision = terms.status_word(terms.REVIEW_ACTION, action)
     else:
@@ -400,7 +400,7 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
             "prescriber": resolver.name(r.get("requester") or next(
                 (p.get("actor") for p in r.get("performer") or [] if isinstance(p, dict)), None)),
             "reasons": reasons,
-            "active": r.get("status") in terms.MEDICATION_ACTIVE,
+            "active": text(r.get("status")) in terms.MEDICATION_ACTIVE,
             "encounters": sorted(_encounter_refs(r)),
         },
     )
