@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from emr import terms
-from emr.fhir_text import as_dict, dicts, human_name, parse_when, quantity_text, ref_key, text
+from emr.fhir_text import as_dict, as_list, dicts, human_name, parse_when, quantity_text, ref_key, text
 from emr.models import HospitalPatient
 from emr.selectors import PayerLink, payer_link
 from emr.terms import Status
@@ -234,9 +234,9 @@ def _names(values: Iterable[str]) -> list[str]:
 def claim_item(row: LocalResource, resolver: Resolver) -> Item:
     """A claim (CARIN BB EOB): what was billed, when, by whom, and where it stands; no cost."""
     r = row.resource
-    items = [i for i in r.get("item") or [] if isinstance(i, dict)]
+    items = dicts(r.get("item"))
     services = _names(terms.concept_name(i.get("productOrService")) for i in items)
-    diagnoses = _names(terms.concept_name(d.get("diagnosisCodeableConcept")) for d in r.get("diagnosis") or [] if isinstance(d, dict))
+    diagnoses = _names(terms.concept_name(d.get("diagnosisCodeableConcept")) for d in dicts(r.get("diagnosis")) if isinstance(d, dict))
     period = r.get("billablePeriod") or {}
     type_code = terms.concept_code(r.get("type"))
     kind = terms.CLAIM_TYPE.get(type_code) or terms.concept_name(r.get("type")) or "Claim"
@@ -263,7 +263,7 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
             "created": parse_when(r.get("created")),
             "services": services,
             "diagnoses": diagnoses,
-            "identifier": next((str(i.get("value")) for i in r.get("identifier") or [] if i.get("value")), ""),
+            "identifier": next((str(i.get("value")) for i in dicts(r.get("identifier")) if i.get("value")), ""),
             "encounters": sorted(_encounter_refs(r)),
         },
     )
@@ -271,12 +271,12 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
 
 def _review_action(resource: dict) -> tuple[str, dt.datetime | None, str]:
     """Return the PDex reviewAction's X12 306 code, the decision date and its reason, if any."""
-    for item in resource.get("item") or []:
-        for adjudication in (item.get("adjudication") if isinstance(item, dict) else None) or []:
+    for item in dicts(resource.get("item")):
+        for adjudication in dicts(item.get("adjudication")):
             code, when = "", None
-            for ext in adjudication.get("extension") or []:
+            for ext in dicts(adjudication.get("extension")):
                 if ext.get("url") == REVIEW_ACTION:
-                    for sub in ext.get("extension") or []:
+                    for sub in dicts(ext.get("extension")):
                         if sub.get("url") in (REVIEW_ACTION_CODE, "code"):
                             code = terms.concept_code(sub.get("valueCodeableConcept"))
                 elif ext.get("url") == WHEN_ADJUDICATED:
@@ -287,8 +287,8 @@ def _review_action(resource: dict) -> tuple[str, dt.datetime | None, str]:
 
 
 def _units(resource: dict, category: str) -> float | None:
-    for item in resource.get("item") or []:
-        for adjudication in (item.get("adjudication") if isinstance(item, dict) else None) or []:
+    for item in dicts(resource.get("item")):
+        for adjudication in dicts(item.get("adjudication")):
             if terms.concept_code(adjudication.get("category")) == category and adjudication.get("value") is not None:
                 return adjudication["value"]
     return None
@@ -303,7 +303,7 @@ def _number(value: Any) -> str:
 def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
     """A prior authorization (PDex): the service, the decision in words, the period it covers."""
     r = row.resource
-    items = [i for i in r.get("item") or [] if isinstance(i, dict)]
+    items = dicts(r.get("item"))
     action, decided, reason = _review_action(r)
     if text(r.get("status")) in terms.RECORD_STATUS:
         decision = terms.RECORD_STATUS[text(r["status"])]
@@ -312,14 +312,14 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
     else:
         decision = terms.status_word(terms.PA_OUTCOME, r.get("outcome"), missing="Decision not given")
     # The authorized service period: the item's servicedPeriod (PDex), else preAuthRefPeriod.
-    period = next((i.get("servicedPeriod") for i in items if i.get("servicedPeriod")), None) or next(
-        iter((r.get("insurance") or [{}])[0].get("preAuthRefPeriod") or r.get("preAuthRefPeriod") or []), None
-    ) or r.get("billablePeriod") or {}
-    requested = sum(float((i.get("quantity") or {}).get("value") or 0) for i in items) or None
+    period = next((i["servicedPeriod"] for i in items if isinstance(i.get("servicedPeriod"), dict)), None) or next(
+        (p for ins in dicts(r.get("insurance")) for p in dicts(ins.get("preAuthRefPeriod"))), None
+    ) or next(iter(dicts(r.get("preAuthRefPeriod"))), None) or as_dict(r.get("billablePeriod"))
+    requested = sum(v for i in items if isinstance(v := as_dict(i.get("quantity")).get("value"), int | float)) or None
     approved, used = _units(r, "allowedunits"), _units(r, "consumedunits")
     services = _names(terms.concept_name(i.get("productOrService")) for i in items)
-    references = [str(ref) for ins in r.get("insurance") or [] for ref in ins.get("preAuthRef") or []] or [
-        str(ref) for ref in r.get("preAuthRef") or []]
+    references = [text(ref) for ins in dicts(r.get("insurance")) for ref in as_list(ins.get("preAuthRef"))] or [
+        text(ref) for ref in as_list(r.get("preAuthRef"))]
     return Item(
         kind=row.resource_type,
         id=row.resource_id,
@@ -341,7 +341,7 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
             "units_used": _number(used) if used is not None else "",
             "reason": reason,
             "reference": ", ".join(_names(references)) or next(
-                (str(i.get("value")) for i in r.get("identifier") or [] if i.get("value")), ""),
+                (str(i.get("value")) for i in dicts(r.get("identifier")) if i.get("value")), ""),
             "open": decision.label in terms.PA_OPEN,
         },
     )
@@ -350,7 +350,7 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
 def _dosage(dosage: dict) -> tuple[str, str]:
     """Return (dose, sig) of a Dosage: "1 tablet", "Take 1 tablet by mouth once daily"."""
     dose = ""
-    for rate in dosage.get("doseAndRate") or []:
+    for rate in dicts(dosage.get("doseAndRate")):
         if quantity := rate.get("doseQuantity"):
             dose = quantity_text(quantity)
         elif low_high := rate.get("doseRange"):
@@ -375,11 +375,11 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
     r = row.resource
     concept = r.get("medicationCodeableConcept")
     name = terms.concept_name(concept) or resolver.name(r.get("medicationReference"))
-    dosages = [d for d in r.get("dosageInstruction") or r.get("dosage") or [] if isinstance(d, dict)]
+    dosages = dicts(r.get("dosageInstruction")) or dicts(r.get("dosage"))
     doses, sigs = zip(*(_dosage(d) for d in dosages)) if dosages else ((), ())
     table = terms.MEDICATION_STATUS.get(row.resource_type, terms.MEDICATION_STATUS["MedicationRequest"])
     supply = (r.get("dispenseRequest") or {}).get("expectedSupplyDuration") or r.get("daysSupply") or {}
-    reasons = _names(terms.concept_name(c) for c in r.get("reasonCode") or [])
+    reasons = _names(terms.concept_name(c) for c in dicts(r.get("reasonCode")))
     return Item(
         kind=row.resource_type,
         id=row.resource_id,
@@ -398,7 +398,7 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
                 for dose, sig in zip(doses, sigs))),
             "supply": quantity_text(supply) if supply.get("value") is not None else "",
             "prescriber": resolver.name(r.get("requester") or next(
-                (p.get("actor") for p in r.get("performer") or [] if isinstance(p, dict)), None)),
+                (p.get("actor") for p in dicts(r.get("performer")) if isinstance(p, dict)), None)),
             "reasons": reasons,
             "active": text(r.get("status")) in terms.MEDICATION_ACTIVE,
             "encounters": sorted(_encounter_refs(r)),
@@ -412,7 +412,7 @@ def condition_item(row: LocalResource) -> Item:
     clinical = terms.concept_code(r.get("clinicalStatus"))
     verification = terms.concept_code(r.get("verificationStatus"))
     title, codes = _named(r.get("code"), "Condition")
-    categories = [terms.concept_code(c) for c in r.get("category") or []]
+    categories = [terms.concept_code(c) for c in dicts(r.get("category"))]
     return Item(
         kind="Condition",
         id=row.resource_id,
@@ -442,10 +442,10 @@ def allergy_item(row: LocalResource, resolver: Resolver) -> Item:
     clinical = terms.concept_code(r.get("clinicalStatus"))
     verification = terms.concept_code(r.get("verificationStatus"))
     reactions, severities = [], []
-    for reaction in r.get("reaction") or []:
+    for reaction in dicts(r.get("reaction")):
         if not isinstance(reaction, dict):
             continue
-        reactions += [terms.concept_name(m) for m in reaction.get("manifestation") or []]
+        reactions += [terms.concept_name(m) for m in dicts(reaction.get("manifestation"))]
         if reaction.get("severity"):
             severities.append(str(reaction["severity"]))
     criticality = r.get("criticality")
@@ -461,7 +461,7 @@ def allergy_item(row: LocalResource, resolver: Resolver) -> Item:
             "reactions": _names(reactions),
             "severity": ", ".join(_names(severities)).capitalize(),
             "criticality": terms.status_word(terms.ALLERGY_CRITICALITY, criticality, missing="Risk not given"),
-            "category": ", ".join(terms.ALLERGY_CATEGORY.get(str(c), str(c)) for c in r.get("category") or []),
+            "category": ", ".join(terms.ALLERGY_CATEGORY.get(str(c), str(c)) for c in as_list(r.get("category"))),
             "type": terms.ALLERGY_TYPE.get(str(r.get("type") or ""), ""),
             "verification": terms.status_word(terms.VERIFICATION, verification, missing="").label,
             "recorder": resolver.name(r.get("recorder") or r.get("asserter")),
@@ -474,7 +474,7 @@ def immunization_item(row: LocalResource, resolver: Resolver) -> Item:
     """A vaccine given (or not given): which, when, where."""
     r = row.resource
     title, codes = _named(r.get("vaccineCode"), "Vaccine")
-    performer = next((resolver.name(p.get("actor")) for p in r.get("performer") or [] if isinstance(p, dict)), "")
+    performer = next((resolver.name(p.get("actor")) for p in dicts(r.get("performer")) if isinstance(p, dict)), "")
     return Item(
         kind="Immunization",
         id=row.resource_id,
@@ -514,13 +514,13 @@ def _range_text(ranges: list[dict]) -> str:
 
 def _interpretation(resource: dict, value: float | None) -> Status | None:
     """Return the source's interpretation, else High/Low against its numeric reference range."""
-    for concept in resource.get("interpretation") or []:
+    for concept in dicts(resource.get("interpretation")):
         code = terms.concept_code(concept)
         if code:
             return terms.INTERPRETATION.get(code) or Status(terms.concept_name(concept) or code, "warn")
     if value is None:
         return None
-    for rr in resource.get("referenceRange") or []:
+    for rr in dicts(resource.get("referenceRange")):
         low, high = (rr.get("low") or {}).get("value"), (rr.get("high") or {}).get("value")
         if isinstance(low, int | float) and value < low:
             return terms.INTERPRETATION["L"]
@@ -548,7 +548,7 @@ def _observation_value(r: dict) -> tuple[str, float | None, str]:
     if "valueBoolean" in r:
         return ("Yes" if r["valueBoolean"] else "No"), None, ""
     components = {}
-    for comp in r.get("component") or []:
+    for comp in dicts(r.get("component")):
         if isinstance(comp, dict) and isinstance(comp.get("valueQuantity"), dict):
             components[terms.concept_code(comp.get("code"))] = comp["valueQuantity"]
     systolic, diastolic = components.get("8480-6"), components.get("8462-4")
@@ -556,7 +556,7 @@ def _observation_value(r: dict) -> tuple[str, float | None, str]:
         unit = terms.unit_text(systolic.get("unit") or systolic.get("code"))
         return f"{systolic['value']}/{diastolic['value']} {unit}".strip(), None, unit
     parts = [f"{terms.concept_name(c.get('code'))}: {quantity_text(c.get('valueQuantity') or {})}"
-             for c in r.get("component") or [] if isinstance(c, dict) and c.get("valueQuantity")]
+             for c in dicts(r.get("component")) if isinstance(c, dict) and c.get("valueQuantity")]
     if r.get("dataAbsentReason"):
         return f"No result ({terms.concept_name(r['dataAbsentReason']).lower() or 'reason not given'})", None, ""
     return "; ".join(parts), None, ""
@@ -566,10 +566,10 @@ def observation_item(row: LocalResource) -> Item:
     """A lab result, vital sign or other observation: value with unit, range and flag."""
     r = row.resource
     title, codes = _named(r.get("code"), "Test")
-    text, number, unit = _observation_value(r)
+    value_text, number, unit = _observation_value(r)
     components = {terms.concept_code(c.get("code")): (c.get("valueQuantity") or {}).get("value")
-                  for c in r.get("component") or [] if isinstance(c, dict)}
-    categories = [terms.concept_code(c) for c in r.get("category") or []]
+                  for c in dicts(r.get("component")) if isinstance(c, dict)}
+    categories = [terms.concept_code(c) for c in dicts(r.get("category"))]
     return Item(
         kind="Observation",
         id=row.resource_id,
@@ -580,13 +580,13 @@ def observation_item(row: LocalResource) -> Item:
         codes=codes,
         fields={
             "code": terms.concept_code(r.get("code"), system="http://loinc.org") or terms.concept_code(r.get("code")),
-            "full_name": terms.display_clean(str((r.get("code") or {}).get("text") or next(
-                (c.get("display") for c in (r.get("code") or {}).get("coding") or [] if c.get("display")), "") or "")),
-            "value": text or "No value given",
+            "full_name": terms.display_clean(text(as_dict(r.get("code")).get("text")) or next(
+                (text(c.get("display")) for c in dicts(as_dict(r.get("code")).get("coding")) if text(c.get("display"))), "")),
+            "value": value_text or "No value given",
             "number": number,
             "unit": unit,
             "components": components,
-            "range": _range_text(r.get("referenceRange") or []),
+            "range": _range_text(dicts(r.get("referenceRange"))),
             "flag": _interpretation(r, number),
             "vital": "vital-signs" in categories,
             "category": "Vital signs" if "vital-signs" in categories else "Laboratory" if "laboratory" in categories
@@ -612,18 +612,18 @@ def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str,
     klass = r.get("class") or {}
     class_code = str(klass.get("code") or "")
     facility = ""
-    for loc in r.get("location") or []:
+    for loc in dicts(r.get("location")):
         facility = resolver.name(loc.get("location") if isinstance(loc, dict) else None)
         if facility:
             break
     organization = resolver.name(r.get("serviceProvider"))
-    clinicians = _names(resolver.name(p.get("individual")) for p in r.get("participant") or [] if isinstance(p, dict))
-    reasons = [terms.concept_name(c) for c in r.get("reasonCode") or []]
-    for ref in r.get("reasonReference") or []:
+    clinicians = _names(resolver.name(p.get("individual")) for p in dicts(r.get("participant")) if isinstance(p, dict))
+    reasons = [terms.concept_name(c) for c in dicts(r.get("reasonCode"))]
+    for ref in dicts(r.get("reasonReference")):
         key = ref_key(ref)
         reasons.append(conditions[key[1]].title if key and key[1] in conditions else str((ref or {}).get("display") or ""))
     diagnoses = []
-    for diag in r.get("diagnosis") or []:
+    for diag in dicts(r.get("diagnosis")):
         key = ref_key((diag or {}).get("condition"))
         if key and key[1] in conditions:
             diagnoses.append(conditions[key[1]].title)
@@ -631,7 +631,7 @@ def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str,
             diagnoses.append(str(diag["condition"]["display"]))
     period = r.get("period") or {}
     class_label = ENCOUNTER_CLASSES.get(class_code) or str(klass.get("display") or "").capitalize() or "Visit"
-    types = _names(terms.concept_name(t) for t in r.get("type") or [])
+    types = _names(terms.concept_name(t) for t in dicts(r.get("type")))
     return Item(
         kind="Encounter",
         id=row.resource_id,
@@ -639,7 +639,7 @@ def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str,
         title=", ".join(types) or f"{class_label} visit",
         status=terms.status_word(terms.ENCOUNTER_STATUS, r.get("status")),
         source=_source(row),
-        codes=" · ".join(_names(terms.concept_codes(t) for t in r.get("type") or [])),
+        codes=" · ".join(_names(terms.concept_codes(t) for t in dicts(r.get("type")))),
         fields={
             "class_code": class_code,
             "class_label": class_label,
