@@ -31,12 +31,16 @@ ENCOUNTERS = [
 ]
 
 
+def _aware(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def _row(resource: dict, *, connection: PayerConnection | None, patient_id: str = "", date: str | None = None) -> LocalResource:
     return LocalResource(
         resource_type=resource["resourceType"],
         resource_id=resource["id"],
         patient_id=patient_id,
-        date=dt.datetime.fromisoformat(date.replace("Z", "+00:00")) if date else None,
+        date=_aware(dt.datetime.fromisoformat(date.replace("Z", "+00:00"))) if date else None,
         status=resource.get("status", "") if isinstance(resource.get("status"), str) else "",
         resource=resource,
         connection=connection,
