@@ -104,6 +104,10 @@ class TransientError(BulkDataError):
         self.retry_after = retry_after
 
 
+class TokenRefused(BulkDataError):
+    """The token endpoint refused the client's assertion (RFC 6749 §5.2): its credentials or registration."""
+
+
 class CountMismatch(BulkDataError):
     """A downloaded file has not as many resources as the manifest's ``count`` said."""
 
@@ -592,7 +596,7 @@ class BulkDataClient:
                 # RFC 6749 §5.2 error body: error + error_description (the OAuth
                 # counterpart of diagnostics; shown truncated, nothing else of the body).
                 detail = str(body.get("error_description") or body.get("error") or response.reason or "")[:DIAGNOSTICS_LIMIT]
-                raise BulkDataError(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
+                raise TokenRefused(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
             self._token = body["access_token"]
             self._token_expires_at = time.time() + float(body.get("expires_in") or 300)
             self.tokens_issued += 1
