@@ -377,15 +377,20 @@ def _outcome_of(response: requests.Response) -> dict | None:
     return body if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
 
 
-def _outcome_text(outcome: dict | None, fallback: str) -> str:
-    """Return the issues' diagnostics (truncated) after ``fallback``; never any other part of a body."""
-    if not outcome:
-        return fallback
+def outcome_diagnostics(outcome: dict | None) -> str:
+    """Return an OperationOutcome's issues' diagnostics (or details text, or code), truncated; "" if none."""
+    if not isinstance(outcome, dict) or not isinstance(outcome.get("issue"), list):
+        return ""
     texts = [
         str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", ""))
-        for issue in outcome.get("issue", []) if isinstance(issue, dict)
+        for issue in outcome["issue"] if isinstance(issue, dict)
     ]
-    diagnostics = "; ".join(text for text in texts if text)[:DIAGNOSTICS_LIMIT]
+    return "; ".join(text for text in texts if text)[:DIAGNOSTICS_LIMIT]
+
+
+def _outcome_text(outcome: dict | None, fallback: str) -> str:
+    """Return the issues' diagnostics (truncated) after ``fallback``; never any other part of a body."""
+    diagnostics = outcome_diagnostics(outcome)
     return f"{fallback} The payer said: {diagnostics}" if diagnostics else fallback
 
 

@@ -60,6 +60,7 @@ from provider.bulk_client import (
     TokenRefused,
     TransientError,
     manifest_check,
+    outcome_diagnostics,
     poll_delay,
     type_filters_check,
 )
@@ -609,11 +610,15 @@ def member_bundle_build(
     return member_bundle_parameter(patient=patient, coverage=coverage, consent=consent)
 
 
-def _no_data(job: SyncJob, state: dict, outcome: str, detail: str = "") -> SyncStep:
+def _no_data(job: SyncJob, state: dict, outcome: str, detail: str = "", technical: str = "") -> SyncStep:
+    """End the job with no data, as the member match decided: ``detail`` is the payer's own
+    words (its OperationOutcome diagnostics, shown to the clinician), ``technical`` our account
+    of the answer for IT (default: the payer's words)."""
     reason = NO_DATA_REASONS[outcome]
     state = {**state, "outcome": outcome, "message": detail[:1000]}
+    technical = technical or (f"The payer said: {detail}" if detail else "")
     _update(job, member_match=state, status=SyncJob.Status.NO_DATA, progress=NO_DATA_MESSAGE, finished_at=timezone.now(),
-            next_step_at=None, error=f"{NO_DATA_MESSAGE}: {reason}." + (f" The payer said: {detail}" if detail else ""))
+            next_step_at=None, error=f"{NO_DATA_MESSAGE}: {reason}." + (f" {technical}" if technical else ""))
     return SyncStep()
 
 
@@ -634,7 +639,7 @@ def _member_match_step(job: SyncJob, client: Any) -> SyncStep | None:
             # A 4xx with an OperationOutcome is the payer refusing this request (422: the
             # attestation is missing or invalid; 403: not in network): no data, and why.
             if error.status and 400 <= error.status < 500 and error.status not in (401, 404, 405):
-                return _no_data(job, state, MATCH_REFUSED, str(error))
+                return _no_data(job, state, MATCH_REFUSED, outcome_diagnostics(error.outcome), technical=str(error))
             raise
         step = _again(job, first_poll, member_match=state, transient_errors=0, progress="Matching the member at the payer")
         if step.delay is None:
