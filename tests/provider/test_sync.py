@@ -5,6 +5,7 @@ import threading
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 from django.core.management.base import CommandError
 from django.test import override_settings
 
@@ -187,7 +188,14 @@ def test_cancel_while_the_kick_off_is_in_flight_withdraws_the_new_export(transac
     fake_payer.kickoff_hold = threading.Event()
     job = sync_job_start(connection=connection, group_id="g1", enqueue=False)
     steps: list = []
-    worker = threading.Thread(target=lambda: steps.append(sync_job_step(job_id=job.pk)))
+
+    def worker_step() -> None:
+        try:
+            steps.append(sync_job_step(job_id=job.pk))
+        finally:
+            connections.close_all()  # this thread's, so that the test database can be dropped
+
+    worker = threading.Thread(target=worker_step)
     worker.start()
     wait_for(lambda: fake_payer.requests_to("$export"), message="the kick-off")
     job = sync_job_cancel(job=job)
