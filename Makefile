@@ -6,7 +6,7 @@ PORT ?= 8000
 VAR := $(or $(PA_VAR_DIR),var)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install migrate seed demo test bench clean chromium
+.PHONY: install migrate seed demo test bench clean chromium npm
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,13 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "The browser tests need $(CHROMIUM): run 'apt-get install chromium' as root."; exit 1; }
 
-test: install chromium
+# The accessibility test installs axe-core from the npm registry when it runs (tests/axe.py).
+npm:
+	@command -v npm >/dev/null || { echo "Installing Debian's npm for the accessibility test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; } \
+	  || { echo "The accessibility test installs axe-core from the npm registry with npm: run 'apt-get install npm' as root."; exit 1; }
+
+test: install chromium npm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

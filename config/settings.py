@@ -379,3 +379,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# The EMR, once a payer stops sharing a patient's data (a later fetch returns none): "mark"
+# shows what was received before, marked as received then and no longer shared; "hide"
+# shows nothing from that source.
+EMR_HISTORY_AFTER_SHARING_ENDS = os.environ.get("EMR_HISTORY_AFTER_SHARING_ENDS", "mark")
+

@@ -52,3 +52,24 @@ class PatientForm(forms.Form):
 
 class MemberIdForm(forms.Form):
     member_id = forms.CharField(label="Member id on the insurance card", max_length=64)
+
+
+class HistoryListForm(forms.Form):
+    """Filters and the page of a history list (encounters, claims); used with a prefix per list.
+    A value that is not valid is ignored (and said so), never an error page."""
+
+    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    facility = forms.CharField(required=False, max_length=300, label="Facility or provider")
+    type = forms.CharField(required=False, max_length=100, label="Type")
+    page = forms.IntegerField(required=False, min_value=1, max_value=100_000)
+
+    def criteria(self) -> dict:
+        """Return the valid criteria as keyword arguments of ``emr.history.list_page``."""
+        data = self.cleaned_data if self.is_valid() else {
+            name: value for name, value in getattr(self, "cleaned_data", {}).items() if name not in self.errors
+        }
+        return {
+            "date_from": data.get("date_from"), "date_to": data.get("date_to"),
+            "facility": data.get("facility") or "", "kind": data.get("type") or "", "page": data.get("page") or 1,
+        }

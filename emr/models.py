@@ -88,6 +88,7 @@ class AccessEvent(models.Model):
         CREATE = "create", "Registered the patient"
         ATTEST = "attest", "Attested a treatment relationship"
         CORRECT = "correct_member_id", "Corrected the member id"
+        PRINT = "print", "Printed part of the record"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     organization_npi = models.CharField(max_length=10)

@@ -11,13 +11,14 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from emr import history as history_reads
 from emr import linking, selectors, services
-from emr.forms import MemberIdForm, PatientForm, PatientSearchForm
-from django.utils import timezone
-
+from emr.forms import HistoryListForm, MemberIdForm, PatientForm, PatientSearchForm
 from emr.models import AccessEvent, HospitalPatient, PatientSync
+from emr.summary import summary_build
 from provider.models import PayerConnection, SyncJob
 
 
@@ -123,10 +124,70 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "sync": selectors.sync_progress(job=job) if job else None,
         "slow_seconds": settings.EMR_FETCH_SLOW_SECONDS,
         "connections": selectors.connections_for_fetch(patient=patient),
-        "history": selectors.patient_history(patient=patient),
         "sync_steps": [label for _, label in selectors.SYNC_STEPS],
+        **_history_context(request, patient),
     }
     return render(request, "emr/patient_detail.html", context)
+
+
+# The history's sections: the tabs of the patient page, and what can be printed alone.
+SECTIONS = {
+    "summary": "Summary",
+    "encounters": "Encounters",
+    "problems": "Problems",
+    "medications": "Medications",
+    "allergies": "Allergies",
+    "immunizations": "Immunizations",
+    "results": "Labs and vitals",
+    "prior-auths": "Prior authorizations",
+    "claims": "Claims",
+}
+LIST_PREFIXES = {"encounters": "enc", "claims": "clm"}
+
+
+def _history_context(request: HttpRequest, patient, *, per_page: int = 25) -> dict:
+    """Return the history, its summary and the filtered pages of its lists, as the query asks."""
+    history = history_reads.patient_history(patient=patient)
+    lists = {}
+    for name, prefix in LIST_PREFIXES.items():
+        form = HistoryListForm(request.GET or None, prefix=prefix)
+        # The pager's links keep every other filter (of both lists) and change only the page.
+        query = request.GET.copy()
+        for key in (f"{prefix}-page", "tab"):
+            query.pop(key, None)
+        lists[name] = {
+            "form": form,
+            "page": history_reads.list_page(items=getattr(history, name), per_page=per_page, **form.criteria()),
+            "query": query.urlencode() + "&" if query else "",
+        }
+    summary = summary_build(history=history)
+    payer = history.sources[0].payer if history.sources else "The payer"
+    tab = request.GET.get("tab", "")
+    return {
+        "history": history,
+        "summary": summary,
+        "lists": lists,
+        "medication_groups": [
+            ("Active", history.active_medications, f"{payer} sent no active medications for this patient."),
+            ("Past", history.past_medications, f"{payer} sent no past medications for this patient."),
+        ],
+        "result_series": [*summary.labs, *summary.vitals],
+        "sections": SECTIONS,
+        "tab": tab if tab in SECTIONS else "summary",
+    }
+
+
+@require_GET
+@clinician_required
+def patient_print(request: HttpRequest, pk: int, section: str) -> HttpResponse:
+    """Show one section of the history (whole lists, the same filters) on a page made for paper."""
+    patient = _patient(request, pk)
+    if section not in SECTIONS:
+        raise Http404("No such section.")
+    services.access_record(user=request.user, patient=patient, action=AccessEvent.Action.PRINT, detail=SECTIONS[section])
+    context = {"patient": patient, "section": section, "section_label": SECTIONS[section], "printing": True,
+               "printed_at": timezone.now(), **_history_context(request, patient, per_page=100_000)}
+    return render(request, "emr/patient_print.html", context)
 
 
 @require_POST
@@ -189,7 +250,7 @@ def patient_member_id(request: HttpRequest, pk: int) -> HttpResponse:
 @clinician_required
 def encounter_detail(request: HttpRequest, pk: int, encounter_id: str) -> HttpResponse:
     patient = _patient(request, pk)
-    detail = selectors.encounter_detail(patient=patient, encounter_id=encounter_id)
+    detail = history_reads.encounter_detail(patient=patient, encounter_id=encounter_id)
     if detail is None:
         raise Http404("No such encounter for this patient.")
     services.access_record(

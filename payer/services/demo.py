@@ -200,6 +200,7 @@ def jack_shaw_history(b: RecordBuilder) -> None:
     e = b.encounter("checkup", date(2017, 10, 5), HARRIS, reasons=["checkup", "t2dm", "htn"],
                     cpts=["99396", "36415", "83036", "90686", "90471", "90732"])
     b.blood_pressure(134, 84, e)
+    b.observation("weight", 102.0, e)
     b.report("a1c", e, [b.observation("a1c", 7.0, e)])
     b.immunization("150", date(2017, 10, 5), HARRIS, e)
     b.immunization("33", date(2017, 10, 5), HARRIS, e)
@@ -248,6 +249,7 @@ def jack_shaw_history(b: RecordBuilder) -> None:
     e = b.encounter("followup", date(2020, 3, 16), BROOKS, reasons=["cad", "hfref"], cpts=["99214", "93000"])
     b.blood_pressure(128, 78, e)
     b.observation("heart_rate", 64, e)
+    b.observation("weight", 98.7, e)
     b.prior_auth(code="93798", requesting=BROOKS, servicing=CHEN, reason="cad", quantity=36,
                  requested=date(2020, 3, 16), decision="approved", decision_days=3, valid_days=120)
     rehab = b.encounter("procedure", date(2020, 4, 6), CHEN, reasons=["cad"], cpts=["93798"], hour=8)
@@ -276,12 +278,14 @@ def jack_shaw_history(b: RecordBuilder) -> None:
     b.report("chest_xray", ed, [], conclusion="Cardiomegaly with interstitial edema and small bilateral effusions.")
     adm = b.encounter("inpatient", date(2022, 1, 19), NOVAK, reasons=["hf_exac", "cad", "ckd3", "t2dm_ckd"],
                       end_day=date(2022, 1, 22), cpts=["93306", "80053"], hour=1)
+    b.observation("weight", 106.8, adm)  # about 6 kg of fluid on admission
     b.observation("bnp", 1450, adm)
     b.condition("hf_exac", date(2022, 1, 18), adm, abated=date(2022, 2, 1), category="encounter-diagnosis")
     b.medication("furosemide", adm, reason="hfref")
     b.professional_claim(adm, DESAI, ["ckd3", "hf_exac"], ["99232"])
 
     e = b.encounter("followup", date(2022, 3, 2), GREENE, reasons=["hfref", "cad"], cpts=["99215"])
+    b.observation("weight", 100.4, e)  # back to his dry weight on furosemide
     b.prior_auth(code="75561", requesting=GREENE, servicing=WHITE, reason="hfref", quantity=1,
                  requested=date(2022, 3, 2), decision="denied", decision_days=7,
                  note="Not medically necessary: recent echocardiogram answers the clinical question.")
@@ -318,6 +322,7 @@ def jack_shaw_history(b: RecordBuilder) -> None:
 
     e = b.encounter("followup", date(2025, 3, 5), PATEL, reasons=["t2dm_ckd", "htn", "ckd3"], cpts=["99214", "36415", "83036", "80053"])
     b.blood_pressure(134, 82, e)
+    b.observation("weight", 102.1, e)
     b.report("a1c", e, [b.observation("a1c", 7.9, e)])
     b.report("cmp", e, [b.observation("egfr", 48, e)])
     e = b.encounter("followup", date(2025, 11, 10), DESAI, reasons=["ckd3b", "t2dm_ckd"], cpts=["99214", "80053"])

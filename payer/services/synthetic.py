@@ -176,23 +176,55 @@ class Lab:
     display: str
     unit: str
     category: str = "laboratory"
+    # Adult reference range, in ``unit``; vital signs and survey scores have none. R4
+    # Observation.referenceRange.low/.high are inclusive and either may be absent, so a
+    # one-sided limit (LDL "<100") is a high of 100 (100 is not flagged), and a text says
+    # the one-sided range in words.
+    low: float | None = None
+    high: float | None = None
+    range_text: str = ""
 
 
 LABS: dict[str, Lab] = {
-    "a1c": Lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%"),
-    "egfr": Lab("33914-3", "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)", "mL/min/{1.73_m2}"),
-    "creatinine": Lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL"),
-    "glucose": Lab("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL"),
-    "ldl": Lab("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", "mg/dL"),
-    "bnp": Lab("30934-4", "Natriuretic peptide B [Mass/volume] in Serum or Plasma", "pg/mL"),
-    "troponin": Lab("10839-9", "Troponin I.cardiac [Mass/volume] in Serum or Plasma", "ng/mL"),
-    "lvef": Lab("10230-1", "Left ventricular Ejection fraction", "%", "imaging"),
-    "fev1fvc": Lab("19926-5", "FEV1/FVC", "%", "procedure"),
+    "a1c": Lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", low=4.0, high=5.6),
+    "egfr": Lab("33914-3", "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)", "mL/min/{1.73_m2}",
+                low=60, range_text=">=60 mL/min/1.73 m2"),
+    "creatinine": Lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", low=0.7, high=1.3),
+    "glucose": Lab("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", low=70, high=99),
+    "ldl": Lab("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", "mg/dL",
+               high=100, range_text="<=100 mg/dL"),
+    "bnp": Lab("30934-4", "Natriuretic peptide B [Mass/volume] in Serum or Plasma", "pg/mL", high=100, range_text="<=100 pg/mL"),
+    "troponin": Lab("10839-9", "Troponin I.cardiac [Mass/volume] in Serum or Plasma", "ng/mL", high=0.04, range_text="<=0.04 ng/mL"),
+    "lvef": Lab("10230-1", "Left ventricular Ejection fraction", "%", "imaging", low=55, high=70),
+    "fev1fvc": Lab("19926-5", "FEV1/FVC", "%", "procedure", low=70, range_text=">=70 %"),
     "weight": Lab("29463-7", "Body weight", "kg", "vital-signs"),
     "bmi": Lab("39156-5", "Body mass index (BMI) [Ratio]", "kg/m2", "vital-signs"),
     "heart_rate": Lab("8867-4", "Heart rate", "/min", "vital-signs"),
     "phq9": Lab("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]", "{score}", "survey"),
 }
+
+
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def _interpretation(lab: Lab, value: float) -> tuple[str, str]:
+    """Return the v3 ObservationInterpretation code and display of ``value`` against the lab's range."""
+    if lab.high is not None and value > lab.high:
+        return "H", "High"
+    if lab.low is not None and value < lab.low:
+        return "L", "Low"
+    return "N", "Normal"
+
+
+def _reference_range(lab: Lab) -> dict[str, Any]:
+    """Return the Observation.referenceRange of a lab: SimpleQuantity bounds in the value's unit."""
+    reference: dict[str, Any] = {}
+    for name, value in (("low", lab.low), ("high", lab.high)):
+        if value is not None:
+            reference[name] = {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit}
+    if lab.range_text:
+        reference["text"] = lab.range_text
+    return reference
 
 
 # US Core 6.1.0 profile of an Observation by category: clinical results cover imaging and
@@ -209,6 +241,30 @@ REPORT_NOTE_CATEGORY = {"RAD": ("LP29684-5", "Radiology"), "CG": ("LP29708-2", "
                         "CTH": ("LP29708-2", "Cardiology")}
 
 
+# SNOMED CT route of administration (R4 Dosage.route, example binding), and the UCUM
+# annotation a dose is counted in, by dose form.
+DOSE_FORMS = {
+    "tablet": ("{tbl}", "tablet", ("26643006", "Oral route (qualifier value)")),
+    "puff": ("{puff}", "puff", ("447694001", "Respiratory tract route (qualifier value)")),
+}
+
+
+@dataclass(frozen=True)
+class Sig:
+    """One dosage instruction: the prescription's words and their R4 Dosage structure."""
+
+    text: str
+    dose: int  # in units of ``form``
+    form: str = "tablet"
+    # Timing.repeat: ``frequency`` times per ``period`` (to ``period_max``) ``period_unit``s.
+    frequency: int = 1
+    period: int = 1
+    period_max: int | None = None
+    period_unit: str = "d"
+    course_days: int | None = None  # Timing.repeat.boundsDuration of a short course
+    as_needed: bool = False  # PRN
+
+
 @dataclass(frozen=True)
 class Drug:
     rxnorm: str
@@ -216,29 +272,73 @@ class Drug:
     ndc: str  # NDC 11 (5-4-2) as the pharmacy claim carries it
     qty: int
     days: int
+    # The dosage instructions, applied in order (Dosage.sequence); ``qty`` covers ``days`` of them.
+    sig: tuple[Sig, ...]
 
 
+DAILY = (Sig("Take 1 tablet by mouth once daily", 1),)
 DRUGS: dict[str, Drug] = {
-    "metformin": Drug("860975", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet", "00093726701", 180, 90),
-    "lisinopril": Drug("314076", "lisinopril 10 MG Oral Tablet", "68180051401", 90, 90),
-    "simvastatin": Drug("312961", "simvastatin 20 MG Oral Tablet", "16714068302", 90, 90),
-    "atorvastatin": Drug("259255", "atorvastatin 80 MG Oral Tablet", "00378212277", 90, 90),
-    "aspirin": Drug("243670", "aspirin 81 MG Oral Tablet", "00904628960", 90, 90),
-    "clopidogrel": Drug("309362", "clopidogrel 75 MG Oral Tablet", "60505025303", 90, 90),
-    "metoprolol": Drug("866412", "24 HR metoprolol succinate 100 MG Extended Release Oral Tablet", "62037083190", 90, 90),
-    "furosemide": Drug("313988", "furosemide 40 MG Oral Tablet", "00054429931", 90, 90),
-    "empagliflozin": Drug("1545658", "empagliflozin 10 MG Oral Tablet", "00597015230", 90, 90),
-    "albuterol": Drug("745679", "200 ACTUAT albuterol 0.09 MG/ACTUAT Metered Dose Inhaler", "00173068220", 1, 30),
-    "fluticasone_salmeterol": Drug("896209", "60 ACTUAT fluticasone propionate 0.25 MG/ACTUAT / salmeterol 0.05 MG/ACTUAT Dry Powder Inhaler", "00173069600", 1, 30),
-    "azithromycin": Drug("308460", "azithromycin 250 MG Oral Tablet", "00093715306", 6, 5),
-    "prednisone": Drug("312617", "predniSONE 20 MG Oral Tablet", "00054476025", 10, 5),
-    "amlodipine": Drug("197361", "amlodipine 5 MG Oral Tablet", "00093716798", 90, 90),
-    "hctz": Drug("310798", "hydrochlorothiazide 25 MG Oral Tablet", "00172208360", 90, 90),
-    "sertraline": Drug("312940", "sertraline 50 MG Oral Tablet", "16729000401", 90, 90),
-    "ciprofloxacin": Drug("309309", "ciprofloxacin 500 MG Oral Tablet", "55111012701", 14, 7),
-    "naproxen": Drug("849574", "naproxen sodium 220 MG Oral Tablet", "00280601001", 30, 15),
-    "acetaminophen": Drug("313782", "acetaminophen 325 MG Oral Tablet", "00904198861", 60, 15),
+    "metformin": Drug("860975", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet", "00093726701", 180, 90,
+                      (Sig("Take 2 tablets (1,000 mg) by mouth once daily with the evening meal", 2),)),
+    "lisinopril": Drug("314076", "lisinopril 10 MG Oral Tablet", "68180051401", 90, 90, DAILY),
+    "simvastatin": Drug("312961", "simvastatin 20 MG Oral Tablet", "16714068302", 90, 90,
+                        (Sig("Take 1 tablet by mouth once daily in the evening", 1),)),
+    "atorvastatin": Drug("259255", "atorvastatin 80 MG Oral Tablet", "00378212277", 90, 90, DAILY),
+    "aspirin": Drug("243670", "aspirin 81 MG Oral Tablet", "00904628960", 90, 90, DAILY),
+    "clopidogrel": Drug("309362", "clopidogrel 75 MG Oral Tablet", "60505025303", 90, 90, DAILY),
+    "metoprolol": Drug("866412", "24 HR metoprolol succinate 100 MG Extended Release Oral Tablet", "62037083190", 90, 90,
+                       (Sig("Take 1 tablet by mouth once daily; swallow whole, do not crush or chew", 1),)),
+    "furosemide": Drug("313988", "furosemide 40 MG Oral Tablet", "00054429931", 90, 90,
+                       (Sig("Take 1 tablet by mouth once daily in the morning", 1),)),
+    "empagliflozin": Drug("1545658", "empagliflozin 10 MG Oral Tablet", "00597015230", 90, 90,
+                          (Sig("Take 1 tablet by mouth once daily in the morning", 1),)),
+    "albuterol": Drug("745679", "200 ACTUAT albuterol 0.09 MG/ACTUAT Metered Dose Inhaler", "00173068220", 1, 30,
+                      (Sig("Inhale 2 puffs by mouth every 4 to 6 hours as needed for wheezing or shortness of breath", 2,
+                           "puff", period=4, period_max=6, period_unit="h", as_needed=True),)),
+    "fluticasone_salmeterol": Drug("896209", "60 ACTUAT fluticasone propionate 0.25 MG/ACTUAT / salmeterol 0.05 MG/ACTUAT Dry Powder Inhaler", "00173069600", 1, 30,
+                                   (Sig("Inhale 1 puff by mouth twice daily; rinse mouth after each use", 1, "puff", frequency=2),)),
+    # The 5-day pack: a loading dose, then four daily doses (two sequential instructions).
+    "azithromycin": Drug("308460", "azithromycin 250 MG Oral Tablet", "00093715306", 6, 5,
+                         (Sig("Take 2 tablets (500 mg) by mouth on day 1", 2, course_days=1),
+                          Sig("Then take 1 tablet (250 mg) by mouth once daily on days 2 to 5", 1, course_days=4))),
+    "prednisone": Drug("312617", "predniSONE 20 MG Oral Tablet", "00054476025", 10, 5,
+                       (Sig("Take 2 tablets (40 mg) by mouth once daily for 5 days", 2, course_days=5),)),
+    "amlodipine": Drug("197361", "amlodipine 5 MG Oral Tablet", "00093716798", 90, 90, DAILY),
+    "hctz": Drug("310798", "hydrochlorothiazide 25 MG Oral Tablet", "00172208360", 90, 90,
+                 (Sig("Take 1 tablet by mouth once daily in the morning", 1),)),
+    "sertraline": Drug("312940", "sertraline 50 MG Oral Tablet", "16729000401", 90, 90, DAILY),
+    "ciprofloxacin": Drug("309309", "ciprofloxacin 500 MG Oral Tablet", "55111012701", 14, 7,
+                          (Sig("Take 1 tablet by mouth every 12 hours for 7 days", 1, period=12, period_unit="h", course_days=7),)),
+    "naproxen": Drug("849574", "naproxen sodium 220 MG Oral Tablet", "00280601001", 30, 15,
+                     (Sig("Take 1 tablet by mouth every 8 to 12 hours as needed for pain, with food", 1,
+                          period=8, period_max=12, period_unit="h", as_needed=True),)),
+    "acetaminophen": Drug("313782", "acetaminophen 325 MG Oral Tablet", "00904198861", 60, 15,
+                          (Sig("Take 2 tablets by mouth every 6 hours as needed for pain", 2,
+                               period=6, period_unit="h", as_needed=True),)),
 }
+
+
+def dosage_instructions(drug: Drug) -> list[dict[str, Any]]:
+    """Return the MedicationRequest.dosageInstruction of a drug (R4 Dosage, US Core 6.1.0 must-support:
+    text, timing, doseAndRate.doseQuantity in UCUM)."""
+    out = []
+    for sequence, sig in enumerate(drug.sig, start=1):
+        code, unit, route = DOSE_FORMS[sig.form]
+        repeat: dict[str, Any] = {}
+        if sig.course_days:
+            repeat["boundsDuration"] = {"value": sig.course_days, "unit": "days", "system": UCUM, "code": "d"}
+        repeat.update({"frequency": sig.frequency, "period": sig.period})
+        if sig.period_max:
+            repeat["periodMax"] = sig.period_max
+        repeat["periodUnit"] = sig.period_unit
+        dosage: dict[str, Any] = {"sequence": sequence, "text": sig.text, "timing": {"repeat": repeat}}
+        if sig.as_needed:
+            dosage["asNeededBoolean"] = True
+        dosage["route"] = {"coding": [{"system": SNOMED, "code": route[0], "display": route[1]}]}
+        dosage["doseAndRate"] = [{"doseQuantity": {"value": sig.dose, "unit": unit, "system": UCUM, "code": code}}]
+        out.append(dosage)
+    return out
+
 
 # CVX -> display
 VACCINES = {
@@ -735,6 +835,10 @@ class RecordBuilder:
             "performer": [{"reference": f"Practitioner/{enc.prac.fhir_id}", "display": enc.prac.display}],
             "valueQuantity": {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit},
         }
+        if lab.low is not None or lab.high is not None:
+            code, display = _interpretation(lab, value)
+            resource["interpretation"] = [{"coding": [{"system": V3_INTERPRETATION, "code": code, "display": display}]}]
+            resource["referenceRange"] = [_reference_range(lab)]
         self._add(resource, when=when, status="final", updated=issued)
         return oid
 
@@ -822,7 +926,7 @@ class RecordBuilder:
             "authoredOn": instant(authored),
             "requester": {"reference": f"Practitioner/{enc.prac.fhir_id}", "display": enc.prac.display},
             "reasonCode": [{"coding": [{"system": SNOMED, "code": c.snomed, "display": c.snomed_display}]}],
-            "dosageInstruction": [{"sequence": 1, "text": "Take as directed"}],
+            "dosageInstruction": dosage_instructions(drug),
             "dispenseRequest": {"numberOfRepeatsAllowed": 3 if chronic else 0,
                                 "quantity": {"value": drug.qty}, "expectedSupplyDuration": {"value": drug.days, "unit": "days", "system": UCUM, "code": "d"}},
         }

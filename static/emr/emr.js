@@ -7,33 +7,112 @@
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
 
-  /* Tabs (WAI-ARIA Authoring Practices, tabs with automatic activation). */
+  /* Tabs (WAI-ARIA Authoring Practices, tabs with automatic activation). The server says
+     which tab is selected (?tab=); the address keeps the choice, so a reload or a link
+     opens the same tab. Without JavaScript every panel shows, one after another. */
   function initTabs(root) {
     $$("[data-tabs]", root).forEach(function (box) {
       var tabs = $$("[role=tab]", box);
-      function select(tab, focus) {
+      function select(tab, focus, remember) {
         tabs.forEach(function (t) {
           var on = t === tab;
           t.setAttribute("aria-selected", on ? "true" : "false");
           t.tabIndex = on ? 0 : -1;
-          document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
+          var panel = document.getElementById(t.getAttribute("aria-controls"));
+          panel.hidden = !on;
+          panel.classList.toggle("selected", on);
         });
         if (focus) tab.focus();
+        if (remember && window.history.replaceState) {
+          var url = new URL(window.location.href);
+          url.searchParams.set("tab", tab.getAttribute("data-section"));
+          url.hash = "";
+          window.history.replaceState(null, "", url.toString());
+        }
       }
       tabs.forEach(function (tab, i) {
-        tab.addEventListener("click", function () { select(tab, false); });
+        tab.addEventListener("click", function () { select(tab, false, true); });
         tab.addEventListener("keydown", function (ev) {
           var next = null;
           if (ev.key === "ArrowRight") next = tabs[(i + 1) % tabs.length];
           else if (ev.key === "ArrowLeft") next = tabs[(i - 1 + tabs.length) % tabs.length];
           else if (ev.key === "Home") next = tabs[0];
           else if (ev.key === "End") next = tabs[tabs.length - 1];
-          if (next) { ev.preventDefault(); select(next, true); }
+          if (next) { ev.preventDefault(); select(next, true, true); }
         });
       });
       var selected = tabs.filter(function (t) { return t.getAttribute("aria-selected") === "true"; })[0] || tabs[0];
-      if (selected) select(selected, false);
+      if (selected) select(selected, false, false);
     });
+  }
+
+  /* The timeline's dots are one stop of the Tab key (roving tabindex): arrow keys move
+     between dots in time order, Home and End to the first and last, Enter opens one. */
+  function initTimeline(root) {
+    $$("svg[data-timeline]", root).forEach(function (svg) {
+      var dots = $$("a[data-encounter]", svg);
+      if (!dots.length) return;
+      dots.forEach(function (d, i) { d.setAttribute("tabindex", i === dots.length - 1 ? "0" : "-1"); });
+      dots.forEach(function (dot, i) {
+        dot.addEventListener("keydown", function (ev) {
+          var j = null;
+          if (ev.key === "ArrowRight" || ev.key === "ArrowDown") j = Math.min(i + 1, dots.length - 1);
+          else if (ev.key === "ArrowLeft" || ev.key === "ArrowUp") j = Math.max(i - 1, 0);
+          else if (ev.key === "Home") j = 0;
+          else if (ev.key === "End") j = dots.length - 1;
+          if (j === null) return;
+          ev.preventDefault();
+          dots.forEach(function (d, k) { d.setAttribute("tabindex", k === j ? "0" : "-1"); });
+          dots[j].focus();
+        });
+      });
+    });
+  }
+
+  /* Lists paged and filtered on the server (encounters, claims): the filter form and the
+     page links fetch the page and swap in the panel, so the rest of the page stays. Without
+     JavaScript they are a plain GET of the same page. */
+  function loadPanel(url, panelId) {
+    return fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById(panelId), here = document.getElementById(panelId);
+        if (!fresh || !here) { window.location.assign(url); return; }
+        here.innerHTML = fresh.innerHTML;
+        initPanel(here);
+        if (window.history.replaceState) window.history.replaceState(null, "", url.split("#")[0]);
+        var count = $("[data-result-count]", here);
+        if (count) count.focus();
+      })
+      .catch(function () { window.location.assign(url); });
+  }
+  function initLists(root) {
+    $$("form[data-list]", root).forEach(function (form) {
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        var params = new URLSearchParams(new FormData(form));
+        var keep = new URLSearchParams(window.location.search);
+        keep.forEach(function (value, key) {
+          // Keep the other list's filters; this list's come from its form.
+          if (!form.querySelector("[name='" + key + "']") && key.indexOf(form.getAttribute("data-list") === "claims" ? "clm-" : "enc-") !== 0) params.set(key, value);
+        });
+        loadPanel(window.location.pathname + "?" + params.toString(), "panel-" + form.getAttribute("data-list"));
+      });
+    });
+    $$("a[data-page-link]", root).forEach(function (link) {
+      link.addEventListener("click", function (ev) {
+        var panel = link.closest("[role=tabpanel]");
+        if (!panel) return;
+        ev.preventDefault();
+        loadPanel(link.href, panel.id);
+      });
+    });
+  }
+
+  /* The print view's button. */
+  function initPrint(root) {
+    $$("[data-print-now]", root).forEach(function (b) { b.addEventListener("click", function () { window.print(); }); });
   }
 
   /* Sortable tables: header buttons toggle aria-sort; cells may carry data-sort-value. */
@@ -65,36 +144,12 @@
     });
   }
 
-  /* Filters: free text over the whole row, selects over a data-* attribute of the row. */
-  function initFilters(root) {
-    $$("[data-filter-for]", root).forEach(function (box) {
-      var table = document.getElementById(box.getAttribute("data-filter-for"));
-      var counter = $("[data-result-count]", box.parentNode);
-      var text = $("[data-filter-text]", box);
-      var selects = $$("[data-filter-col]", box);
-      function apply() {
-        var words = (text.value || "").toLowerCase().split(/\s+/).filter(Boolean);
-        var shown = 0, rows = table.tBodies[0].rows;
-        Array.prototype.forEach.call(rows, function (row) {
-          var hay = row.textContent.toLowerCase();
-          var ok = words.every(function (w) { return hay.indexOf(w) !== -1; });
-          selects.forEach(function (s) {
-            if (s.value && row.getAttribute("data-" + s.getAttribute("data-filter-col")) !== s.value) ok = false;
-          });
-          row.hidden = !ok;
-          if (ok) shown++;
-        });
-        if (counter) counter.textContent = shown + " of " + rows.length + " encounters";
-      }
-      text.addEventListener("input", apply);
-      selects.forEach(function (s) { s.addEventListener("change", apply); });
-    });
-  }
-
-  function initHistory(root) { initTabs(root); initSort(root); initFilters(root); }
+  function initPanel(root) { initSort(root); initLists(root); initTimeline(root); }
+  function initHistory(root) { initTabs(root); initPanel(root); }
 
   // The fetch panel (fetch.js) re-initializes the history it swaps in.
   window.EHealth = { initHistory: initHistory };
 
   initHistory(document);
+  initPrint(document);
 })();

@@ -212,6 +212,111 @@ def history_resources(*, patient_id: str, member_id: str, family: str = "Shaw", 
             "2024-08-01T10:00:00Z",
         ),
     ]
+    return out + clinical_resources(subject=subject)
+
+
+LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
+X12_306 = "https://codesystem.x12.org/005010/306"
+PDEX = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition"
+# (id, LOINC, name, value, unit, date, (low, high) reference range or None)
+LABS = [
+    ("obs-a1c-1", "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", 8.4, "%", "2020-01-20T10:40:00Z", (4.0, 5.6)),
+    ("obs-a1c-2", "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", 7.6, "%", "2023-04-18T11:20:00Z", (4.0, 5.6)),
+    ("obs-a1c-3", "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", 6.9, "%", "2024-09-09T14:20:00Z", (4.0, 5.6)),
+    ("obs-egfr-1", "33914-3", "Glomerular filtration rate/1.73 sq M.predicted", 71, "mL/min/{1.73_m2}", "2020-01-20T10:40:00Z", (60, None)),
+    ("obs-egfr-2", "33914-3", "Glomerular filtration rate/1.73 sq M.predicted", 52, "mL/min/{1.73_m2}", "2024-09-09T14:20:00Z", (60, None)),
+    ("obs-wt-1", "29463-7", "Body weight", 96.2, "kg", "2020-01-20T10:35:00Z", None),
+    ("obs-wt-2", "29463-7", "Body weight", 99.0, "kg", "2023-04-18T11:05:00Z", None),
+    ("obs-wt-3", "29463-7", "Body weight", 101.4, "kg", "2024-09-09T14:05:00Z", None),
+]
+BLOOD_PRESSURES = [("obs-bp-1", 152, 94, "2020-01-20T10:35:00Z"), ("obs-bp-2", 141, 88, "2023-04-18T11:05:00Z"),
+                   ("obs-bp-3", 134, 82, "2024-09-09T14:05:00Z")]
+
+
+def _quantity(value: float, unit: str) -> dict:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def clinical_resources(*, subject: dict) -> list[tuple[dict, str]]:
+    """Allergies, immunizations, labs and vitals in series, medications active and stopped,
+    and prior authorizations with PDex decisions: what the summary is made of."""
+    out: list[tuple[dict, str]] = []
+    for oid, code, name, value, unit, when, normal in LABS:
+        vital = code == "29463-7"
+        resource = {
+            "resourceType": "Observation", "id": oid, "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs" if vital else "laboratory"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code, "display": name}], "text": name},
+            "subject": subject, "effectiveDateTime": when, "valueQuantity": _quantity(value, unit),
+        }
+        if normal:
+            resource["referenceRange"] = [{k: _quantity(v, unit) for k, v in zip(("low", "high"), normal) if v is not None}]
+        out.append((resource, when))
+    for oid, systolic, diastolic, when in BLOOD_PRESSURES:
+        out.append(({
+            "resourceType": "Observation", "id": oid, "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel with all children optional"}]},
+            "subject": subject, "effectiveDateTime": when,
+            "component": [
+                {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}, "valueQuantity": _quantity(systolic, "mm[Hg]")},
+                {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}, "valueQuantity": _quantity(diastolic, "mm[Hg]")},
+            ],
+        }, when))
+    out += [
+        ({"resourceType": "AllergyIntolerance", "id": "alg-pcn",
+          "clinicalStatus": {"coding": [{"code": "active"}]}, "verificationStatus": {"coding": [{"code": "confirmed"}]},
+          "type": "allergy", "category": ["medication"], "criticality": "high",
+          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "764146007", "display": "Penicillin (substance)"}]},
+          "patient": subject, "recordedDate": "2018-03-14T10:00:00Z",
+          "reaction": [{"manifestation": [{"text": "Hives and facial swelling"}], "severity": "severe"}]}, "2018-03-14T10:00:00Z"),
+        # Ruled out: listed in the Allergies tab, never in the summary.
+        ({"resourceType": "AllergyIntolerance", "id": "alg-latex",
+          "clinicalStatus": {"coding": [{"code": "inactive"}]}, "verificationStatus": {"coding": [{"code": "refuted"}]},
+          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "111088007", "display": "Latex (substance)"}]},
+          "patient": subject, "recordedDate": "2019-07-03T10:00:00Z"}, "2019-07-03T10:00:00Z"),
+        ({"resourceType": "Immunization", "id": "imm-flu-1", "status": "completed",
+          "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "150", "display": "Influenza, injectable, quadrivalent, preservative free"}]},
+          "patient": subject, "occurrenceDateTime": "2023-10-02T11:00:00Z", "primarySource": True}, "2023-10-02T11:00:00Z"),
+        ({"resourceType": "Immunization", "id": "imm-flu-2", "status": "completed",
+          "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "150", "display": "Influenza, injectable, quadrivalent, preservative free"}]},
+          "patient": subject, "occurrenceDateTime": "2024-10-07T11:00:00Z", "primarySource": True,
+          "location": {"display": "Grace Hospital"}}, "2024-10-07T11:00:00Z"),
+        ({"resourceType": "Immunization", "id": "imm-tdap", "status": "completed",
+          "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "115", "display": "Tdap"}]},
+          "patient": subject, "occurrenceDateTime": "2018-03-14T11:00:00Z", "primarySource": True}, "2018-03-14T11:00:00Z"),
+        # Structured dosage with no text: the sig is written from its parts.
+        ({"resourceType": "MedicationRequest", "id": "med-metformin", "status": "active", "intent": "order",
+          "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "860975",
+                                                    "display": "metformin 500 MG Extended Release Oral Tablet"}]},
+          "subject": subject, "authoredOn": "2023-04-18T11:40:00Z",
+          "dosageInstruction": [{"timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}},
+                                 "route": {"coding": [{"system": "http://snomed.info/sct", "code": "26643006", "display": "Oral route"}]},
+                                 "doseAndRate": [{"doseQuantity": _quantity(1, "{tbl}")}]}]}, "2023-04-18T11:40:00Z"),
+        ({"resourceType": "MedicationRequest", "id": "med-clopidogrel", "status": "stopped", "intent": "order",
+          "medicationCodeableConcept": {"text": "Clopidogrel 75 mg tablet"}, "subject": subject,
+          "authoredOn": "2019-07-03T12:00:00Z", "dosageInstruction": [{"text": "1 tablet by mouth daily"}]}, "2019-07-03T12:00:00Z"),
+    ]
+    for pa_id, service, action, display, created, period, decided in [
+        ("pa-sleep", "Polysomnography", "A4", "Pended", "2024-09-10", None, None),
+        ("pa-rehab", "Cardiac rehabilitation", "A2", "Certified - partial", "2024-09-12", ("2024-09-20", "2024-12-20"), "2024-09-15"),
+        ("pa-ct", "CT coronary angiography", "A3", "Not Certified", "2020-01-21", None, "2020-01-24"),
+    ]:
+        extensions = [{"url": f"{PDEX}/extension-reviewAction", "extension": [
+            {"url": f"{PDEX}/extension-reviewActionCode",
+             "valueCodeableConcept": {"coding": [{"system": X12_306, "code": action, "display": display}]}}]}]
+        if decided:
+            extensions.append({"url": f"{PDEX}/base-ext-when-adjudicated", "valueDateTime": decided})
+        item = {"sequence": 1, "productOrService": {"text": service}, "quantity": {"value": 36},
+                "adjudication": [{"extension": extensions, "category": {"coding": [{"code": "allowedunits"}]},
+                                  "value": 18 if action == "A2" else 0}]}
+        if period:
+            item["servicedPeriod"] = {"start": period[0], "end": period[1]}
+        out.append(({"resourceType": "ExplanationOfBenefit", "id": pa_id, "status": "active", "use": "preauthorization",
+                     "type": {"coding": [{"code": "professional"}]}, "patient": subject, "created": created,
+                     "outcome": "queued" if action == "A4" else "partial" if action == "A2" else "complete",
+                     "preAuthRef": [f"AUTH-{pa_id.upper()}"], "item": [item]}, created))
     return out
 
 

@@ -8,35 +8,13 @@ import time
 
 import pytest
 
-from emr import selectors
-from emr.demo import emr_demo_seed
+from emr import history as history_reads
 from emr.models import HospitalPatient
-from payer.models import ProviderOrganization
 from payer.services import demo as payer_demo
-from payer.services.attribution import attribution_refresh
-from payer.services.demo_keys import demo_client_ensure, demo_key_kid, demo_key_path
 from provider.models import LocalResource, SyncJob
-from provider.services.connections import payer_connection_create
-from tests.browser import chromium, login, shot
+from tests.browser import DOCS_SCREENSHOTS, chromium, login, shot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.browser]
-
-
-@pytest.fixture
-def scenario(live_server, tmp_path):
-    """UnitedCare's demo data, Grace Hospital's registered key and connection, the EMR seed."""
-    payer_demo.seed_demo(create_admin=False)
-    attribution_refresh()
-    grace = ProviderOrganization.objects.get(npi=payer_demo.GRACE_HOSPITAL_NPI)
-    client_id = "grace-hospital-e2e"
-    demo_client_ensure(organization=grace, key_dir=tmp_path / "keys", client_id=client_id)
-    connection = payer_connection_create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=f"{live_server.url}/payer/fhir",
-        client_id=client_id, private_key_path=str(demo_key_path(key_dir=tmp_path / "keys", client_id=client_id)),
-        key_id=demo_key_kid(client_id=client_id),
-    )
-    emr_demo_seed(connection_name=connection.name)
-    return connection
 
 
 def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, celery_worker):
@@ -49,7 +27,7 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         page.goto(f"{live_server.url}/emr/login/")
         shot(page, "01-login")
         login(page, live_server.url, username="jsmith", password="grace-demo")
-        shot(page, "02-patient-list")
+        shot(page, "02-patient-list", directory=DOCS_SCREENSHOTS)
 
         page.get_by_role("link", name="Shaw, Jack").click()
         page.wait_for_url(f"{live_server.url}/emr/patients/{jack.pk}/")
@@ -65,7 +43,6 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         page.locator("#sync[data-history-loaded]").wait_for(timeout=60_000)
         elapsed = time.monotonic() - started
         assert page.evaluate("window.__noReload") is True
-        shot(page, "05-history")
 
         job = SyncJob.objects.get(member_id=payer_demo.JACK_SHAW_MEMBER_ID)
         assert job.status == SyncJob.Status.COMPLETED, (job.status, job.error, celery_worker.log()[-3000:])
@@ -83,14 +60,18 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         assert jack.payer_patient_id == payer_demo.JACK_SHAW_PATIENT_ID
         encounters = LocalResource.objects.filter(resource_type="Encounter", patient_id=jack.payer_patient_id).count()
         assert encounters > 0
-        assert page.locator("#encounters-table tbody tr").count() == encounters
+        page.get_by_role("tab", name="Encounters").click()
+        shot(page, "05-history", directory=DOCS_SCREENSHOTS)
+        # Paged by 25, newest first; every encounter has its dot on the timeline.
+        assert page.locator("#encounters-table tbody tr").count() == min(encounters, 25)
+        assert f"of {encounters}" in page.locator("#panel-encounters [data-result-count]").inner_text()
         assert page.locator("svg.timeline a[data-encounter]").count() == encounters
         assert page.locator("svg.timeline text.facility").count() >= 4
         assert "Fetched" in page.locator(".sync-message").inner_text()
 
         # Open, from its dot on the timeline, an encounter with diagnoses and a claim (EOB).
-        history = selectors.patient_history(patient=jack)
-        details = (selectors.encounter_detail(patient=jack, encounter_id=e.id) for e in history.encounters)
+        history = history_reads.patient_history(patient=jack)
+        details = (history_reads.encounter_detail(patient=jack, encounter_id=e.id) for e in history.encounters)
         chosen = next(d for d in details if d.claims and d.diagnoses)
         # By keyboard: the timeline's dots are links.
         page.locator(f'svg.timeline a[data-encounter="{chosen.encounter.id}"]').focus()
@@ -101,11 +82,11 @@ def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, ce
         assert "No diagnoses recorded" not in diagnoses.inner_text()
         claim = page.get_by_role("region", name="Claim")
         assert "No claim for this encounter" not in claim.inner_text()
-        shot(page, "06-encounter")
+        shot(page, "06-encounter", directory=DOCS_SCREENSHOTS)
 
         page.go_back()
         page.get_by_role("tab", name="Prior authorizations").click()
-        shot(page, "07-prior-authorizations", full_page=False)
-        page.get_by_role("tab", name="Conditions").click()
-        shot(page, "08-conditions", full_page=False)
+        shot(page, "07-prior-authorizations", full_page=False, directory=DOCS_SCREENSHOTS)
+        page.get_by_role("tab", name="Problems").click()
+        shot(page, "08-problems", full_page=False)
         assert errors == []

@@ -5,7 +5,6 @@ gets his history in one click (PDex 2.2 ``$provider-member-match``, then
 id sees nothing from that record and is told what differs; a second organization sees
 none of the first's links. The payer is tests/provider/fake_payer.py (a real HTTP server)."""
 
-import datetime as dt
 import time
 
 import pytest

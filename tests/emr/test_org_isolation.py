@@ -5,7 +5,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from emr import selectors, services
+from emr import history, selectors, services
 from emr.models import HospitalPatient, LinkDecision, PatientSync
 from provider.models import LocalResource, PayerConnection, SyncJob
 from tests import factories
@@ -123,7 +123,7 @@ def test_payer_patient_is_linked_only_by_the_organizations_own_completed_fetch(g
     unresolved = oakview_job(SyncJob.Status.COMPLETED, [])
     assert selectors.payer_patient_find(patient=patient, job=unresolved) == ""
     assert services.patient_sync_link(patient=patient, job=unresolved).payer_patient_id == ""
-    assert selectors.patient_history(patient=patient).total == 0
+    assert history.patient_history(patient=patient).total == 0
 
     # Once the payer answers Oakview's own client with Jack, the link holds, yet Oakview
     # still sees none of what Grace's connection fetched: the store is partitioned by source.
@@ -131,11 +131,11 @@ def test_payer_patient_is_linked_only_by_the_organizations_own_completed_fetch(g
     assert services.patient_sync_link(patient=patient, job=resolved).payer_patient_id == "pat-jack"
     # The link is checked against the Patient record of Oakview's own connection, and there
     # is none (Grace's connection stored it): nothing is shown (emr/linking.py).
-    assert selectors.patient_history(patient=patient).total == 0
+    assert history.patient_history(patient=patient).total == 0
     assert patient.link_decisions.get().verdict == LinkDecision.Verdict.UNVERIFIED
     # What Oakview's own connection stored, it sees once the link is checked against it.
     history_store(connection=oakview_connection, patient_id="pat-jack", member_id=JACK_MEMBER_ID)
-    assert len(selectors.patient_history(patient=patient).encounters) == len(ENCOUNTERS)
+    assert len(history.patient_history(patient=patient).encounters) == len(ENCOUNTERS)
     assert patient.link_decisions.first().verdict == LinkDecision.Verdict.MATCH
 
 

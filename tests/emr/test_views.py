@@ -9,33 +9,13 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from emr.models import AccessEvent, HospitalPatient, PatientSync
-from provider.models import LocalResource, PayerConnection, SyncJob
+from provider.models import LocalResource, SyncJob
 from tests import factories
 from tests.emr.history_data import ENCOUNTERS, FACILITIES, history_store
 
 pytestmark = pytest.mark.django_db
 
-JACK_MEMBER_ID = "UC-TEST-0001"
-GRACE_NPI = "1234567893"  # the factories' default organization
-
-
-@pytest.fixture
-def connection() -> PayerConnection:
-    return PayerConnection.objects.create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url="http://payer.example/fhir",
-        client_id="grace", private_key_path="/nonexistent.pem", key_id="k1", organization_npi=GRACE_NPI,
-    )
-
-
-@pytest.fixture
-def smith():
-    return factories.clinician_create(username="jsmith")
-
-
-@pytest.fixture
-def jack(connection) -> HospitalPatient:
-    history_store(connection=connection, patient_id="pat-jack", member_id=JACK_MEMBER_ID)
-    return factories.hospital_patient_create(insurer=connection, member_id=JACK_MEMBER_ID, payer_patient_id="pat-jack")
+from tests.emr.conftest import JACK_MEMBER_ID
 
 
 def _client(clinician, **kwargs) -> Client:
@@ -105,7 +85,7 @@ def test_patient_page_shows_history_with_timeline_table_tabs_and_sources(smith, 
     assert page.count(f'href="/emr/patients/{jack.pk}/encounters/enc-') >= 2 * len(ENCOUNTERS)
     assert "Non-ST elevation myocardial infarction" in page and "Dr. Wei Chen" in page and "Emergency" in page
     assert "Fetch history from UnitedCare Health" in page
-    assert "UnitedCare Health · Jun 13, 2025" in page  # provenance on every row
+    assert "UnitedCare Health, received Jun 13, 2025" in page  # provenance on every row
     assert "MRI lumbar spine without contrast" in page and "PA-2024-0042" in page  # prior authorization
     assert "Atorvastatin 40 mg tablet" in page and "Hyperlipidemia" in page
     assert "987.65" not in page  # no cost data

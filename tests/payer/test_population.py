@@ -130,12 +130,14 @@ def test_the_rows_are_those_the_generator_has_always_written():
     # exactly these rows. A deliberate change to payer/services/synthetic.py changes it;
     # then print _fingerprint("UCG0007-") and pin the new value. Last changed by issue 11
     # (US Core 6.1.0 profiles, race/ethnicity, PDex Provenance: 163 more rows; NCPDP fields), then by
-    # the members' subscriber id, coverage period and email columns (issues 9 and 13).
+    # the members' subscriber id, coverage period and email columns (issues 9 and 13), then by
+    # structured sigs in MedicationRequest.dosageInstruction and the reference ranges and flags of
+    # results (issue 14; same rows, claims unchanged).
     providers_seed()
     thresholds = gc.get_threshold()
     population_generate(members=12, seed=7, today=TODAY, grace_npi=GRACE_HOSPITAL_NPI, batch_members=5)
     assert _fingerprint("UCG0007-") == (
-        "2f504ef0b3805a03dca15251041db550e1d64b9de70d759f542551d58dac6242", [12, 580, 184, 270, 205, 7])
+        "6d40286a986ab4e1e8a252eb69dbb9f12f88968e11cc57849ea90f8cc16a3084", [12, 580, 184, 270, 205, 7])
     assert gc.get_threshold() == thresholds  # the relaxed collector settings are put back
 
 

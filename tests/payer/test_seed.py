@@ -67,6 +67,21 @@ def test_jack_shaw_story():
     loincs = {r.resource["code"]["coding"][0]["code"] for r in ClinicalResource.objects.filter(
         patient_id=jack.patient_id, resource_type="Observation")}
     assert {"4548-4", "85354-9", "33914-3"} <= loincs
+    # Series a clinician's summary trends (issue 14): A1c and eGFR over ten years, blood
+    # pressure, and weight (up with fluid in the 2022 heart failure admission).
+    series: dict[str, list] = {}
+    for r in ClinicalResource.objects.filter(patient_id=jack.patient_id, resource_type="Observation").order_by("date"):
+        value = r.resource.get("valueQuantity", {}).get("value") or tuple(
+            c["valueQuantity"]["value"] for c in r.resource.get("component", []))
+        series.setdefault(r.resource["code"]["coding"][0]["code"], []).append(value)
+    assert series["4548-4"] == [8.1, 7.2, 7.0, 7.6, 8.4, 7.9, 7.7]
+    assert series["33914-3"] == [82, 68, 55, 52, 48, 44, 45]
+    assert series["29463-7"] == [104.3, 102.0, 98.7, 106.8, 100.4, 102.1, 101.2]
+    assert len(series["85354-9"]) == 8 and series["85354-9"][-1] == (138, 84)
+    a1c = ClinicalResource.objects.filter(patient_id=jack.patient_id, resource_type="Observation",
+                                          resource__code__coding__0__code="4548-4").order_by("-date").first()
+    assert a1c.resource["interpretation"][0]["coding"][0]["code"] == "H"
+    assert a1c.resource["referenceRange"][0]["high"]["value"] == 5.6
     # Claims for the encounters: every encounter is billed, in all three claim types.
     claims = Claim.objects.filter(member=jack)
     assert {e["id"] for e in encounters} <= set(claims.values_list("encounter_id", flat=True))

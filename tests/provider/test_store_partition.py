@@ -181,7 +181,7 @@ def test_a_deletion_or_a_newer_version_from_one_payer_touches_nothing_of_the_oth
     assert _page(rlee, maria).count('data-encounter="') == 2
 
 
-def test_access_ending_hides_the_history(sources, people, unitedcare):
+def test_access_ending_marks_what_was_received_and_shows_nothing_newer(sources, people, unitedcare, settings):
     grace, oakview = sources
     smith, rlee, jack, maria = people
     _fetch(jack, grace)
@@ -191,19 +191,31 @@ def test_access_ending_hides_the_history(sources, people, unitedcare):
     # UnitedCare ends Grace's attribution of Jack: its next answer has nothing for him.
     unitedcare.groups[0]["member"] = [m for m in unitedcare.groups[0]["member"] if m["entity"]["reference"] != "Patient/p1"]
     assert _fetch(jack, grace).status == SyncJob.Status.NO_DATA
-
-    page = _page(smith, jack)
-    assert 'data-encounter="' not in page and "data-history-ended" in page
-    assert "UnitedCare Health no longer shares this patient" in page
-    assert _encounter_page(smith, jack, "e1-1") == 404
     link = selectors.payer_link(patient=jack)
     assert link.connection == grace and link.ended_at is not None
-    # The rows stay in the store (the hospital's copy of what it received), out of view.
-    assert LocalResource.objects.filter(connection=grace, resource_type="Encounter").count() == 7
+
+    # What Grace received before stays in its record (issue 14), marked as received then and
+    # no longer shared; a row stored after the end (none should be) is never shown.
+    late = LocalResource.objects.filter(connection=grace, resource_type="Encounter").first()
+    LocalResource.objects.filter(pk=late.pk).update(ingested_at=link.ended_at + dt.timedelta(seconds=1))
+    page = _page(smith, jack)
+    assert "data-history-ended" in page and "UnitedCare Health no longer shares this patient" in page
+    assert "no longer shared" in page and "is not updated any more" in page
+    assert page.count('data-encounter="') == 6 and f'data-encounter="{late.resource_id}"' not in page
+    assert _encounter_page(smith, jack, late.resource_id) == 404
     # The other organization's patient is untouched.
     assert _page(rlee, maria).count('data-encounter="') == 3
 
-    # Access restored: the next fetch completes, and the history shows again.
+    # A hospital that chose to hide it: nothing from that source shows, and the page says so.
+    settings.EMR_HISTORY_AFTER_SHARING_ENDS = "hide"
+    page = _page(smith, jack)
+    assert 'data-encounter="' not in page and "data-history-ended" in page
+    assert "setting is to hide what was received" in page
+    assert _encounter_page(smith, jack, "e1-1") == 404
+    # The rows stay in the store (the hospital's copy of what it received), out of view.
+    assert LocalResource.objects.filter(connection=grace, resource_type="Encounter").count() == 7
+
+    # Access restored: the next fetch completes, and the whole history shows again.
     unitedcare.groups[0]["member"].append({"entity": {"reference": "Patient/p1"}})
     assert _fetch(jack, grace).status == SyncJob.Status.COMPLETED
     assert _page(smith, jack).count('data-encounter="') == 7

@@ -10,13 +10,13 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('emr', '0003_access_events_append_only'),
+        ('emr', '0004_access_event_print'),
     ]
 
     operations = [
         migrations.AlterField(
             model_name='accessevent',
             name='action',
-            field=models.CharField(choices=[('view', 'Viewed the record'), ('view_encounter', 'Viewed an encounter'), ('fetch', 'Fetched history from a payer'), ('cancel_fetch', 'Cancelled a fetch from a payer'), ('create', 'Registered the patient'), ('attest', 'Attested a treatment relationship'), ('correct_member_id', 'Corrected the member id')], max_length=20),
+            field=models.CharField(choices=[('view', 'Viewed the record'), ('view_encounter', 'Viewed an encounter'), ('fetch', 'Fetched history from a payer'), ('cancel_fetch', 'Cancelled a fetch from a payer'), ('create', 'Registered the patient'), ('attest', 'Attested a treatment relationship'), ('correct_member_id', 'Corrected the member id'), ('print', 'Printed part of the record')], max_length=20),
         ),
     ]

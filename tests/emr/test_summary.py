@@ -1,0 +1,269 @@
+"""The history in a clinician's words (issue 14): the summary, the new tabs, plain statuses
+and decisions, paged and filtered lists, the print view, and a page that never breaks on
+whatever a payer sent."""
+
+import datetime as dt
+import re
+
+import pytest
+from django.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emr import history as history_reads
+from emr import terms
+from emr.models import AccessEvent
+from emr.summary import summary_build
+from provider.models import LocalResource
+from tests.emr.history_data import ENCOUNTERS
+
+pytestmark = pytest.mark.django_db
+
+# The history's newest item is from Oct 2024; "recent" is counted from here.
+NOW = dt.datetime(2024, 10, 15, tzinfo=dt.UTC)
+
+
+def _client(clinician) -> Client:
+    client = Client()
+    client.force_login(clinician.user)
+    return client
+
+
+def _text(html: bytes) -> str:
+    """Return a page's visible words, tags stripped and spaces collapsed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html.decode()))
+
+
+def test_summary_has_what_a_physician_needs_first_each_with_source_and_date(jack):
+    history = history_reads.patient_history(patient=jack)
+    summary = summary_build(history=history, now=NOW)
+
+    # Allergies: the active one, with reaction and criticality; the ruled-out one is not there.
+    assert [a.title for a in summary.allergies] == ["Penicillin"]
+    penicillin = summary.allergies[0]
+    assert penicillin.fields["reactions"] == ["Hives and facial swelling"] and penicillin.fields["severity"] == "Severe"
+    assert penicillin.fields["criticality"].label == "High risk"
+    assert {a.title for a in history.allergies} == {"Penicillin", "Latex"}
+
+    # Active medications only, each once; dose and sig written from a structured Dosage.
+    meds = {m.title: m for m in summary.medications}
+    assert set(meds) == {"Atorvastatin 40 mg tablet", "metformin 500 MG Extended Release Oral Tablet"}
+    metformin = meds["metformin 500 MG Extended Release Oral Tablet"]
+    assert metformin.fields["dose"] == "1 tablet" and metformin.fields["sig"] == "1 tablet by mouth twice a day"
+    assert meds["Atorvastatin 40 mg tablet"].fields["sig"] == "1 tablet by mouth nightly"
+    assert [m.title for m in history.past_medications] == ["Clopidogrel 75 mg tablet"]
+    assert history.past_medications[0].status.label == "Stopped"
+
+    # Labs with units, reference ranges, a flag against the range, and a trend when repeated.
+    labs = {s.name: s for s in summary.labs}
+    a1c = labs["Hemoglobin A1c"]
+    assert a1c.latest.fields["value"] == "6.9 %" and a1c.latest.fields["range"] == "4.0–5.6 %"
+    assert a1c.latest.fields["flag"].label == "High" and len(a1c.items) == 3
+    assert a1c.trend and len(a1c.trend.lines) == 1 and len(a1c.trend.lines[0].split()) == 3
+    assert "from 8.4 % on Jan 20, 2020 to 6.9 % on Sep 9, 2024" in a1c.trend.label
+    egfr = labs["eGFR"]
+    assert egfr.latest.fields["value"] == "52 mL/min/1.73 m²" and egfr.latest.fields["range"] == "≥ 60 mL/min/1.73 m²"
+    assert egfr.latest.fields["flag"].label == "Low"
+    # The order the issue names: A1c and eGFR first; blood pressure and weight first of the vitals.
+    assert [s.name for s in summary.labs][:2] == ["Hemoglobin A1c", "eGFR"]
+    vitals = {s.name: s for s in summary.vitals}
+    assert [s.name for s in summary.vitals][:2] == ["Blood pressure", "Weight"]
+    assert vitals["Blood pressure"].latest.fields["value"] == "134/82 mmHg"
+    assert len(vitals["Blood pressure"].trend.lines) == 2  # systolic and diastolic
+    assert vitals["Weight"].latest.fields["value"] == "101.4 kg" and vitals["Weight"].latest.fields["range"] == ""
+
+    # Immunizations: the latest of each vaccine with its number of doses.
+    vaccines = {v.latest.title: v for v in summary.immunizations}
+    assert vaccines["Influenza, injectable, quadrivalent, preservative free"].doses == 2
+    assert vaccines["Influenza, injectable, quadrivalent, preservative free"].latest.date.year == 2024
+    assert vaccines["Tdap"].doses == 1
+
+    # Open or recent prior authorizations: pending and recent decisions; not the 2020 denial.
+    pas = {pa.title: pa for pa in summary.prior_auths}
+    assert set(pas) == {"Polysomnography", "Cardiac rehabilitation", "MRI lumbar spine without contrast"}
+    assert pas["Polysomnography"].status.label == "Pending" and pas["Polysomnography"].fields["open"]
+    assert pas["Cardiac rehabilitation"].status.label == "Partly approved"
+
+    # The last encounters, newest first; active problems only.
+    assert [e.id for e in summary.encounters] == ["enc-7", "enc-6", "enc-5", "enc-4", "enc-3"]
+    assert summary.problems and all(p.status.label == "Active" for p in summary.problems)
+    # Every entry names its source and date.
+    entries = [*summary.allergies, *summary.medications, *summary.problems, *summary.encounters, *summary.prior_auths,
+               *(s.latest for s in summary.labs + summary.vitals), *(v.latest for v in summary.immunizations)]
+    assert all(e.source.payer == "UnitedCare Health" and e.source.export_time and e.date for e in entries)
+
+
+def test_prior_authorizations_read_in_words_with_their_service_period(jack):
+    pas = {pa.title: pa for pa in history_reads.patient_history(patient=jack).prior_auths}
+    # PDex reviewAction (X12 306): A4 pending, A2 partly approved, A3 denied; outcome is not the decision.
+    assert {t: pa.status.label for t, pa in pas.items()} == {
+        "Polysomnography": "Pending", "Cardiac rehabilitation": "Partly approved", "CT coronary angiography": "Denied",
+        "MRI lumbar spine without contrast": "Decided",
+    }
+    rehab = pas["Cardiac rehabilitation"]
+    assert (rehab.fields["period_start"].date(), rehab.fields["period_end"].date()) == (dt.date(2024, 9, 20), dt.date(2024, 12, 20))
+    assert rehab.fields["decided"].date() == dt.date(2024, 9, 15)
+    assert (rehab.fields["units_approved"], rehab.fields["units_requested"]) == ("18", "36")
+    # Pending: no "0 units approved"; denied: no period invented.
+    assert pas["Polysomnography"].fields["units_approved"] == "" and pas["CT coronary angiography"].fields["period_start"] is None
+    # An older PA that carries its period as billablePeriod still shows it.
+    assert pas["MRI lumbar spine without contrast"].fields["period_start"].date() == dt.date(2024, 8, 5)
+
+
+@pytest.mark.parametrize(("table", "code", "words"), [
+    (terms.ENCOUNTER_STATUS, "finished", "Completed"),
+    (terms.CONDITION_CLINICAL, "resolved", "Resolved"),
+    (terms.MEDICATION_STATUS["MedicationRequest"], "stopped", "Stopped"),
+    (terms.MEDICATION_STATUS["MedicationStatement"], "active", "Taking"),
+    (terms.IMMUNIZATION_STATUS, "not-done", "Not given"),
+    (terms.CLAIM_OUTCOME, "complete", "Processed"),
+    (terms.CLAIM_OUTCOME, "queued", "Being processed"),
+    (terms.REVIEW_ACTION, "A1", "Approved"),
+    (terms.REVIEW_ACTION, "A3", "Denied"),
+    (terms.REVIEW_ACTION, "C", "Cancelled"),
+    (terms.INTERPRETATION, "LL", "Critically low"),
+    (terms.ENCOUNTER_STATUS, "", "Status not given"),
+    (terms.ENCOUNTER_STATUS, "some-new-code", "Some new code"),
+])
+def test_statuses_read_in_words(table, code, words):
+    assert terms.status_word(table, code).label == words
+
+
+def test_names_come_from_the_codings_without_snomed_tags_and_codes_stay_secondary():
+    concept = {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes mellitus type 2 (disorder)"},
+                          {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9", "display": "Type 2 diabetes mellitus without complications"}]}
+    assert terms.concept_name(concept) == "Type 2 diabetes mellitus without complications"
+    assert terms.concept_codes(concept) == "SNOMED CT 44054006 · ICD-10-CM E11.9"
+    assert terms.concept_name({"coding": [{"system": "http://snomed.info/sct", "display": "Penicillin (substance)"}]}) == "Penicillin"
+    assert terms.concept_name({"coding": [{"system": "http://loinc.org", "code": "33914-3", "display": "Glomerular filtration rate/1.73 sq M.predicted"}]}) == "eGFR"
+    assert terms.concept_name({"coding": [{"code": "X1"}]}) == ""
+    assert terms.frequency_text({"frequency": 1, "period": 8, "periodUnit": "h"}) == "every 8 hours"
+    assert terms.frequency_text({"frequency": 3, "period": 1, "periodUnit": "d"}) == "three times a day"
+    assert terms.frequency_text({"frequency": "2", "period": 1, "periodUnit": "d"}) == ""
+
+
+def test_patient_page_opens_on_the_summary_in_plain_words(smith, jack):
+    page = _client(smith).get(f"/emr/patients/{jack.pk}/")
+    html = page.content.decode()
+    text = _text(page.content)
+    assert page.context["tab"] == "summary"
+    assert 'id="tab-summary" aria-controls="panel-summary" aria-selected="true"' in html
+    for heading in ("Allergies", "Active problems", "Active medications", "Latest labs", "Latest vital signs",
+                    "Last encounters", "Open or recent prior authorizations", "Immunizations"):
+        assert f'">{heading} ' in html or f'">{heading}<' in html, heading
+    assert "Penicillin High risk" in text and "Hives and facial swelling (severe)" in text
+    assert "1 tablet by mouth twice a day" in text and "1 tablet · 1 tablet" not in text
+    assert "6.9 % High 4.0–5.6 %" in text and "134/82 mmHg" in text
+    assert 'role="img" aria-label="Hemoglobin A1c: 3 results' in html
+    # No FHIR type names or raw status codes on screen; codes only on the secondary line.
+    for raw in ("MedicationRequest", "ExplanationOfBenefit", "AllergyIntolerance", "problem-list-item",
+                ">finished<", ">queued<", ">complete<", "active complete"):
+        assert raw not in html, raw
+    assert "ICD-10-CM I10" in text  # secondary detail
+    # Each tab is there, with its count.
+    for tab in ("Summary", "Encounters", "Problems", "Medications", "Allergies", "Immunizations", "Labs and vitals",
+                "Prior authorizations", "Claims"):
+        assert re.search(rf'role="tab"[^>]*>{tab}(<span|</button)', html), tab
+    assert re.search(r'id="tab-allergies"[^>]*>Allergies<span class="count">2</span>', html)
+    assert re.search(r'id="tab-results"[^>]*>Labs and vitals<span class="count">12</span>', html)
+
+
+def test_medications_tab_splits_active_and_past(smith, jack):
+    text = _text(_client(smith).get(f"/emr/patients/{jack.pk}/?tab=medications").content)
+    active, past = text.split("Past ", 1)[0].split("Active ", 1)[1], text.split("Past ", 1)[1]
+    assert "Atorvastatin 40 mg tablet" in active and "Clopidogrel" not in active
+    assert "Clopidogrel 75 mg tablet" in past and "Stopped" in past
+
+
+def test_lists_page_and_filter_by_date_facility_and_type(smith, jack):
+    client = _client(smith)
+    page = client.get(f"/emr/patients/{jack.pk}/", {"tab": "encounters", "enc-date_from": "2019-07-01",
+                                                    "enc-date_to": "2020-12-31"})
+    assert page.context["tab"] == "encounters"
+    assert [e.id for e in page.context["lists"]["encounters"].get("page").items] == ["enc-4", "enc-3", "enc-2"]
+    assert "Encounters 1–3 of 3 matching (of 7 in all)" in _text(page.content)
+    page = client.get(f"/emr/patients/{jack.pk}/", {"enc-facility": "Lakeview Cardiology Clinic", "enc-type": "Outpatient"})
+    assert [e.id for e in page.context["lists"]["encounters"]["page"].items] == ["enc-6", "enc-4"]
+    page = client.get(f"/emr/patients/{jack.pk}/", {"enc-type": "Emergency"})
+    assert [e.id for e in page.context["lists"]["encounters"]["page"].items] == ["enc-2"]
+
+    items = history_reads.patient_history(patient=jack).claims
+    first = history_reads.list_page(items=items, per_page=3)
+    assert (first.page, first.pages, first.first, first.last, len(first.items)) == (1, 3, 1, 3, 3)
+    # A page past the end is the last page; the pager's links keep the other filters.
+    last = history_reads.list_page(items=items, per_page=3, page=99)
+    assert (last.page, len(last.items)) == (3, 1)
+    html = client.get(f"/emr/patients/{jack.pk}/", {"tab": "claims", "clm-type": "Hospital or facility",
+                                                    "enc-type": "Emergency"}).content.decode()
+    assert "Claims 1–7 of 7" in _text(html.encode())
+
+
+def test_bad_filter_values_are_ignored_and_said_never_an_error(smith, jack):
+    client = _client(smith)
+    for query in ({"enc-date_from": "not-a-date"}, {"enc-page": "-4"}, {"enc-page": "x" * 500},
+                  {"clm-date_to": "2024-02-30", "tab": "claims"}, {"tab": "<script>"}, {"enc-facility": "\x00"}):
+        page = client.get(f"/emr/patients/{jack.pk}/", query)
+        assert page.status_code == 200, query
+        assert "<script>" not in page.content.decode().split("<main", 1)[1]
+    page = client.get(f"/emr/patients/{jack.pk}/", {"enc-date_from": "not-a-date", "tab": "encounters"})
+    assert "were not understood and are not applied" in page.content.decode()
+    assert len(page.context["lists"]["encounters"]["page"].items) == len(ENCOUNTERS)
+
+
+def test_print_view_shows_one_section_whole_and_is_recorded(smith, jack, settings):
+    client = _client(smith)
+    page = client.get(f"/emr/patients/{jack.pk}/print/summary/")
+    text = _text(page.content)
+    assert page.status_code == 200 and "Jack Shaw — Summary" in text and "Printed" in text
+    assert "Active medications" in text and 'role="tablist"' not in page.content.decode()
+    assert "Every result" not in text and "Claims 1–" not in text  # one section, not everything
+    claims = client.get(f"/emr/patients/{jack.pk}/print/claims/", {"clm-date_from": "2019-07-01", "clm-date_to": "2019-12-31"})
+    assert [c.fields["identifier"] for c in claims.context["lists"]["claims"]["page"].items] == ["CLM-ENC-3", "CLM-ENC-2"]
+    assert "Older ›" not in claims.content.decode()  # whole, not paged
+    assert client.get(f"/emr/patients/{jack.pk}/print/everything/").status_code == 404
+    assert list(AccessEvent.objects.filter(patient=jack, action="print").order_by("pk").values_list("detail", flat=True)) == [
+        "Summary", "Claims"]
+
+
+def test_print_view_of_another_organizations_patient_is_404(jack):
+    from tests import factories
+    other = factories.clinician_create(username="mercy", organization_npi="9999999991")
+    assert _client(other).get(f"/emr/patients/{jack.pk}/print/summary/").status_code == 404
+    assert not AccessEvent.objects.filter(patient=jack, action="print").exists()
+
+
+# --- Whatever a payer sends, the page shows what it can and never fails ---------------------
+
+KEYS = ["status", "clinicalStatus", "verificationStatus", "code", "coding", "system", "display", "text", "category",
+        "reaction", "manifestation", "severity", "criticality", "type", "vaccineCode", "occurrenceDateTime",
+        "valueQuantity", "value", "unit", "component", "referenceRange", "low", "high", "interpretation",
+        "medicationCodeableConcept", "dosageInstruction", "doseAndRate", "doseQuantity", "timing", "repeat",
+        "frequency", "period", "periodUnit", "route", "item", "productOrService", "adjudication", "extension", "url",
+        "valueCodeableConcept", "servicedPeriod", "quantity", "insurance", "preAuthRef", "preAuthRefPeriod",
+        "billablePeriod", "start", "end", "provider", "facility", "outcome", "use", "identifier", "created",
+        "class", "location", "participant", "individual", "diagnosis", "condition", "diagnosisCodeableConcept",
+        "reasonCode", "reasonReference", "serviceProvider", "encounter", "reference", "requester", "performer",
+        "actor", "recorder", "onsetDateTime", "abatementDateTime", "recordedDate", "effectiveDateTime", "authoredOn",
+        "subType", "dispenseRequest", "expectedSupplyDuration", "asNeededBoolean", "valueString", "valueBoolean"]
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False),
+                      st.text(max_size=12), st.sampled_from(["active", "A1", "2024-01-02", "final", "Encounter/enc-1",
+                                                             "http://loinc.org", "4548-4", "preauthorization"]))
+JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)), max_leaves=12)
+
+
+@given(types=st.lists(st.sampled_from(history_reads.HISTORY_TYPES), min_size=1, max_size=6),
+       bodies=st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), min_size=6, max_size=6))
+def test_any_shape_of_stored_resource_renders_every_tab(smith, jack, types, bodies):
+    LocalResource.objects.filter(resource_id__startswith="odd-").delete()
+    rows = [LocalResource(resource_type=kind, resource_id=f"odd-{n}", patient_id="pat-jack", connection=jack.insurer,
+                          resource={**body, "resourceType": kind, "id": f"odd-{n}"}, ingested_at=dt.datetime(2025, 6, 13, tzinfo=dt.UTC))
+            for n, (kind, body) in enumerate(zip(types, bodies))]
+    LocalResource.objects.bulk_create(rows)
+    client = _client(smith)
+    for tab in ("summary", "encounters"):
+        assert client.get(f"/emr/patients/{jack.pk}/", {"tab": tab}).status_code == 200
+    assert client.get(f"/emr/patients/{jack.pk}/print/claims/").status_code == 200
+    for row in rows:
+        if row.resource_type == "Encounter":
+            assert client.get(f"/emr/patients/{jack.pk}/encounters/{row.resource_id}/").status_code == 200
