@@ -15,6 +15,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from emr.terms import record_kind
 from provider.models import SyncJob
 from provider.services.sync import TERMINAL, sync_job_no_data_reason
 
@@ -171,12 +172,13 @@ def sync_panel_words(
     """Return everything the fetch panel says about a job, JSON-serializable.
 
     ``announce``: the live region's one sentence; ``message`` (with ``causes`` and the
-    technical ``error``) once the fetch ended; ``slow``, ``waiting_on`` and ``detail`` while it runs.
+    technical ``error``, or the records stored by kind in ``counts_in_words``) once the fetch
+    ended; ``slow``, ``waiting_on`` and ``detail`` while it runs.
     """
     payer = job.connection.display_name
     now = now or timezone.now()
     words: dict[str, Any] = {
-        "announce": "", "message": "", "alert": "", "causes": [], "error": "",
+        "announce": "", "message": "", "alert": "", "causes": [], "error": "", "counts_in_words": [],
         "slow": False, "slow_after": slow_after, "waiting_on": "", "payer_says": "", "detail": "",
     }
     if job.status not in TERMINAL:
@@ -195,7 +197,8 @@ def sync_panel_words(
     if job.status == SyncJob.Status.COMPLETED:
         message = _completed_message(progress, counts, payer)
         # The page moves focus to the history itself: the live region carries the result.
-        return {**words, "message": message, "alert": "alert-success", "announce": message}
+        return {**words, "message": message, "alert": "alert-success", "announce": message,
+                "counts_in_words": [(n, record_kind(resource_type, n)) for resource_type, n in counts.items()]}
     # Otherwise focus moves to the message, which is read then: the live region only names the end.
     if job.status == SyncJob.Status.NO_DATA:
         message, causes = sync_no_data_explain(job=job, payer=payer)

@@ -121,12 +121,11 @@
       message.appendChild(took);
     }
     fillList($(".sync-causes", result), data.causes || [], function (li, cause) { li.textContent = cause; });
-    var counts = data.counts || {};
-    fillList($(".counts", result), Object.keys(counts), function (li, type) {
+    fillList($(".counts", result), data.counts_in_words || [], function (li, count) {
       var b = document.createElement("b");
-      b.textContent = counts[type];
+      b.textContent = count[0];
       li.appendChild(b);
-      li.appendChild(document.createTextNode(" " + type));
+      li.appendChild(document.createTextNode(" " + count[1]));
     });
     var technical = $(".sync-technical", result);
     technical.open = false;
@@ -214,7 +213,7 @@
 
   function couldNotStart(message, id) {
     handle({ done: true, ok: false, again: false, status: "failed", step_index: 0, alert: "alert-error",
-             message: message, announce: "The fetch could not start.", counts: {}, causes: [], error: "" }, id, true);
+             message: message, announce: "The fetch could not start.", causes: [], error: "" }, id, true);
   }
 
   /* Fetch, Retry and Try again: start a fetch (Retry cancels the one running first) and follow it. */

@@ -243,6 +243,15 @@ def test_no_data_gives_the_reason_the_payer_gave(grace, jack):
     assert "The plan holds no claims or clinical records for the patient yet." in empty["causes"]
 
 
+def test_a_completed_fetch_counts_the_records_as_a_clinician_names_them(grace, smith, jack):
+    job = job_for(jack, grace, status=SyncJob.Status.COMPLETED, finished_at=timezone.now(),
+                  counts={"Encounter": 7, "AllergyIntolerance": 1, "ExplanationOfBenefit": 12})
+    body = client_for(smith).get(f"/emr/patients/{jack.pk}/syncs/{job.pk}/").json()
+    assert body["message"] == body["announce"] == "Fetched 20 records from UnitedCare Health."
+    assert body["counts_in_words"] == [[1, "allergy"], [7, "encounters"], [12, "claims and authorizations"]]
+    assert "<li><b>12</b> claims and authorizations</li>" in client_for(smith).get(f"/emr/patients/{jack.pk}/").content.decode()
+
+
 def test_a_slow_fetch_says_what_it_waits_on(grace, smith, jack, settings):
     job = job_for(jack, grace)
     running = selectors.sync_progress(job=job)

@@ -90,6 +90,7 @@ def test_with_the_worker_stopped_the_fetch_says_so_and_cancel_and_retry_get_the_
         print(list(SyncJob.objects.values("status", "error", "progress")), worker.log()[-3000:])
         raise
     assert page.locator("#encounters-table tbody tr").count() == 7
+    assert "7 encounters" in page.locator(".sync-result .counts").inner_text()
     assert focused(page, "#history")  # the history's heading
     announced = [text for text in page.evaluate("window.__announced") if text]
     assert announced[0] == "Starting the fetch…" and announced[-1].startswith("Fetched 9 records from UnitedCare Health")
