@@ -4,11 +4,13 @@ and offers Cancel (the payer is told, Bulk Data req 119) and Retry; a failed one
 in a sentence, with the technical detail one click away; focus goes to the status, then to
 the result, and the status line is read out once per step.
 
+axe-core checks each of those states (tests/emr/test_accessibility.py checks every page on load).
 The slow fetch's screenshot goes to docs/screenshots/fetch-slow.png (the README shows it)."""
 
 import pytest
 
 from provider.models import SyncJob
+from tests.axe import assert_no_serious_violations
 from tests.browser import DOCS_SCREENSHOTS, chromium, login, shot
 from tests.conftest import wait_for
 from tests.emr.test_fetch_panel import grace, jack, smith  # noqa: F401  (fixtures)
@@ -112,12 +114,14 @@ def test_a_payer_that_never_finishes_shows_its_progress_and_cancel_reaches_it(pa
     assert live_text(page) == "This is taking longer than usual. UnitedCare Health is still preparing the data."
     assert slow.locator(".sync-payer-says").inner_text() == "UnitedCare Health says: “Gathering claims (40%)”"
     shot(page, "fetch-slow", directory=DOCS_SCREENSHOTS, full_page=False)
+    assert_no_serious_violations(page, "the slow fetch's notice")
 
     page.get_by_role("button", name="Cancel fetch").click()
     message = page.locator(".sync-result .sync-message")
     message.wait_for(state="visible")
     assert message.inner_text() == "The fetch was cancelled, and UnitedCare Health was told to stop."
     shot(page, "fetch-cancelled", full_page=False)
+    assert_no_serious_violations(page, "a cancelled fetch")
     job = SyncJob.objects.get()
     assert job.status == SyncJob.Status.CANCELLED
     # Bulk Data req 119: the client cancels the export with DELETE on its status URL.
@@ -142,6 +146,7 @@ def test_a_failed_fetch_says_why_and_the_detail_is_one_click_away(page, celery_w
     page.get_by_text("Technical detail").click()
     assert detail.is_visible() and "The token request was refused (400)" in detail.inner_text()
     shot(page, "fetch-failed", full_page=False)
+    assert_no_serious_violations(page, "a failed fetch, its technical detail open")
     assert page.get_by_role("button", name="Try again").is_visible()
     assert page.get_by_role("button", name=FETCH).is_enabled()
 
