@@ -10,7 +10,7 @@ scratch directory, or on the ``DATABASE_URL`` server a database named ``<name>_f
 dropped at the end), the demo seed (payer, Grace Hospital's connection, EMR), a real
 ``runserver`` and a real Celery worker (``--worker demo``: ``--beat --concurrency=2`` as
 ``make demo``; ``--worker solo``: the test suite's ``--pool=solo`` worker) on a queue of its
-own. Then, as the browser does (static/emr/emr.js), Dr. James Smith's session POSTs the
+own. Then, as the browser does (static/emr/fetch.js), Dr. James Smith's session POSTs the
 fetch form for Jack Shaw, polls the progress URL as often as the page does and, once done, loads the
 patient page. Each run starts from an empty local store (a first fetch, not an update).
 
@@ -38,8 +38,8 @@ import requests
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-# static/emr/emr.js polls the job this often.
-EMR_POLL_SECONDS = int(re.search(r"POLL_MS = (\d+);", (BASE_DIR / "static/emr/emr.js").read_text()).group(1)) / 1000
+# static/emr/fetch.js polls the job this often (at first; less often once a fetch runs long).
+EMR_POLL_SECONDS = int(re.search(r"POLL_MS = (\d+);", (BASE_DIR / "static/emr/fetch.js").read_text()).group(1)) / 1000
 
 PHASES = (
     ("click → job created", "click", "created"),

@@ -286,6 +286,9 @@ if "provider" in ROLES:
 PA_SYNC_LEASE_SECONDS = int(os.environ.get("PA_SYNC_LEASE_SECONDS", "30"))
 PA_SYNC_CHUNK_LINES = int(os.environ.get("PA_SYNC_CHUNK_LINES", "50000"))
 PA_SYNC_TRANSIENT_BUDGET_SECONDS = int(os.environ.get("PA_SYNC_TRANSIENT_BUDGET_SECONDS", "3600"))
+# The EMR's fetch panel: a fetch not finished after this many seconds is "taking longer
+# than usual", and the panel says what it waits on and offers Cancel and Retry.
+EMR_FETCH_SLOW_SECONDS = float(os.environ.get("EMR_FETCH_SLOW_SECONDS", "20"))
 
 # Bulk Data exports (payer/services/export.py, storage/).
 PA_EXPORT_EXPIRY_HOURS = float(os.environ.get("PA_EXPORT_EXPIRY_HOURS", "24"))

@@ -84,6 +84,7 @@ class AccessEvent(models.Model):
         VIEW = "view", "Viewed the record"
         VIEW_ENCOUNTER = "view_encounter", "Viewed an encounter"
         FETCH = "fetch", "Fetched history from a payer"
+        CANCEL_FETCH = "cancel_fetch", "Cancelled a fetch from a payer"
         CREATE = "create", "Registered the patient"
         ATTEST = "attest", "Attested a treatment relationship"
         CORRECT = "correct_member_id", "Corrected the member id"

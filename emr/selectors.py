@@ -8,10 +8,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from emr import linking
 from emr.models import Clinician, HospitalPatient, PatientSync
+from emr.sync_messages import sync_panel_words
 from provider.models import PayerConnection, SyncJob
 
 TERMINAL_STATUSES = {
@@ -77,51 +79,28 @@ def sync_latest(*, patient: HospitalPatient) -> SyncJob | None:
 
 def sync_progress(*, job: SyncJob) -> dict[str, Any]:
     """Return what the progress panel shows about a sync job, JSON-serializable: the
-    client's own progress report plus the step list and a message for the clinician."""
+    client's own progress report plus the step list and what to say to the clinician
+    (emr/sync_messages.py)."""
     from provider.services.sync import sync_job_progress
 
     data = sync_job_progress(job=job)
     payer = job.connection.display_name
     counts = {k: v for k, v in sorted((data.get("counts") or {}).items()) if v}
-    message = ""
-    if job.status == SyncJob.Status.NO_DATA:
-        # Not attributed and opted out look the same from here: the payer simply returns
-        # nothing, and the page says so without guessing why.
-        message = f"{payer} returned no data for this patient."
-        if data.get("no_data_reason"):
-            # The payer's member match said why (PDex 2.2 §pdex-261).
-            message = f"{payer} returned no data for this patient: {data['no_data_reason']}."
-    elif job.status == SyncJob.Status.FAILED:
-        message = f"The fetch from {payer} failed: the payer could not be reached or refused the request."
-    elif job.status == SyncJob.Status.CANCELLED:
-        message = "The fetch was cancelled."
-    elif job.status == SyncJob.Status.COMPLETED:
-        total, unchanged = sum(counts.values()), data.get("resources_unchanged") or 0
-        message = f"Fetched {total} record{'s' if total != 1 else ''} from {payer}."
-        if unchanged:
-            # Stored and unchanged are told apart: a record already held is not news.
-            message = f"Fetched {total} new or updated record{'s' if total != 1 else ''} from {payer}; {unchanged} already up to date."
-    # While the payer works, its X-Progress (Bulk Data: "a short description of progress")
-    # is the most useful thing to show; otherwise the client's step.
-    headline = data.get("step") or job.get_status_display()
-    if job.status == SyncJob.Status.KICKED_OFF and job.progress:
-        headline = f"Waiting on {payer}: {job.progress}"
     step_index = next((i for i, (status, _) in enumerate(SYNC_STEPS) if status == job.status), len(SYNC_STEPS) - 1)
     if job.status in (SyncJob.Status.FAILED, SyncJob.Status.CANCELLED, SyncJob.Status.NO_DATA):
         step_index = 1 if job.kicked_off_at or job.status == SyncJob.Status.NO_DATA else 0
         if job.manifest_at:
             step_index = 3
+    words = sync_panel_words(job=job, progress=data, counts=counts, slow_after=settings.EMR_FETCH_SLOW_SECONDS)
     return {
         **data,
         "payer": payer,
-        "headline": headline,
         "steps": [label for _, label in SYNC_STEPS],
         "step_index": step_index,
         "done": job.status in TERMINAL_STATUSES,
         "ok": job.status == SyncJob.Status.COMPLETED,
         "counts": counts,
-        "message": message,
-        "error": (job.error or "")[:500] if job.status == SyncJob.Status.FAILED else "",
+        **words,
     }
 
 

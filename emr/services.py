@@ -130,7 +130,7 @@ def patient_member_id_correct(*, patient: HospitalPatient, member_id: str, user)
 
 def patient_fetch_start(
     *, patient: HospitalPatient, connection: PayerConnection, user, clinician: Clinician | None = None,
-    attest: bool = False,
+    attest: bool = False, retry_of: SyncJob | None = None,
 ) -> SyncJob:
     """Start fetching the patient's history from the payer (a sync job run by Celery).
 
@@ -138,6 +138,7 @@ def patient_fetch_start(
     the job sends the patient's demographics, coverage and the attestation to the payer's
     PDex 2.2 ``$provider-member-match`` first, so that a new patient with no claims at the
     organization is found; without one, only the payer's attribution list can find them.
+    ``retry_of``: the fetch this one tries again (named in the access log).
     """
     from provider.services.sync import member_bundle_build, sync_job_start
 
@@ -167,8 +168,49 @@ def patient_fetch_start(
             connection=connection, member_id=patient.member_id, requested_by=user, member_bundle=member_bundle
         )
         PatientSync.objects.create(patient=patient, job=job)
-        access_record(user=user, patient=patient, action=AccessEvent.Action.FETCH, detail=connection.display_name)
+        detail = connection.display_name + (f" (again, after fetch {retry_of.pk})" if retry_of else "")
+        access_record(user=user, patient=patient, action=AccessEvent.Action.FETCH, detail=detail)
     return job
+
+
+def _patient_job_check(*, patient: HospitalPatient, job: SyncJob) -> None:
+    if not PatientSync.objects.filter(patient=patient, job=job).exists():
+        raise PatientError("That fetch is not one of this patient's.")
+
+
+def patient_fetch_cancel(*, patient: HospitalPatient, job: SyncJob, user) -> SyncJob:
+    """Cancel a fetch of the patient's history, at the payer too, and record who cancelled it.
+
+    ``sync_job_cancel`` stops the job's steps and sends DELETE on the payer's status URL
+    (Bulk Data req 119) once the request had reached the payer. A fetch that has ended
+    already is left as it is; the attempt is recorded all the same.
+    """
+    from provider.services.sync import TERMINAL, sync_job_cancel
+
+    _patient_job_check(patient=patient, job=job)
+    job.refresh_from_db()
+    running = job.status not in TERMINAL
+    job = sync_job_cancel(job=job)
+    outcome = "cancelled" if running and job.status == SyncJob.Status.CANCELLED else f"had ended ({job.get_status_display()})"
+    access_record(user=user, patient=patient, action=AccessEvent.Action.CANCEL_FETCH,
+                  detail=f"{job.connection.display_name}, fetch {job.pk}: {outcome}")
+    return job
+
+
+def patient_fetch_retry(
+    *, patient: HospitalPatient, job: SyncJob, user, clinician: Clinician | None = None, attest: bool = False
+) -> SyncJob:
+    """Fetch the patient's history again through the connection ``job`` used: cancel ``job``
+    first while it still runs (a stuck or slow fetch), then start a new one under the same
+    rules as any fetch (``patient_fetch_start``)."""
+    from provider.services.sync import TERMINAL
+
+    _patient_job_check(patient=patient, job=job)
+    job.refresh_from_db()
+    if job.status not in TERMINAL:
+        patient_fetch_cancel(patient=patient, job=job, user=user)
+    return patient_fetch_start(patient=patient, connection=job.connection, user=user, clinician=clinician,
+                               attest=attest, retry_of=job)
 
 
 def patient_sync_link(*, patient: HospitalPatient, job: SyncJob, user=None) -> HospitalPatient:

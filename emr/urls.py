@@ -17,6 +17,8 @@ urlpatterns = [
     path("patients/<int:pk>/member-id/", views.patient_member_id, name="patient_member_id"),
     path("patients/<int:pk>/fetch/<int:connection_id>/", views.patient_fetch, name="patient_fetch"),
     path("patients/<int:pk>/syncs/<int:job_id>/", views.sync_status, name="sync_status"),
+    path("patients/<int:pk>/syncs/<int:job_id>/cancel/", views.sync_cancel, name="sync_cancel"),
+    path("patients/<int:pk>/syncs/<int:job_id>/retry/", views.sync_retry, name="sync_retry"),
     path("patients/<int:pk>/print/<slug:section>/", views.patient_print, name="patient_print"),
     path("patients/<int:pk>/encounters/<str:encounter_id>/", views.encounter_detail, name="encounter"),
 ]

@@ -1,22 +1,25 @@
 """The clinician's pages. Thin: they check who is asking, call a selector or a service,
 and render. A clinician reaches only their own organization's patients (404 otherwise)."""
 
+from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from emr import history as history_reads
 from emr import linking, selectors, services
 from emr.forms import HistoryListForm, MemberIdForm, PatientForm, PatientSearchForm
-from emr.models import AccessEvent, PatientSync
+from emr.models import AccessEvent, HospitalPatient, PatientSync
 from emr.summary import summary_build
-from provider.models import PayerConnection
+from provider.models import PayerConnection, SyncJob
 
 
 def clinician_required(view):
@@ -40,6 +43,34 @@ def _patient(request: HttpRequest, pk: int):
 
 def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
+
+
+def _patient_sync(request: HttpRequest, pk: int, job_id: int) -> tuple[HospitalPatient, SyncJob]:
+    patient = _patient(request, pk)
+    sync = get_object_or_404(PatientSync.objects.select_related("job__connection"), patient=patient, job_id=job_id)
+    return patient, sync.job
+
+
+def _sync_answer(request: HttpRequest, patient: HospitalPatient, job: SyncJob, *, status: int = 200) -> JsonResponse:
+    """Answer a fetch() of the panel: the job's progress and where to poll, cancel and retry it."""
+    body = selectors.sync_progress(job=job)
+    for key, name in (("progress_url", "emr:sync_status"), ("cancel_url", "emr:sync_cancel"), ("retry_url", "emr:sync_retry")):
+        body[key] = request.build_absolute_uri(reverse(name, args=[patient.pk, job.pk]))
+    return JsonResponse(body, status=status)
+
+
+def _fetch_answer(request: HttpRequest, patient: HospitalPatient, start: Callable[[], SyncJob]) -> HttpResponse:
+    """Start a fetch with ``start`` and answer: 202 and its progress for fetch(), else back to the page."""
+    try:
+        job = start()
+    except services.PatientError as exc:
+        if _wants_json(request):
+            return JsonResponse({"error": str(exc)}, status=400)
+        messages.error(request, str(exc))
+        return redirect("emr:patient", pk=patient.pk)
+    if _wants_json(request):
+        return _sync_answer(request, patient, job, status=202)
+    return redirect("emr:patient", pk=patient.pk)
 
 
 @require_GET
@@ -91,6 +122,7 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "patient": patient,
         "job": job,
         "sync": selectors.sync_progress(job=job) if job else None,
+        "slow_seconds": settings.EMR_FETCH_SLOW_SECONDS,
         "connections": selectors.connections_for_fetch(patient=patient),
         "sync_steps": [label for _, label in selectors.SYNC_STEPS],
         **_history_context(request, patient),
@@ -163,30 +195,38 @@ def patient_print(request: HttpRequest, pk: int, section: str) -> HttpResponse:
 def patient_fetch(request: HttpRequest, pk: int, connection_id: int) -> HttpResponse:
     patient = _patient(request, pk)
     connection = get_object_or_404(PayerConnection, pk=connection_id)
-    try:
-        job = services.patient_fetch_start(
-            patient=patient, connection=connection, user=request.user, clinician=request.clinician,
-            attest=request.POST.get("attest") == "on",
-        )
-    except services.PatientError as exc:
-        if _wants_json(request):
-            return JsonResponse({"error": str(exc)}, status=400)
-        messages.error(request, str(exc))
-        return redirect("emr:patient", pk=patient.pk)
-    if _wants_json(request):
-        body = selectors.sync_progress(job=job)
-        body["progress_url"] = request.build_absolute_uri(f"/emr/patients/{patient.pk}/syncs/{job.pk}/")
-        return JsonResponse(body, status=202)
-    return redirect("emr:patient", pk=patient.pk)
+    return _fetch_answer(request, patient, lambda: services.patient_fetch_start(
+        patient=patient, connection=connection, user=request.user, clinician=request.clinician,
+        attest=request.POST.get("attest") == "on",
+    ))
 
 
 @require_GET
 @clinician_required
 def sync_status(request: HttpRequest, pk: int, job_id: int) -> JsonResponse:
-    patient = _patient(request, pk)
-    sync = get_object_or_404(PatientSync.objects.select_related("job__connection"), patient=patient, job_id=job_id)
-    services.patient_sync_link(patient=patient, job=sync.job, user=request.user)
-    return JsonResponse(selectors.sync_progress(job=sync.job))
+    patient, job = _patient_sync(request, pk, job_id)
+    services.patient_sync_link(patient=patient, job=job, user=request.user)
+    return _sync_answer(request, patient, job)
+
+
+@require_POST
+@clinician_required
+def sync_cancel(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
+    patient, job = _patient_sync(request, pk, job_id)
+    job = services.patient_fetch_cancel(patient=patient, job=job, user=request.user)
+    if _wants_json(request):
+        return _sync_answer(request, patient, job)
+    return redirect("emr:patient", pk=patient.pk)
+
+
+@require_POST
+@clinician_required
+def sync_retry(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
+    patient, job = _patient_sync(request, pk, job_id)
+    return _fetch_answer(request, patient, lambda: services.patient_fetch_retry(
+        patient=patient, job=job, user=request.user, clinician=request.clinician,
+        attest=request.POST.get("attest") == "on",
+    ))
 
 
 @require_POST

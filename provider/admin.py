@@ -82,7 +82,7 @@ class SyncFileInline(admin.TabularInline):
 class SyncJobAdmin(admin.ModelAdmin):
     list_display = ["id", "connection", "level", "member_id", "group_id", "panel", "status", "progress", "deleted_count",
                     "since", "created_at", "finished_at"]
-    list_filter = ["status", "level", "panel", "connection"]
+    list_filter = ["status", "failure", "level", "panel", "connection"]
     search_fields = ["member_id", "group_id", "scope_key"]
     inlines = [SyncFileInline]
     actions = ["cancel"]

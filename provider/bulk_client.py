@@ -104,6 +104,10 @@ class TransientError(BulkDataError):
         self.retry_after = retry_after
 
 
+class TokenRefused(BulkDataError):
+    """The token endpoint refused the client's assertion (RFC 6749 §5.2): its credentials or registration."""
+
+
 class CountMismatch(BulkDataError):
     """A downloaded file has not as many resources as the manifest's ``count`` said."""
 
@@ -373,15 +377,20 @@ def _outcome_of(response: requests.Response) -> dict | None:
     return body if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
 
 
-def _outcome_text(outcome: dict | None, fallback: str) -> str:
-    """Return the issues' diagnostics (truncated) after ``fallback``; never any other part of a body."""
-    if not outcome:
-        return fallback
+def outcome_diagnostics(outcome: dict | None) -> str:
+    """Return an OperationOutcome's issues' diagnostics (or details text, or code), truncated; "" if none."""
+    if not isinstance(outcome, dict) or not isinstance(outcome.get("issue"), list):
+        return ""
     texts = [
         str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code", ""))
-        for issue in outcome.get("issue", []) if isinstance(issue, dict)
+        for issue in outcome["issue"] if isinstance(issue, dict)
     ]
-    diagnostics = "; ".join(text for text in texts if text)[:DIAGNOSTICS_LIMIT]
+    return "; ".join(text for text in texts if text)[:DIAGNOSTICS_LIMIT]
+
+
+def _outcome_text(outcome: dict | None, fallback: str) -> str:
+    """Return the issues' diagnostics (truncated) after ``fallback``; never any other part of a body."""
+    diagnostics = outcome_diagnostics(outcome)
     return f"{fallback} The payer said: {diagnostics}" if diagnostics else fallback
 
 
@@ -592,7 +601,7 @@ class BulkDataClient:
                 # RFC 6749 §5.2 error body: error + error_description (the OAuth
                 # counterpart of diagnostics; shown truncated, nothing else of the body).
                 detail = str(body.get("error_description") or body.get("error") or response.reason or "")[:DIAGNOSTICS_LIMIT]
-                raise BulkDataError(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
+                raise TokenRefused(f"The token request was refused ({response.status_code}): {detail}", status=response.status_code)
             self._token = body["access_token"]
             self._token_expires_at = time.time() + float(body.get("expires_in") or 300)
             self.tokens_issued += 1

@@ -93,6 +93,17 @@ class SyncJob(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Failure(models.TextChoices):
+        """What went wrong, for a failed job: the EMR says it in words a clinician understands."""
+
+        UNREACHABLE = "unreachable", "The payer could not be reached or kept answering busy"
+        CREDENTIALS = "credentials", "The payer refused the hospital's credentials or access"
+        PAYER_ERROR = "payer_error", "The payer reported an error"
+        TIMEOUT = "timeout", "The payer did not finish in time"
+        MALFORMED = "malformed", "The payer's answer was malformed or past a limit"
+        INCOMPLETE = "incomplete", "Files could not be downloaded in full"
+        HOSPITAL = "hospital", "The hospital's own system failed"
+
     connection = models.ForeignKey(PayerConnection, on_delete=models.PROTECT, related_name="sync_jobs")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     level = models.CharField(max_length=10, choices=Level.choices)
@@ -108,6 +119,10 @@ class SyncJob(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     status_url = models.URLField(max_length=1000, blank=True)
     progress = models.CharField(max_length=200, blank=True, help_text="The payer's X-Progress, or our own step.")
+    # The payer's own X-Progress of the last status answer (Bulk Data req 135: the client
+    # MAY show it), kept apart from ``progress`` so that the EMR never passes our words off
+    # as the payer's.
+    payer_progress = models.CharField(max_length=200, blank=True)
     poll_count = models.PositiveIntegerField(default=0)
     # PDex 2.2 $provider-member-match, when the job finds its member that way: "request" (the
     # MemberBundle parameters sent), "status_url", then "outcome" (matched, nonmatched,
@@ -135,6 +150,7 @@ class SyncJob(models.Model):
     # When the current run of transient failures began; bounded by PA_SYNC_TRANSIENT_BUDGET_SECONDS.
     transient_since = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
+    failure = models.CharField(max_length=12, choices=Failure.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     kicked_off_at = models.DateTimeField(null=True, blank=True)
     manifest_at = models.DateTimeField(null=True, blank=True)

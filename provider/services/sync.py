@@ -8,7 +8,9 @@ when to run next, and Celery reschedules with ``countdown`` (``sync_job_advance`
 Idempotency (tasks are ``acks_late`` and may run twice): a job step claims the job with
 ``next_step_at``, a file step claims the file with ``claimed_until``, and every state
 change is a conditional UPDATE on the expected status, so a redelivered task finds the
-work done or taken. Ingest itself upserts by (type, id).
+work done or taken. Ingest itself upserts by (type, id). A job cancelled while a step runs
+stays cancelled: a step writes nothing to a job that has ended, and a kick-off in flight
+sends DELETE for the export it has just started.
 
 Every job ends: claims are short leases (``PA_SYNC_LEASE_SECONDS``) renewed by a heartbeat
 thread while a step runs, so a killed worker's step or file is taken over by the
@@ -52,9 +54,13 @@ from provider.bulk_client import (
     PDEX_PROVIDER_DOWNLOAD,
     BulkDataError,
     CountMismatch,
+    LimitExceeded,
     ManifestError,
+    OriginRefused,
+    TokenRefused,
     TransientError,
     manifest_check,
+    outcome_diagnostics,
     poll_delay,
     type_filters_check,
 )
@@ -225,17 +231,22 @@ def sync_job_start(
 
 
 def sync_job_cancel(*, job: SyncJob) -> SyncJob:
-    """Cancel a running job: ``DELETE`` its status URL (Bulk Data req 119) and stop its tasks."""
-    job.refresh_from_db()
-    if job.status in TERMINAL:
-        return job
-    note = "Cancelled"
-    if job.status_url and not _status_url_delete(job):
-        note = "Cancelled here; the payer did not confirm"
-    SyncJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
-        status=SyncJob.Status.CANCELLED, progress=note, finished_at=timezone.now(), updated_at=timezone.now()
+    """Cancel a running job: stop its steps, then ``DELETE`` its status URL (Bulk Data req 119).
+
+    The job is marked cancelled first, so that a step running meanwhile writes nothing more
+    (``_update``) and a kick-off that was in flight DELETEs the export it has just started
+    (``_kick_off``). A job that has ended already is left as it is.
+    """
+    now = timezone.now()
+    cancelled = SyncJob.objects.filter(pk=job.pk, status__in=ACTIVE).update(
+        status=SyncJob.Status.CANCELLED, progress="Cancelled", finished_at=now, next_step_at=None, updated_at=now
     )
     job.refresh_from_db()
+    if not cancelled:
+        return job
+    confirmed = _status_url_delete(job) if job.status_url else _member_match_delete(job)
+    if not confirmed:
+        _job_progress_note(job, "Cancelled here; the payer did not confirm")
     return job
 
 
@@ -286,6 +297,9 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
         "counts": counts,
         "issues": IngestIssue.objects.filter(sync_file__job=job).count(),
         "error": job.error,
+        "failure": job.failure,
+        # The payer's own words (X-Progress, req 135), apart from our step in ``progress``.
+        "payer_progress": job.payer_progress,
         "created_at": job.created_at.isoformat(),
         "kicked_off_at": job.kicked_off_at.isoformat() if job.kicked_off_at else None,
         "manifest_at": job.manifest_at.isoformat() if job.manifest_at else None,
@@ -300,10 +314,17 @@ def sync_job_progress(*, job: SyncJob) -> dict[str, Any]:
 # --- The job's steps -------------------------------------------------------------------
 
 
-def _update(job: SyncJob, **fields: Any) -> None:
+def _update(job: SyncJob, **fields: Any) -> bool:
+    """Write a step's fields unless the job has ended meanwhile (cancelled from the EMR while
+    the step ran); return whether they were written."""
     for name, value in fields.items():
         setattr(job, name, value)
-    SyncJob.objects.filter(pk=job.pk).update(**fields, updated_at=timezone.now())
+    return bool(SyncJob.objects.filter(pk=job.pk).exclude(status__in=TERMINAL).update(**fields, updated_at=timezone.now()))
+
+
+def _job_progress_note(job: SyncJob, note: str) -> None:
+    job.progress = note
+    SyncJob.objects.filter(pk=job.pk).update(progress=note)
 
 
 def _claim_step(job: SyncJob) -> bool:
@@ -321,8 +342,11 @@ def _claim_time(job: SyncJob, now: datetime) -> datetime:
     return job.next_step_at
 
 
-def _fail(job: SyncJob, message: str) -> SyncStep:
-    _update(job, status=SyncJob.Status.FAILED, error=message[:5000], progress="Failed", finished_at=timezone.now(), next_step_at=None)
+def _fail(job: SyncJob, message: str, failure: str) -> SyncStep:
+    """End the job as failed: ``message`` for whoever fixes it, ``failure`` (a ``SyncJob.Failure``)
+    for the EMR to say in plain words."""
+    _update(job, status=SyncJob.Status.FAILED, error=message[:5000], failure=failure, progress="Failed",
+            finished_at=timezone.now(), next_step_at=None)
     if job.status_url:
         # Kicked off already: the payer may stop working on (or drop the files of) an
         # export nobody will collect (Bulk Data "Delete Request", req 119).
@@ -352,23 +376,50 @@ def _status_url_delete(job: SyncJob) -> bool:
     return True
 
 
+def _member_match_delete(job: SyncJob) -> bool:
+    """Send ``DELETE`` on the status URL of a member match still running, best effort; return
+    whether the payer accepted it (True when there is none)."""
+    state = job.member_match or {}
+    if not state.get("status_url") or state.get("outcome"):
+        return True
+    try:
+        bulk_client_for(connection=job.connection).cancel(state["status_url"])
+    except (BulkDataError, requests.RequestException, *TRANSIENT_NETWORK_ERRORS) as error:
+        logger.info("The payer did not accept the DELETE of job %s's member match: %s", job.pk, error)
+        return False
+    return True
+
+
 def _again(job: SyncJob, delay: float, **fields: Any) -> SyncStep:
-    _update(job, next_step_at=timezone.now() + timedelta(seconds=delay), **fields)
+    """Schedule the job's next step in ``delay`` seconds; none when the job ended meanwhile."""
+    if not _update(job, next_step_at=timezone.now() + timedelta(seconds=delay), **fields):
+        return SyncStep()
     return SyncStep(delay=delay)
 
 
-def _transient(job: SyncJob, message: str, retry_after: float | None) -> SyncStep:
+def _failure_of(error: BulkDataError) -> str:
+    """Return what a payer's refusal means for the clinician (a ``SyncJob.Failure``)."""
+    if isinstance(error, TokenRefused) or error.status in (401, 403):
+        return SyncJob.Failure.CREDENTIALS
+    if isinstance(error, (ManifestError, LimitExceeded, OriginRefused, CountMismatch)):
+        return SyncJob.Failure.MALFORMED
+    return SyncJob.Failure.PAYER_ERROR
+
+
+def _transient(
+    job: SyncJob, message: str, retry_after: float | None, *, failure: str = SyncJob.Failure.UNREACHABLE
+) -> SyncStep:
     """Count one transient failure; give up after a count and a time budget rather than retry forever."""
     errors = job.transient_errors + 1
     now = timezone.now()
     since = job.transient_since or now
     if errors > _setting("PA_SYNC_MAX_TRANSIENT_ERRORS", 10):
-        return _fail(job, f"The payer kept failing ({errors} times in a row): {message}")
+        return _fail(job, f"The payer kept failing ({errors} times in a row): {message}", failure)
     budget = timedelta(seconds=_setting("PA_SYNC_TRANSIENT_BUDGET_SECONDS", 3600))
     if now - since > budget:
-        return _fail(job, f"The payer kept failing for more than {budget}: {message}")
+        return _fail(job, f"The payer kept failing for more than {budget}: {message}", failure)
     if job.deadline_at and now > job.deadline_at:
-        return _fail(job, _deadline_message(job))
+        return _fail(job, _deadline_message(job), SyncJob.Failure.TIMEOUT)
     delay = poll_delay(attempt=errors, retry_after=retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
     return _again(job, delay, transient_errors=errors, transient_since=since, progress=f"Retrying: {message}"[:200])
 
@@ -391,7 +442,7 @@ def sync_job_step(*, job_id: int) -> SyncStep:
     try:
         with _heartbeat(SyncJob, job.pk, "next_step_at", job.next_step_at):
             if job.status == SyncJob.Status.KICKED_OFF and job.deadline_at and timezone.now() > job.deadline_at:
-                return _fail(job, _deadline_message(job))
+                return _fail(job, _deadline_message(job), SyncJob.Failure.TIMEOUT)
             if job.status == SyncJob.Status.PENDING:
                 return _kick_off(job)
             return _poll(job)
@@ -400,15 +451,16 @@ def sync_job_step(*, job_id: int) -> SyncStep:
     except TransientError as error:
         return _transient(job, str(error), error.retry_after)
     except BulkDataError as error:
-        return _fail(job, str(error))
+        return _fail(job, str(error), _failure_of(error))
     except OperationalError as error:  # the database was briefly away: try the step again
         logger.warning("Sync job %s step hit a database error: %s", job.pk, error)
-        return _transient(job, "A database error on the hospital's side", None)
+        return _transient(job, "A database error on the hospital's side", None, failure=SyncJob.Failure.HOSPITAL)
     except Exception as error:
         # A bug, or an answer nothing above foresaw: fail the job where people see it,
         # rather than leave it waiting forever on a chain that stopped.
         logger.exception("Sync job %s step crashed", job.pk)
-        return _fail(job, f"The step failed on the hospital's side ({error.__class__.__name__}); see the worker log.")
+        return _fail(job, f"The step failed on the hospital's side ({error.__class__.__name__}); see the worker log.",
+                     SyncJob.Failure.HOSPITAL)
 
 
 def _kick_off(job: SyncJob) -> SyncStep:
@@ -430,6 +482,8 @@ def _kick_off(job: SyncJob) -> SyncStep:
                     error=f"{NO_DATA_MESSAGE}: member {job.member_id} is not in the attribution list.")
             return SyncStep()
         _update(job, group_id=match.group_id, patient_ids=[match.patient_id])
+    if not SyncJob.objects.filter(pk=job.pk, status=SyncJob.Status.PENDING).exists():
+        return SyncStep()  # cancelled while the member was looked up: no export to start
     operation, export_type = "$export", ""
     if job.level == SyncJob.Level.GROUP and client.supports_operation("davinci-data-export"):
         # PDex STU2 Provider Access: a payer declaring Group/$davinci-data-export is asked
@@ -448,13 +502,20 @@ def _kick_off(job: SyncJob) -> SyncStep:
         patients=job.patient_ids or None,
         operation=operation,
     )
+    # The payer holds an export at status_url from now on: record it before anything else,
+    # so that a cancel that came while the kick-off was in flight finds it to DELETE.
+    SyncJob.objects.filter(pk=job.pk).update(status_url=status_url)
     now = timezone.now()
-    return _again(
+    step = _again(
         job, _setting("PA_SYNC_FIRST_POLL_SECONDS", FIRST_POLL_SECONDS),
         status=SyncJob.Status.KICKED_OFF, status_url=status_url, kicked_off_at=now, operation=operation,
         export_type=export_type, transient_errors=0, transient_since=None, progress="Accepted by the payer",
         deadline_at=now + job.connection.poll_deadline,
     )
+    if step.delay is None:
+        # Cancelled meanwhile: the payer need not prepare what nobody will collect (req 119).
+        _status_url_delete(job)
+    return step
 
 
 # --- PDex 2.2 $provider-member-match --------------------------------------------------
@@ -549,11 +610,15 @@ def member_bundle_build(
     return member_bundle_parameter(patient=patient, coverage=coverage, consent=consent)
 
 
-def _no_data(job: SyncJob, state: dict, outcome: str, detail: str = "") -> SyncStep:
+def _no_data(job: SyncJob, state: dict, outcome: str, detail: str = "", technical: str = "") -> SyncStep:
+    """End the job with no data, as the member match decided: ``detail`` is the payer's own
+    words (its OperationOutcome diagnostics, shown to the clinician), ``technical`` our account
+    of the answer for IT (default: the payer's words)."""
     reason = NO_DATA_REASONS[outcome]
     state = {**state, "outcome": outcome, "message": detail[:1000]}
+    technical = technical or (f"The payer said: {detail}" if detail else "")
     _update(job, member_match=state, status=SyncJob.Status.NO_DATA, progress=NO_DATA_MESSAGE, finished_at=timezone.now(),
-            next_step_at=None, error=f"{NO_DATA_MESSAGE}: {reason}." + (f" The payer said: {detail}" if detail else ""))
+            next_step_at=None, error=f"{NO_DATA_MESSAGE}: {reason}." + (f" {technical}" if technical else ""))
     return SyncStep()
 
 
@@ -574,18 +639,24 @@ def _member_match_step(job: SyncJob, client: Any) -> SyncStep | None:
             # A 4xx with an OperationOutcome is the payer refusing this request (422: the
             # attestation is missing or invalid; 403: not in network): no data, and why.
             if error.status and 400 <= error.status < 500 and error.status not in (401, 404, 405):
-                return _no_data(job, state, MATCH_REFUSED, str(error))
+                return _no_data(job, state, MATCH_REFUSED, outcome_diagnostics(error.outcome), technical=str(error))
             raise
-        return _again(job, first_poll, member_match=state, transient_errors=0, progress="Matching the member at the payer")
+        step = _again(job, first_poll, member_match=state, transient_errors=0, progress="Matching the member at the payer")
+        if step.delay is None:
+            # Cancelled while the match was being kicked off: withdraw it too (req 119).
+            job.member_match = state
+            _member_match_delete(job)
+        return step
     result = client.poll(state["status_url"])
     _update(job, poll_count=job.poll_count + 1)
     if result.state == "retry":
         return _transient(job, result.message or f"status {result.status}", result.retry_after)
     if result.state == "error":
-        return _fail(job, f"The member match failed: {result.message}")
+        return _fail(job, f"The member match failed: {result.message}", _status_failure(result.status))
     if result.state == "in_progress":
         delay = poll_delay(attempt=job.poll_count, retry_after=result.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
-        return _again(job, delay, progress=(result.progress or "Matching the member")[:200], transient_errors=0)
+        return _again(job, delay, progress=(result.progress or "Matching the member")[:200],
+                      payer_progress=result.progress[:200], transient_errors=0)
     folder = Path(_setting("PA_SYNC_DIR", Path(settings.VAR_DIR) / "sync")) / f"job{job.pk}-match-{uuid.uuid4().hex[:8]}"
     match = client.member_match_result(result.manifest or {}, work_dir=folder)
     try:
@@ -612,6 +683,11 @@ def _member_match_step(job: SyncJob, client: Any) -> SyncStep | None:
     return _no_data(job, state, MATCH_NOT_MATCHED, detail)
 
 
+def _status_failure(status: int | None) -> str:
+    """Return what a status request's error answer means: refused access, or the payer's own error."""
+    return SyncJob.Failure.CREDENTIALS if status in (401, 403) else SyncJob.Failure.PAYER_ERROR
+
+
 def sync_job_no_data_reason(*, job: SyncJob) -> str:
     """Return why the payer sent nothing, when its member match said so ("" otherwise)."""
     if job.status != SyncJob.Status.NO_DATA:
@@ -625,14 +701,15 @@ def _poll(job: SyncJob) -> SyncStep:
     if result.state == "retry":
         return _transient(job, result.message or f"status {result.status}", result.retry_after)
     if result.state == "error":
-        return _fail(job, result.message)
+        return _fail(job, result.message, _status_failure(result.status))
     if result.state == "in_progress":
         delay = poll_delay(attempt=job.poll_count, retry_after=result.retry_after, cap=_setting("PA_SYNC_POLL_CAP_SECONDS", 120))
         # req 135: the client MAY show X-Progress to the user.
         if job.deadline_at:
             # The last poll at the deadline, not an hour after it.
             delay = max(0.0, min(delay, (job.deadline_at - timezone.now()).total_seconds() + 0.5))
-        return _again(job, delay, progress=(result.progress or "In progress")[:200], transient_errors=0, transient_since=None)
+        return _again(job, delay, progress=(result.progress or "In progress")[:200], payer_progress=result.progress[:200],
+                      transient_errors=0, transient_since=None)
     return _manifest_accept(job, result.manifest or {})
 
 
@@ -643,11 +720,11 @@ def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
     try:
         entries = manifest_check(manifest, policy=client.policy, max_files=connection.max_manifest_files)
     except ManifestError as error:
-        return _fail(job, f"The payer's manifest was refused: {error}")
+        return _fail(job, f"The payer's manifest was refused: {error}", SyncJob.Failure.MALFORMED)
     announced = sum(entry["count"] or 0 for kind, entry in entries if kind == "output")
     if announced > connection.max_job_resources:
         return _fail(job, f"The manifest announces {announced} resources, more than this connection's limit of "
-                          f"{connection.max_job_resources} per job.")
+                          f"{connection.max_job_resources} per job.", SyncJob.Failure.MALFORMED)
     requires_token = bool(manifest.get("requiresAccessToken"))
     folder = Path(_setting("PA_SYNC_DIR", Path(settings.VAR_DIR) / "sync")) / f"job{job.pk}-{uuid.uuid4().hex[:8]}"
     kinds = {"output": SyncFile.Kind.OUTPUT, "deleted": SyncFile.Kind.DELETED, "error": SyncFile.Kind.ERROR}
@@ -679,9 +756,10 @@ def _manifest_accept(job: SyncJob, manifest: dict) -> SyncStep:
             _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time, status=status,
                     progress=empty, finished_at=timezone.now(), next_step_at=None, transient_errors=0, counts={})
             return SyncStep()
-        _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time,
-                status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None,
-                transient_errors=0, transient_since=None)
+        if not _update(job, manifest=stored, manifest_at=timezone.now(), transaction_time=transaction_time,
+                       status=SyncJob.Status.DOWNLOADING, progress=f"{len(entries)} files to download", next_step_at=None,
+                       transient_errors=0, transient_since=None):
+            return SyncStep()  # cancelled meanwhile
     return SyncStep(file_ids=list(job.files.order_by(*LARGEST_FIRST).values_list("pk", flat=True)), new_files=True)
 
 
@@ -815,7 +893,8 @@ def _job_resources_within_limit(job: SyncJob) -> bool:
     total = job.files.filter(parent__isnull=True, kind=SyncFile.Kind.OUTPUT).aggregate(n=Sum("line_count"))["n"] or 0
     if total <= limit:
         return True
-    _fail(job, f"The payer sent more than {limit} resources, this connection's limit per job; the job was stopped.")
+    _fail(job, f"The payer sent more than {limit} resources, this connection's limit per job; the job was stopped.",
+          SyncJob.Failure.MALFORMED)
     return False
 
 
@@ -994,13 +1073,15 @@ def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
             # Not "completed": an incomplete fetch must not be the base of the next
             # incremental one, or the missing resources would never come.
             job.status, job.progress = SyncJob.Status.FAILED, f"{incomplete.count()} file(s) incomplete"
+            job.failure = SyncJob.Failure.INCOMPLETE
         else:
             job.status = SyncJob.Status.COMPLETED
             unchanged = sum(sync_job_unchanged_counts(job=job).values())
             job.progress = stored_summary(stored=sum(counts.values()), unchanged=unchanged, deleted=_deleted_count(job))
         job.counts, job.finished_at, job.next_step_at = counts, timezone.now(), None
         job.deleted_count = _deleted_count(job)
-        job.save(update_fields=["status", "progress", "counts", "deleted_count", "finished_at", "next_step_at", "updated_at"])
+        job.save(update_fields=["status", "progress", "failure", "counts", "deleted_count", "finished_at", "next_step_at",
+                                "updated_at"])
     if job.status_url:
         # Normally sent when the last file was downloaded; here for a job whose last
         # download failed (req 119), or one resumed from before that step existed.

@@ -165,14 +165,18 @@ def test_fetch_starts_a_sync_job_and_progress_reports_it(smith, jack, connection
     assert body["done"] is False and body["steps"][0] == "Kick-off"
     assert AccessEvent.objects.filter(patient=jack, action="fetch").exists()
 
-    # The payer answers "no data" (not attributed, or opted out): said plainly, no guessing.
+    # The payer answers "no data" and no more (not on its attribution list): said so, and
+    # the usual causes listed, without guessing which (tests/emr/test_fetch_panel.py has more).
     SyncJob.objects.filter(pk=job.pk).update(status=SyncJob.Status.NO_DATA, finished_at=timezone.now())
     progress = client.get(body["progress_url"]).json()
     assert progress["done"] is True and progress["ok"] is False
-    assert progress["message"] == "UnitedCare Health returned no data for this patient."
-    assert "UnitedCare Health returned no data for this patient." in client.get(f"/emr/patients/{jack.pk}/").content.decode()
+    said = ("UnitedCare Health returned no data for this patient and gave no reason: the patient is not on the list "
+            "of patients it shares with your organization.")
+    assert progress["message"] == said and progress["causes"]
+    assert said in client.get(f"/emr/patients/{jack.pk}/").content.decode()
 
-    SyncJob.objects.filter(pk=job.pk).update(status=SyncJob.Status.FAILED, error="Connection refused")
+    SyncJob.objects.filter(pk=job.pk).update(status=SyncJob.Status.FAILED, error="Connection refused",
+                                             failure=SyncJob.Failure.UNREACHABLE)
     failed = client.get(body["progress_url"]).json()
     assert "could not be reached" in failed["message"] and failed["error"] == "Connection refused"
 

@@ -93,6 +93,10 @@ class FakePayer:
     content_location: str | None = None
     group_next: str | None = None
     poll_forever: bool = False
+    poll_forever_progress: str = "Still working"
+    # Set: each kick-off waits until it is set before answering (a slow payer; lets a test
+    # act, e.g. cancel, while the kick-off is in flight).
+    kickoff_hold: threading.Event | None = None
     manifest_page_size: int = 0
     # More file faults by resource type: ("redirect", url), ("bomb", decoded bytes),
     # ("longline", bytes), ("trickle", seconds per 1/20 of the body).
@@ -455,6 +459,8 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
 
         # -- Bulk Data --
         def _kick_off(self, rest: str, query: dict[str, list[str]], body: Any) -> None:
+            if payer.kickoff_hold is not None:
+                payer.kickoff_hold.wait(timeout=30)
             if payer.kickoff_script:
                 status, headers = payer.kickoff_script.pop(0)
                 return self._send(status, _outcome(_code_for(status), "Busy"), headers)
@@ -501,7 +507,7 @@ def _handler_for(payer: FakePayer) -> type[BaseHTTPRequestHandler]:
                 return self._send(202, _outcome("informational", "Deleted"))
             export.polls += 1
             if payer.poll_forever:
-                return self._send(202, None, {"X-Progress": "Still working", "Retry-After": "1"})
+                return self._send(202, None, {"X-Progress": payer.poll_forever_progress, "Retry-After": "1"})
             if payer.poll_script:
                 status, headers = payer.poll_script.pop(0)
                 body = None if status == 202 else _outcome(_code_for(status), "Try later")

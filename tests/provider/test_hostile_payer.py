@@ -39,8 +39,10 @@ def run(connection: PayerConnection, **scope) -> SyncJob:
     return sync_job_run_inline(job=sync_job_start(connection=connection, enqueue=False, **scope), parallel=1)
 
 
-def assert_failed(job: SyncJob, *fragments: str) -> None:
+def assert_failed(job: SyncJob, *fragments: str, failure: str = "") -> None:
+    """The job failed with each fragment in its error and, if given, that failure category (what the EMR says)."""
     assert job.status == SyncJob.Status.FAILED and job.finished_at is not None, (job.status, job.error)
+    assert not failure or job.failure == failure, job.failure
     for fragment in fragments:
         assert fragment in job.error, job.error
 
@@ -145,7 +147,7 @@ def test_bad_manifest_fails_the_job_before_anything_is_recorded(fake_payer, conn
     # Bulk Data reqs 159-160, 168, 175, 178: the manifest's shape, checked whole.
     fake_payer.manifest_hook = hook
     job = run(connection)
-    assert_failed(job, "manifest was refused", message)
+    assert_failed(job, "manifest was refused", message, failure=SyncJob.Failure.MALFORMED)
     assert not SyncFile.objects.filter(job=job).exists()
     assert len(fake_payer.requests_to("/status/", "DELETE")) == 1  # req 119: the payer is told
 
@@ -157,7 +159,7 @@ def test_huge_manifest_is_refused(fake_payer, connection):
 
     fake_payer.manifest_hook = huge
     job = run(connection)
-    assert_failed(job, "more than 10000 files")
+    assert_failed(job, "more than 10000 files", failure=SyncJob.Failure.MALFORMED)
     assert not SyncFile.objects.filter(job=job).exists() and not fake_payer.requests_to("/files/")
 
 
@@ -166,7 +168,7 @@ def test_endless_202_ends_at_the_poll_deadline(fake_payer, connection):
     connection.save()
     fake_payer.poll_forever = True
     job = run(connection)
-    assert_failed(job, "did not finish the export within 0:00:02")
+    assert_failed(job, "did not finish the export within 0:00:02", failure=SyncJob.Failure.TIMEOUT)
     assert job.poll_count >= 2 and job.finished_at - job.kicked_off_at < timedelta(seconds=10)
     assert len(fake_payer.requests_to("/status/", "DELETE")) == 1
 
@@ -174,7 +176,7 @@ def test_endless_202_ends_at_the_poll_deadline(fake_payer, connection):
 def test_kick_off_500_processing_fails_at_once_and_503_is_retried(fake_payer, connection):
     fake_payer.kickoff_script = [(500, {})]  # OperationOutcome code "processing"
     job = run(connection)
-    assert_failed(job, "Kick-off answered 500", "The payer said: Busy")
+    assert_failed(job, "Kick-off answered 500", "The payer said: Busy", failure=SyncJob.Failure.PAYER_ERROR)
     assert len(fake_payer.requests_to("$export")) == 1 and job.transient_errors == 0
     fake_payer.kickoff_script = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"})]
     job = run(connection)
@@ -299,7 +301,7 @@ def test_an_unforeseen_answer_fails_the_job_visibly(fake_payer, connection):
     # the job fails with a message instead of waiting for ever on a chain that stopped.
     fake_payer.groups[0]["member"] = "everyone"
     job = run(connection, member_id="M100")
-    assert_failed(job, "failed on the hospital's side")
+    assert_failed(job, "failed on the hospital's side", failure=SyncJob.Failure.HOSPITAL)
     assert "everyone" not in job.error
 
 
@@ -307,5 +309,5 @@ def test_transient_errors_have_a_time_budget(fake_payer, connection, settings):
     settings.PA_SYNC_TRANSIENT_BUDGET_SECONDS = 0
     fake_payer.poll_script = [(503, {"Retry-After": "0"})] * 5
     job = run(connection)
-    assert_failed(job, "kept failing for more than 0:00:00")
+    assert_failed(job, "kept failing for more than 0:00:00", failure=SyncJob.Failure.UNREACHABLE)
     assert job.poll_count == 2

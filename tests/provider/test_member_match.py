@@ -124,7 +124,9 @@ def test_missing_attestation_422_is_no_data_with_the_payers_words(fake_payer, co
     member_bundle["part"] = [p for p in member_bundle["part"] if p["name"] != "Consent"]
     job = run(connection, member_bundle)
     assert job.status == SyncJob.Status.NO_DATA and job.member_match["outcome"] == "refused"
-    assert "attestation" in job.error
+    assert "attestation" in job.error and "answered 422" in job.error
+    # The payer's own words, for the clinician; the status code stays in the error, for IT.
+    assert job.member_match["message"] == "MemberBundle part Consent (the treatment attestation) is required."
 
 
 def test_payer_without_member_match_falls_back_to_the_attribution_group(fake_payer, connection):

@@ -1,9 +1,11 @@
 """Sync jobs against a real HTTP Bulk Data server: faults survived, incremental fetches, cancel, no data."""
 
 import re
+import threading
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 from django.core.management.base import CommandError
 from django.test import override_settings
 
@@ -18,6 +20,7 @@ from provider.services.sync import (
     sync_job_start,
     sync_job_step,
 )
+from tests.conftest import wait_for
 from tests.provider.bulk_data import CLIENT_ID, encounter
 
 pytestmark = pytest.mark.django_db
@@ -121,7 +124,7 @@ def test_pdex_provider_download_then_provider_delta_when_declared(fake_payer, co
 def test_count_mismatch_fails_the_job_but_keeps_the_data(fake_payer, connection):
     fake_payer.file_faults = {"Encounter": ["short"]}
     job = sync_job_run_inline(job=sync_job_start(connection=connection, group_id="g1", types=["Encounter"], enqueue=False), parallel=1)
-    assert job.status == SyncJob.Status.FAILED
+    assert job.status == SyncJob.Status.FAILED and job.failure == SyncJob.Failure.INCOMPLETE
     assert "the manifest says 9 resources, the file has 8" in job.error
     assert len(stored("Encounter")) == 8
     # A failed fetch is no base for an incremental one.
@@ -176,6 +179,63 @@ def test_cancel_sends_delete_and_stops_the_job(fake_payer, connection):
     assert len(fake_payer.requests_to("/status/", "DELETE")) == 1
     assert sync_job_step(job_id=job.pk).delay is None  # a late poll task does nothing
     assert len(fake_payer.requests_to("/status/", "GET")) == 0
+
+
+def test_cancel_while_the_kick_off_is_in_flight_withdraws_the_new_export(transactional_db, fake_payer, connection):
+    # The clinician cancels while the worker waits on a slow kick-off: the job stays
+    # cancelled when the payer answers, and the export the payer just started is
+    # cancelled there too (Bulk Data req 119: DELETE on its Content-Location).
+    fake_payer.kickoff_hold = threading.Event()
+    job = sync_job_start(connection=connection, group_id="g1", enqueue=False)
+    steps: list = []
+
+    def worker_step() -> None:
+        try:
+            steps.append(sync_job_step(job_id=job.pk))
+        finally:
+            connections.close_all()  # this thread's, so that the test database can be dropped
+
+    worker = threading.Thread(target=worker_step)
+    worker.start()
+    wait_for(lambda: fake_payer.requests_to("$export"), message="the kick-off")
+    job = sync_job_cancel(job=job)
+    assert job.status == SyncJob.Status.CANCELLED and not fake_payer.requests_to("/status/", "DELETE")
+    fake_payer.kickoff_hold.set()
+    worker.join(timeout=30)
+
+    job.refresh_from_db()
+    assert job.status == SyncJob.Status.CANCELLED and job.kicked_off_at is None
+    assert steps[0].delay is None  # no poll scheduled
+    export_id = next(iter(fake_payer.exports))
+    assert [r.path for r in fake_payer.requests_to("/status/", "DELETE")] == [f"/fhir/status/{export_id}"]
+    assert fake_payer.exports[export_id].cancelled and job.status_url_deleted_at is not None
+    assert sync_job_step(job_id=job.pk).delay is None and not fake_payer.requests_to("/status/", "GET")
+
+
+def test_refused_credentials_are_told_apart_from_a_payer_error(fake_payer, connection):
+    # SMART Backend Services: the token endpoint refuses an assertion from a client it does
+    # not know (RFC 6749 §5.2 invalid_client). That is the hospital's registration, for IT.
+    connection.client_id = "not-registered-here"
+    connection.save(update_fields=["client_id"])
+    job = sync_job_run_inline(job=sync_job_start(connection=connection, member_id="M100", enqueue=False), parallel=1)
+    assert job.status == SyncJob.Status.FAILED and job.failure == SyncJob.Failure.CREDENTIALS
+    assert "The token request was refused (400): iss and sub must be the client id" in job.error
+
+
+def test_the_payers_x_progress_is_kept_apart_from_our_own_words(fake_payer, connection):
+    # Bulk Data req 135: the client MAY show X-Progress to the user; the EMR shows it as the
+    # payer's words, so only what the payer sent is kept as such.
+    fake_payer.poll_script = [(202, {"X-Progress": "Gathering claims (40%)", "Retry-After": "1"}), (202, {"Retry-After": "1"})]
+    job = sync_job_start(connection=connection, group_id="g1", enqueue=False)
+    sync_job_step(job_id=job.pk)  # kick-off
+    job.refresh_from_db()
+    assert (job.progress, job.payer_progress) == ("Accepted by the payer", "")
+    sync_job_step(job_id=job.pk)
+    assert sync_job_progress(job=job)["payer_progress"] == "Gathering claims (40%)"
+    SyncJob.objects.filter(pk=job.pk).update(next_step_at=None)
+    sync_job_step(job_id=job.pk)  # a 202 without X-Progress
+    job.refresh_from_db()
+    assert (job.progress, job.payer_progress) == ("In progress", "")
 
 
 def test_bulk_fetch_command_prints_counts(transactional_db, fake_payer, connection, capsys):
