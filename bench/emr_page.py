@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> None:
     base = history_resources(patient_id="pat-big", member_id="UC-BIG")
     by_type: dict[str, list[tuple[dict, str]]] = {}
     for resource, date in base:
-        by_type.setdefault(resource["resourceType"], []).append((resource, date))
+        # Claims repeat; prior authorizations (EOBs too) stay as many as the base has.
+        kind = "PriorAuthorization" if resource.get("use") == "preauthorization" else resource["resourceType"]
+        by_type.setdefault(kind, []).append((resource, date))
     wanted = {"ExplanationOfBenefit": args.claims, "Observation": args.observations, "Encounter": args.encounters}
     rows = []
     for kind, pairs in by_type.items():
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
             resource, date = copy.deepcopy(pairs[n % len(pairs)])
             if n >= len(pairs):
                 resource["id"] = f"{resource['id']}-{n}"
-            about = kind == "Patient" or "subject" in resource or "patient" in resource
+            about = resource["resourceType"] == "Patient" or "subject" in resource or "patient" in resource
             rows.append(_row(resource, connection=connection, patient_id="pat-big" if about else "", date=date or None))
     LocalResource.objects.bulk_create(rows, batch_size=2000)
     clinician = factories.clinician_create(username="bench")
@@ -123,7 +125,9 @@ def run(args: argparse.Namespace) -> None:
               f"ratio to the floor {base_seconds / seconds:5.2f}")
     print(f"  peak Python memory while the page is built: {peak / 2**20:.1f} MiB")
     html = client.get(f"/emr/patients/{patient.pk}/").content
-    print(f"  page size: {len(html) / 1024:.0f} KiB")
+    parts = html.split(b'role="tabpanel" id="panel-')[1:]
+    by_tab = ", ".join(part.split(b'"', 1)[0].decode() + f" {len(part) / 1024:.0f}" for part in parts)
+    print(f"  page size: {len(html) / 1024:.0f} KiB (KiB by tab: {by_tab})")
 
 
 def connection_vendor() -> str:

@@ -343,6 +343,7 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
             "reference": ", ".join(_names(references)) or next(
                 (str(i.get("value")) for i in dicts(r.get("identifier")) if i.get("value")), ""),
             "open": decision.label in terms.PA_OPEN,
+            "type_label": decision.label,
         },
     )
 
@@ -589,7 +590,7 @@ def observation_item(row: LocalResource) -> Item:
             "range": _range_text(dicts(r.get("referenceRange"))),
             "flag": _interpretation(r, number),
             "vital": "vital-signs" in categories,
-            "category": "Vital signs" if "vital-signs" in categories else "Laboratory" if "laboratory" in categories
+            "type_label": "Vital signs" if "vital-signs" in categories else "Laboratory" if "laboratory" in categories
             else ", ".join(c.replace("-", " ").capitalize() for c in categories if c) or "Other",
             "encounters": sorted(_encounter_refs(r)),
         },

@@ -142,14 +142,17 @@ SECTIONS = {
     "prior-auths": "Prior authorizations",
     "claims": "Claims",
 }
-LIST_PREFIXES = {"encounters": "enc", "claims": "clm"}
+# The paged lists: their name in templates, the prefix of their query parameters, and the
+# history's items they page.
+LISTS = {"encounters": ("enc", "encounters"), "claims": ("clm", "claims"), "results": ("res", "observations"),
+         "prior_auths": ("pa", "prior_auths")}
 
 
 def _history_context(request: HttpRequest, patient, *, per_page: int = 25) -> dict:
     """Return the history, its summary and the filtered pages of its lists, as the query asks."""
     history = history_reads.patient_history(patient=patient)
     lists = {}
-    for name, prefix in LIST_PREFIXES.items():
+    for name, (prefix, items) in LISTS.items():
         form = HistoryListForm(request.GET or None, prefix=prefix)
         # The pager's links keep every other filter (of both lists) and change only the page.
         query = request.GET.copy()
@@ -157,7 +160,7 @@ def _history_context(request: HttpRequest, patient, *, per_page: int = 25) -> di
             query.pop(key, None)
         lists[name] = {
             "form": form,
-            "page": history_reads.list_page(items=getattr(history, name), per_page=per_page, **form.criteria()),
+            "page": history_reads.list_page(items=getattr(history, items), per_page=per_page, **form.criteria()),
             "query": query.urlencode() + "&" if query else "",
         }
     summary = summary_build(history=history)

@@ -95,7 +95,7 @@
         var keep = new URLSearchParams(window.location.search);
         keep.forEach(function (value, key) {
           // Keep the other list's filters; this list's come from its form.
-          if (!form.querySelector("[name='" + key + "']") && key.indexOf(form.getAttribute("data-list") === "claims" ? "clm-" : "enc-") !== 0) params.set(key, value);
+          if (!form.querySelector("[name='" + key + "']") && key.indexOf(form.getAttribute("data-prefix")) !== 0) params.set(key, value);
         });
         loadPanel(window.location.pathname + "?" + params.toString(), "panel-" + form.getAttribute("data-list"));
       });
