@@ -865,7 +865,7 @@ def _unit_run(*, unit_id: int) -> None:
     export_parts_prune(name_for=lambda part: _part_name(unit, part, error=True), first=len(error_parts))
 
     with transaction.atomic():
-        locked = ExportWorkUnit.objects.select_for_update().select_related("job").filter(pk=unit.pk).first()
+        locked = ExportWorkUnit.objects.select_for_update(of=("self",)).select_related("job").filter(pk=unit.pk).first()
         if locked is None or locked.job.status != ExportJob.Status.IN_PROGRESS:
             # Cancelled (DELETE) while running: the files must go too.
             transaction.on_commit(lambda: export_names_delete(names=[p.name for p in parts + deleted_parts + error_parts]))
@@ -938,7 +938,7 @@ def _unit_fail(*, unit: ExportWorkUnit, error: BaseException) -> None:
 def export_job_finalize(*, job_id: int) -> None:
     """Complete a job whose units are all done: error file, expiry, PDex lastTransmitted."""
     with transaction.atomic():
-        job = (ExportJob.objects.select_for_update().select_related("client__organization")
+        job = (ExportJob.objects.select_for_update(of=("self",)).select_related("client__organization")
                .filter(pk=job_id, status=ExportJob.Status.IN_PROGRESS).first())
         if job is None or job.units.exclude(status=ExportWorkUnit.Status.DONE).exists():
             return

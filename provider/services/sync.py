@@ -1060,7 +1060,9 @@ def stored_summary(*, stored: int, unchanged: int, deleted: int = 0) -> str:
 def sync_job_finish_if_done(*, job_id: int) -> SyncJob:
     """Close the job once every file is settled: completed, or failed if a file could not be had in full."""
     with transaction.atomic():
-        job = SyncJob.objects.select_for_update().select_related("connection").get(pk=job_id)
+        # The job's row only: locking the joined connection too deadlocked two files of a job
+        # finishing at once on Postgres (each thread held one row and waited on the other).
+        job = SyncJob.objects.select_for_update(of=("self",)).select_related("connection").get(pk=job_id)
         if job.status not in (SyncJob.Status.DOWNLOADING, SyncJob.Status.INGESTING):
             return job
         if job.files.exclude(status__in=[SyncFile.Status.INGESTED, SyncFile.Status.FAILED]).exists():

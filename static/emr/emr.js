@@ -79,7 +79,8 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById(panelId), here = document.getElementById(panelId);
         if (!fresh || !here) { window.location.assign(url); return; }
-        here.innerHTML = fresh.innerHTML;
+        // Nodes of the server's own page, parsed apart and imported: no markup is built here.
+        here.replaceChildren.apply(here, Array.prototype.map.call(fresh.childNodes, function (n) { return document.importNode(n, true); }));
         initPanel(here);
         if (window.history.replaceState) window.history.replaceState(null, "", url.split("#")[0]);
         var count = $("[data-result-count]", here);
