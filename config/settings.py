@@ -184,7 +184,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The time zone pages show times in (the EMR's clinicians read local times); stored times stay UTC.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
@@ -383,5 +384,8 @@ LOGGING = {
 # The EMR, once a payer stops sharing a patient's data (a later fetch returns none): "mark"
 # shows what was received before, marked as received then and no longer shared; "hide"
 # shows nothing from that source.
-EMR_HISTORY_AFTER_SHARING_ENDS = os.environ.get("EMR_HISTORY_AFTER_SHARING_ENDS", "mark")
+EMR_HISTORY_AFTER_SHARING_ENDS = os.environ.get("EMR_HISTORY_AFTER_SHARING_ENDS", "mark").strip().lower()
+if EMR_HISTORY_AFTER_SHARING_ENDS not in ("mark", "hide"):
+    # A typo must not quietly show what a hospital chose to hide.
+    raise ImproperlyConfigured("EMR_HISTORY_AFTER_SHARING_ENDS must be 'mark' or 'hide'.")
 

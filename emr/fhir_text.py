@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from emr import terms
@@ -41,6 +42,11 @@ def ref_key(reference: Any) -> tuple[str, str] | None:
     return None
 
 
+# Years a page can show in any time zone (years 1 and 9999 overflow when converted); a
+# record dated outside them reads as undated.
+_SHOWABLE_YEARS = (2, 9998)
+
+
 def parse_when(value: Any) -> dt.datetime | None:
     """Parse a FHIR date or dateTime (partial dates allowed) into an aware datetime; None
     for anything else (an impossible date such as 2024-02-30 included)."""
@@ -54,12 +60,18 @@ def parse_when(value: Any) -> dt.datetime | None:
             day = parse_date(padded)
             if day is None:
                 return None
-            parsed = dt.datetime.combine(day, dt.time())
-    except ValueError:
+            # A FHIR date has no time zone: it is that calendar day wherever it is read, so
+            # it is midnight in the zone pages are shown in, never a UTC midnight that shows
+            # as the day before west of Greenwich.
+            if not _SHOWABLE_YEARS[0] <= day.year <= _SHOWABLE_YEARS[1]:
+                return None
+            return timezone.make_aware(dt.datetime.combine(day, dt.time()))
+    except (ValueError, OverflowError):
         return None
     if parsed.tzinfo is None:
+        # FHIR R4 dateTime: "If hours and minutes are specified, a time zone SHALL be populated".
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed
+    return parsed if _SHOWABLE_YEARS[0] <= parsed.year <= _SHOWABLE_YEARS[1] else None
 
 
 def human_name(resource: dict) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from emr import terms
 from emr.fhir_text import as_dict, as_list, dicts, human_name, parse_when, quantity_text, ref_key, text
@@ -80,16 +81,19 @@ class Resolver:
 
     TYPES = ("Practitioner", "Location", "Organization", "PractitionerRole", "Medication")
 
-    def __init__(self, resources: Iterable[dict], *, connection_id: int | None) -> None:
+    def __init__(self, resources: Iterable[dict], *, connection_id: int | None,
+                 stored_by: dt.datetime | None = None) -> None:
         wanted: dict[str, set[str]] = defaultdict(set)
         for resource in resources:
             _collect_refs(resource, wanted)
         self.found: dict[tuple[str, str], dict] = {}
         for rtype in self.TYPES if connection_id is not None else ():
             if wanted.get(rtype):
-                for row in LocalResource.objects.filter(
-                    connection_id=connection_id, resource_type=rtype, resource_id__in=wanted[rtype]
-                ).only("resource_type", "resource_id", "resource"):
+                rows = LocalResource.objects.filter(connection_id=connection_id, resource_type=rtype,
+                                                    resource_id__in=wanted[rtype])
+                if stored_by:  # the payer stopped sharing: nothing it sent after that is read
+                    rows = rows.filter(ingested_at__lte=stored_by)
+                for row in rows.only("resource_type", "resource_id", "resource"):
                     self.found[(rtype, row.resource_id)] = row.resource
 
     def name(self, reference: dict | None) -> str:
@@ -138,8 +142,7 @@ def _collect_refs(node: Any, wanted: dict[str, set[str]]) -> None:
 def history_after_sharing_ends() -> str:
     """Return what the pages do with history received before the payer stopped sharing:
     "mark" (show it, marked as received then and no longer shared) or "hide"."""
-    value = str(getattr(settings, "EMR_HISTORY_AFTER_SHARING_ENDS", "mark")).lower()
-    return value if value in ("mark", "hide") else "mark"
+    return settings.EMR_HISTORY_AFTER_SHARING_ENDS
 
 
 def _patient_rows(*, link: PayerLink | None) -> dict[str, list[LocalResource]]:
@@ -180,7 +183,7 @@ def _get(resource: dict, path: str) -> Any:
 
 
 def _date(row: LocalResource, *paths: str) -> dt.datetime | None:
-    if row.date:
+    if row.date and parse_when(row.date.isoformat()):  # within the years a page can show
         return row.date
     for path in paths:
         node = _get(row.resource, path)
@@ -269,21 +272,38 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
     )
 
 
-def _review_action(resource: dict) -> tuple[str, dt.datetime | None, str]:
-    """Return the PDex reviewAction's X12 306 code, the decision date and its reason, if any."""
-    for item in dicts(resource.get("item")):
-        for adjudication in dicts(item.get("adjudication")):
-            code, when = "", None
-            for ext in dicts(adjudication.get("extension")):
-                if ext.get("url") == REVIEW_ACTION:
-                    for sub in dicts(ext.get("extension")):
-                        if sub.get("url") in (REVIEW_ACTION_CODE, "code"):
-                            code = terms.concept_code(sub.get("valueCodeableConcept"))
-                elif ext.get("url") == WHEN_ADJUDICATED:
-                    when = parse_when(ext.get("valueDateTime") or ext.get("valueDate"))
-            if code:
-                return code, when, str((adjudication.get("reason") or {}).get("text") or terms.concept_name(adjudication.get("reason")))
-    return "", None, ""
+def _review_actions(resource: dict) -> list[tuple[str, dt.datetime | None, str]]:
+    """Return each PDex reviewAction of the authorization: its X12 306 code, the decision date
+    and its reason. PDex carries it on an item's adjudication, or on the header's."""
+    adjudications = [*dicts(resource.get("adjudication")),
+                     *(a for item in dicts(resource.get("item")) for a in dicts(item.get("adjudication")))]
+    found = []
+    for adjudication in adjudications:
+        code, when = "", None
+        for ext in dicts(adjudication.get("extension")):
+            if ext.get("url") == REVIEW_ACTION:
+                for sub in dicts(ext.get("extension")):
+                    if sub.get("url") in (REVIEW_ACTION_CODE, "code"):
+                        code = terms.concept_code(sub.get("valueCodeableConcept"))
+            elif ext.get("url") == WHEN_ADJUDICATED:
+                when = parse_when(ext.get("valueDateTime") or ext.get("valueDate"))
+        if code:
+            reason = as_dict(adjudication.get("reason"))
+            found.append((code, when, text(reason.get("text")) or terms.concept_name(reason)))
+    return found
+
+
+def _decision(resource: dict, actions: list[tuple[str, dt.datetime | None, str]]) -> Status:
+    """Return the authorization's decision in words; lines decided differently read "Mixed"."""
+    if text(resource.get("status")) in terms.RECORD_STATUS:
+        return terms.RECORD_STATUS[text(resource["status"])]
+    if not actions:
+        return terms.status_word(terms.PA_OUTCOME, resource.get("outcome"), missing="Decision not given")
+    words = [terms.status_word(terms.REVIEW_ACTION, code) for code, _, _ in actions]
+    if len({w.label for w in words}) == 1:
+        return words[0]
+    counts = {label: sum(w.label == label for w in words) for label in dict.fromkeys(w.label for w in words)}
+    return Status("Mixed: " + ", ".join(f"{n} {label.lower()}" for label, n in counts.items()), "warn")
 
 
 def _units(resource: dict, category: str) -> float | None:
@@ -304,13 +324,10 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
     """A prior authorization (PDex): the service, the decision in words, the period it covers."""
     r = row.resource
     items = dicts(r.get("item"))
-    action, decided, reason = _review_action(r)
-    if text(r.get("status")) in terms.RECORD_STATUS:
-        decision = terms.RECORD_STATUS[text(r["status"])]
-    elif action:
-        decision = terms.status_word(terms.REVIEW_ACTION, action)
-    else:
-        decision = terms.status_word(terms.PA_OUTCOME, r.get("outcome"), missing="Decision not given")
+    actions = _review_actions(r)
+    decision = _decision(r, actions)
+    decided = max((when for _, when, _ in actions if when), default=None)
+    reason = "; ".join(_names(why for _, _, why in actions))
     # The authorized service period: the item's servicedPeriod (PDex), else preAuthRefPeriod.
     period = next((i["servicedPeriod"] for i in items if isinstance(i.get("servicedPeriod"), dict)), None) or next(
         (p for ins in dicts(r.get("insurance")) for p in dicts(ins.get("preAuthRefPeriod"))), None
@@ -342,7 +359,8 @@ def prior_auth_item(row: LocalResource, resolver: Resolver) -> Item:
             "reason": reason,
             "reference": ", ".join(_names(references)) or next(
                 (str(i.get("value")) for i in dicts(r.get("identifier")) if i.get("value")), ""),
-            "open": decision.label in terms.PA_OPEN,
+            "open": decision.label in terms.PA_OPEN or any(terms.status_word(terms.REVIEW_ACTION, code).label
+                                                           in terms.PA_OPEN for code, _, _ in actions),
             "type_label": decision.label,
         },
     )
@@ -513,8 +531,9 @@ def _range_text(ranges: list[dict]) -> str:
     return ""
 
 
-def _interpretation(resource: dict, value: float | None) -> Status | None:
-    """Return the source's interpretation, else High/Low against its numeric reference range."""
+def _interpretation(resource: dict, value: float | None, unit: str) -> Status | None:
+    """Return the source's interpretation, else High/Low against its numeric reference range
+    (FHIR R4 Observation.referenceRange: low and high are inclusive) when in the value's unit."""
     for concept in dicts(resource.get("interpretation")):
         code = terms.concept_code(concept)
         if code:
@@ -522,12 +541,15 @@ def _interpretation(resource: dict, value: float | None) -> Status | None:
     if value is None:
         return None
     for rr in dicts(resource.get("referenceRange")):
-        low, high = (rr.get("low") or {}).get("value"), (rr.get("high") or {}).get("value")
+        bounds = [as_dict(rr.get("low")), as_dict(rr.get("high"))]
+        if any(b and terms.unit_text(text(b.get("unit")) or text(b.get("code"))) not in ("", unit) for b in bounds):
+            continue  # a range in another unit says nothing about this value
+        low, high = bounds[0].get("value"), bounds[1].get("value")
         if isinstance(low, int | float) and value < low:
             return terms.INTERPRETATION["L"]
         if isinstance(high, int | float) and value > high:
             return terms.INTERPRETATION["H"]
-        if low is not None or high is not None:
+        if isinstance(low, int | float) or isinstance(high, int | float):
             return terms.INTERPRETATION["N"]
     return None
 
@@ -536,10 +558,11 @@ def _observation_value(r: dict) -> tuple[str, float | None, str]:
     """Return (value in words, the number if one, unit) of an Observation."""
     quantity = r.get("valueQuantity")
     if isinstance(quantity, dict) and quantity.get("value") is not None:
-        value = quantity["value"]
-        return (f"{value} {terms.unit_text(quantity.get('unit') or quantity.get('code'))}".strip(),
-                float(value) if isinstance(value, int | float) else None,
-                terms.unit_text(quantity.get("unit") or quantity.get("code")))
+        value, unit = quantity["value"], terms.unit_text(text(quantity.get("unit")) or text(quantity.get("code")))
+        # "<0.01": a bound, not a value; it is shown as given and neither flagged nor plotted.
+        comparator = text(quantity.get("comparator"))
+        exact = isinstance(value, int | float) and not isinstance(value, bool) and not comparator
+        return f"{comparator}{value} {unit}".strip(), float(value) if exact else None, unit
     if r.get("valueCodeableConcept"):
         return terms.concept_name(r["valueCodeableConcept"]), None, ""
     for key in ("valueString", "valueInteger", "valueDateTime"):
@@ -588,7 +611,9 @@ def observation_item(row: LocalResource) -> Item:
             "unit": unit,
             "components": components,
             "range": _range_text(dicts(r.get("referenceRange"))),
-            "flag": _interpretation(r, number),
+            "flag": _interpretation(r, number, unit),
+            # Entered in error or cancelled: listed with its status, never a summary's "latest".
+            "valid": text(r.get("status")) not in ("entered-in-error", "cancelled"),
             "vital": "vital-signs" in categories,
             "type_label": "Vital signs" if "vital-signs" in categories else "Laboratory" if "laboratory" in categories
             else ", ".join(c.replace("-", " ").capitalize() for c in categories if c) or "Other",
@@ -650,6 +675,7 @@ def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str,
             "reasons": _names(reasons),
             "diagnoses": _names(diagnoses),
             "end": parse_when(period.get("end")),
+            "happened": text(r.get("status")) not in ("cancelled", "entered-in-error", "planned"),
         },
     )
 
@@ -699,7 +725,7 @@ def patient_history(*, patient: HospitalPatient) -> History:
     rows = _patient_rows(link=link)
     resolver = Resolver(
         (row.resource for type_rows in rows.values() for row in type_rows),
-        connection_id=link.connection.pk if link else None,
+        connection_id=link.connection.pk if link else None, stored_by=link.ended_at if link else None,
     )
     conditions = {row.resource_id: readable(condition_item, row) for row in rows["Condition"]}
     encounters = [readable(encounter_item, row, resolver, conditions) for row in rows["Encounter"]]
@@ -728,7 +754,7 @@ def patient_history(*, patient: HospitalPatient) -> History:
         allergies=newest_first([readable(allergy_item, row, resolver) for row in rows["AllergyIntolerance"]]),
         immunizations=newest_first([readable(immunization_item, row, resolver) for row in rows["Immunization"]]),
         observations=newest_first([readable(observation_item, row) for row in rows["Observation"]]),
-        timeline=encounter_timeline(encounters=[e for e in encounters if e.readable]),
+        timeline=encounter_timeline(encounters=[e for e in encounters if e.readable and e.fields["happened"]]),
         sources=sorted(sources.values(), key=lambda s: (s.export_time is None, s.export_time), reverse=True),
         total=sum(len(v) for v in rows.values()),
         ended=ended,
@@ -763,7 +789,7 @@ def encounter_detail(*, patient: HospitalPatient, encounter_id: str) -> Encounte
     claim_rows = [r for r in rows["ExplanationOfBenefit"] if not _is_preauth(r.resource)]
     resolver = Resolver(
         [row.resource, *(r.resource for r in claim_rows), *(r.resource for k in HISTORY_TYPES for r in linked(k))],
-        connection_id=row.connection_id,
+        connection_id=row.connection_id, stored_by=link.ended_at if link else None,
     )
     conditions = {r.resource_id: readable(condition_item, r) for r in rows["Condition"]}
     encounter = readable(encounter_item, row, resolver, conditions)
@@ -848,10 +874,13 @@ def list_page(
 ) -> ListPage:
     """Return the page of ``items`` (newest first) within the dates (inclusive), at the
     facility and of the type asked; a page past the end gives the last page."""
+    def day(item: Item) -> dt.date | None:
+        return timezone.localtime(item.date).date() if item.date else None  # the day as the page shows it
+
     matched = [
         i for i in items
-        if (not date_from or (i.date and i.date.date() >= date_from))
-        and (not date_to or (i.date and i.date.date() <= date_to))
+        if (not date_from or (day(i) and day(i) >= date_from))
+        and (not date_to or (day(i) and day(i) <= date_to))
         and (not facility or i.fields.get("facility") == facility)
         and (not kind or _type_of(i) == kind)
     ]

@@ -15,6 +15,7 @@ from emr import linking
 from emr.models import Clinician, HospitalPatient, PatientSync
 from emr.sync_messages import sync_panel_words
 from provider.models import PayerConnection, SyncJob
+from provider.services.sync import MATCH_REFUSED
 
 TERMINAL_STATUSES = {
     SyncJob.Status.COMPLETED,
@@ -162,7 +163,7 @@ def payer_link(*, patient: HospitalPatient) -> PayerLink | None:
             connection__organization_npi=patient.organization_npi,
         )
         .select_related("connection")
-        .only("status", "patient_ids", "created_at", "finished_at", "connection")
+        .only("status", "patient_ids", "created_at", "finished_at", "connection", "member_match")
         .order_by("-created_at", "-pk")
     )
     # JSON "contains" is not portable to SQLite; a patient has few jobs.
@@ -175,8 +176,11 @@ def payer_link(*, patient: HospitalPatient) -> PayerLink | None:
     # A later fetch through the same connection that the payer answered with nothing for
     # this patient means its sharing ended (CMS-0057-F: data flows only while the member
     # is attributed and has not opted out); a fetch that failed says nothing either way.
+    # A member match the payer refused over the attestation (PDex 2.2 §pdex-261) says the
+    # request was wrong, not that the payer stopped sharing.
     ended = next(
         (job for job in jobs if job.connection_id == linked.connection_id and job.status == SyncJob.Status.NO_DATA
+         and (job.member_match or {}).get("outcome") != MATCH_REFUSED
          and (job.created_at, job.pk) > (linked.created_at, linked.pk)),
         None,
     )

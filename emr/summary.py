@@ -108,9 +108,10 @@ def trend_build(*, series: Series, width: int = 132, height: int = 36, pad: floa
 
 
 def _series(observations: list[Item]) -> list[Series]:
-    by_code: dict[str, Series] = {}
+    by_code: dict[tuple[str, str], Series] = {}
     for item in observations:  # newest first already
-        key = item.fields["code"] or item.title
+        # One series per test and unit: a trend never joins kilograms to pounds.
+        key = (item.fields["code"] or item.title, item.fields["unit"])
         series = by_code.setdefault(key, Series(code=item.fields["code"], name=item.title, vital=item.fields["vital"]))
         series.items.append(item)
     for series in by_code.values():
@@ -143,7 +144,8 @@ def summary_build(*, history: History, now: dt.datetime | None = None) -> Summar
     now = now or timezone.now()
     history = _readable_only(history)
     recent = now - dt.timedelta(days=RECENT_DAYS)
-    problems = _latest_by([c for c in history.conditions if c.fields["active"]], lambda c: c.fields["code"] or c.title)
+    # The newest record of each problem decides: an old "active" one resolved since is not active.
+    problems = [c for c in _latest_by(history.conditions, lambda c: c.fields["code"] or c.title) if c.fields["active"]]
     # The problem list first, then other active diagnoses; each group newest first.
     problems.sort(key=lambda c: not c.fields["problem_list"])
     vaccines: dict[str, VaccineLine] = {}
@@ -158,7 +160,7 @@ def summary_build(*, history: History, now: dt.datetime | None = None) -> Summar
         dates = [d for d in (pa.fields["requested"], pa.fields["decided"], pa.date) if d]
         return any(d >= recent for d in dates) or bool(pa.fields["period_end"] and pa.fields["period_end"] >= now)
 
-    series = _series([o for o in history.observations if _values(o) is not None or o.fields["value"]])
+    series = _series([o for o in history.observations if o.fields["valid"]])
     return Summary(
         problems=problems,
         medications=_latest_by(history.active_medications, lambda m: m.title.lower()),
@@ -166,6 +168,6 @@ def summary_build(*, history: History, now: dt.datetime | None = None) -> Summar
         immunizations=list(vaccines.values()),
         vitals=[s for s in series if s.vital],
         labs=[s for s in series if not s.vital],
-        encounters=history.encounters[:5],
+        encounters=[e for e in history.encounters if e.fields["happened"]][:5],
         prior_auths=[pa for pa in history.prior_auths if pa_relevant(pa)][:6],
     )

@@ -302,10 +302,11 @@ REVIEW_ACTION = {
     "CT": Status("Contact the plan", "warn"), "D": Status("Deferred", "info"), "NA": Status("No review needed", "ok"),
 }
 PA_OUTCOME = {
-    "queued": Status("Pending", "info"), "partial": Status("Partly approved", "warn"),
+    # R4 remittance-outcome "partial": some of the review is done, not a partial approval.
+    "queued": Status("Pending", "info"), "partial": Status("Partly reviewed", "info"),
     "complete": Status("Decided", "plain"), "error": Status("Could not be reviewed", "bad"),
 }
-PA_OPEN = {"Pending", "Deferred", "Contact the plan"}
+PA_OPEN = {"Pending", "Deferred", "Contact the plan", "Partly reviewed"}
 
 
 def status_word(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:

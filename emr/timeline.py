@@ -27,7 +27,10 @@ ENCOUNTER_CLASSES = {
 
 def encounter_timeline(*, encounters: list[Item], width: int = 1000) -> dict[str, Any] | None:
     """Lay encounters out on a years axis, one row per facility, for an inline SVG."""
-    dated = [e for e in encounters if e.date]
+    # Dates far from today (a typo's year 2202) would squeeze every other dot into a corner:
+    # the table lists them, the timeline leaves them out.
+    latest = dt.datetime.now(dt.UTC).year + 1
+    dated = [e for e in encounters if e.date and 1900 <= e.date.year <= latest]
     if not dated:
         return None
     label_width, right_pad, row_height, top = 230, 20, 34, 30

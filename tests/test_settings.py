@@ -89,3 +89,11 @@ def test_make_demos_env_file_turns_debug_on_and_a_variable_set_wins(tmp_path):
     assert demo.returncode == 0, demo.stderr  # no SECRET_KEY needed: the file says DEBUG=1
     assert "notices-send" in json.loads(demo.stdout)["beat"]
     assert production.returncode != 0 and "SECRET_KEY must be set when DEBUG is off" in production.stderr
+
+
+def test_a_mistyped_history_setting_refuses_to_start_rather_than_show_what_was_meant_hidden(tmp_path):
+    for value, ok in (("hide", True), (" Hide ", True), ("mark", True), ("hidden", False), ("no", False)):
+        result = _run(tmp_path, SECRET_KEY="k", EMR_HISTORY_AFTER_SHARING_ENDS=value)
+        assert (result.returncode == 0) is ok, (value, result.stderr[-500:])
+        if not ok:
+            assert "EMR_HISTORY_AFTER_SHARING_ENDS must be 'mark' or 'hide'" in result.stderr

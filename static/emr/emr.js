@@ -41,6 +41,8 @@
           if (next) { ev.preventDefault(); select(next, true, true); }
         });
       });
+      // The tab list works only with this script: without it, it stays hidden and every panel shows.
+      $$("[role=tablist]", box).forEach(function (list) { list.hidden = false; });
       var selected = tabs.filter(function (t) { return t.getAttribute("aria-selected") === "true"; })[0] || tabs[0];
       if (selected) select(selected, false, false);
     });
@@ -54,6 +56,10 @@
       if (!dots.length) return;
       dots.forEach(function (d, i) { d.setAttribute("tabindex", i === dots.length - 1 ? "0" : "-1"); });
       dots.forEach(function (dot, i) {
+        // A dot focused by any means (click, Tab) is where the keyboard comes back to.
+        dot.addEventListener("focus", function () {
+          dots.forEach(function (d) { d.setAttribute("tabindex", d === dot ? "0" : "-1"); });
+        });
         dot.addEventListener("keydown", function (ev) {
           var j = null;
           if (ev.key === "ArrowRight" || ev.key === "ArrowDown") j = Math.min(i + 1, dots.length - 1);
@@ -96,7 +102,7 @@
         var keep = new URLSearchParams(window.location.search);
         keep.forEach(function (value, key) {
           // Keep the other list's filters; this list's come from its form.
-          if (!form.querySelector("[name='" + key + "']") && key.indexOf(form.getAttribute("data-prefix")) !== 0) params.set(key, value);
+          if (!form.elements.namedItem(key) && key.indexOf(form.getAttribute("data-prefix")) !== 0) params.set(key, value);
         });
         loadPanel(window.location.pathname + "?" + params.toString(), "panel-" + form.getAttribute("data-list"));
       });

@@ -148,9 +148,10 @@ def test_patient_page_opens_on_the_summary_in_plain_words(smith, jack):
     text = _text(page.content)
     assert page.context["tab"] == "summary"
     assert 'id="tab-summary" aria-controls="panel-summary" aria-selected="true"' in html
+    panel = html.split('id="panel-summary"', 1)[1].split('role="tabpanel"', 1)[0]
     for heading in ("Allergies", "Active problems", "Active medications", "Latest labs", "Latest vital signs",
                     "Last encounters", "Open or recent prior authorizations", "Immunizations"):
-        assert f'">{heading} ' in html or f'">{heading}<' in html, heading
+        assert re.search(rf'<h3 id="sum-[a-z]+">{heading}( <span|</h3>)', panel), heading
     assert "Penicillin High risk" in text and "Hives and facial swelling (severe)" in text
     assert "1 tablet by mouth twice a day" in text and "1 tablet · 1 tablet" not in text
     assert "6.9 % High 4.0–5.6 %" in text and "134/82 mmHg" in text
@@ -196,6 +197,12 @@ def test_lists_page_and_filter_by_date_facility_and_type(smith, jack):
     html = client.get(f"/emr/patients/{jack.pk}/", {"tab": "claims", "clm-type": "Hospital or facility",
                                                     "enc-type": "Emergency"}).content.decode()
     assert "Claims 1–7 of 7" in _text(html.encode())
+    # The pager's links keep the other filters and change only the page.
+    page = client.get(f"/emr/patients/{jack.pk}/", {"tab": "encounters", "enc-type": "Outpatient", "clm-type": "Pharmacy"})
+    assert page.context["lists"]["encounters"]["query"] == "enc-type=Outpatient&clm-type=Pharmacy&"
+    assert "?enc-type=Outpatient&amp;clm-type=Pharmacy&amp;enc-page=" not in page.content.decode()  # one page only
+    many = client.get(f"/emr/patients/{jack.pk}/", {"tab": "results", "res-type": "Laboratory", "enc-type": "Outpatient"})
+    assert many.context["lists"]["results"]["page"].matched == 5
 
 
 def test_bad_filter_values_are_ignored_and_said_never_an_error(smith, jack):
@@ -245,7 +252,9 @@ KEYS = ["status", "clinicalStatus", "verificationStatus", "code", "coding", "sys
         "reasonCode", "reasonReference", "serviceProvider", "encounter", "reference", "requester", "performer",
         "actor", "recorder", "onsetDateTime", "abatementDateTime", "recordedDate", "effectiveDateTime", "authoredOn",
         "subType", "dispenseRequest", "expectedSupplyDuration", "asNeededBoolean", "valueString", "valueBoolean"]
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False),
+DATES = st.sampled_from(["2024-01-02", "0001-01-01", "9999-12-31", "9999-12-31T23:59:59-12:00", "2024-02-30",
+                          "2024", "2024-13", "1900-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z"])
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False), DATES,
                       # No NUL: a JSON column on Postgres cannot hold it (ingest refuses it first).
                       st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12),
                       st.sampled_from(["active", "A1", "2024-01-02", "final", "Encounter/enc-1",
@@ -255,17 +264,158 @@ JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(
 
 
 @given(types=st.lists(st.sampled_from(history_reads.HISTORY_TYPES), min_size=1, max_size=6),
-       bodies=st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), min_size=6, max_size=6))
-def test_any_shape_of_stored_resource_renders_every_tab(smith, jack, types, bodies):
+       bodies=st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), min_size=6, max_size=6),
+       dates=st.lists(st.one_of(st.none(), st.sampled_from([dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC),
+                                                            dt.datetime(2024, 1, 2, tzinfo=dt.UTC)])), min_size=6, max_size=6))
+def test_any_shape_of_stored_resource_renders_every_tab(smith, jack, types, bodies, dates, settings):
+    settings.TIME_ZONE = "Pacific/Kiritimati"  # UTC+14: the zone furthest from UTC, where conversions overflow first
     LocalResource.objects.filter(resource_id__startswith="odd-").delete()
     rows = [LocalResource(resource_type=kind, resource_id=f"odd-{n}", patient_id="pat-jack", connection=jack.insurer,
-                          resource={**body, "resourceType": kind, "id": f"odd-{n}"}, ingested_at=dt.datetime(2025, 6, 13, tzinfo=dt.UTC))
-            for n, (kind, body) in enumerate(zip(types, bodies))]
+                          resource={**body, "resourceType": kind, "id": f"odd-{n}"}, date=date,
+                          ingested_at=dt.datetime(2025, 6, 13, tzinfo=dt.UTC))
+            for n, (kind, body, date) in enumerate(zip(types, bodies, dates))]
     LocalResource.objects.bulk_create(rows)
     client = _client(smith)
     for tab in ("summary", "encounters"):
-        assert client.get(f"/emr/patients/{jack.pk}/", {"tab": tab}).status_code == 200
-    assert client.get(f"/emr/patients/{jack.pk}/print/claims/").status_code == 200
+        assert client.get(f"/emr/patients/{jack.pk}/", {"tab": tab, "enc-date_from": "2020-01-01"}).status_code == 200
+    for section in ("claims", "results", "prior-auths"):
+        assert client.get(f"/emr/patients/{jack.pk}/print/{section}/").status_code == 200
     for row in rows:
         if row.resource_type == "Encounter":
             assert client.get(f"/emr/patients/{jack.pk}/encounters/{row.resource_id}/").status_code == 200
+
+
+# --- What must not mislead a physician ----------------------------------------------------
+
+def _store(jack, *resources: dict) -> None:
+    LocalResource.objects.bulk_create([
+        LocalResource(resource_type=r["resourceType"], resource_id=r["id"], patient_id="pat-jack", connection=jack.insurer,
+                      resource=r, ingested_at=dt.datetime(2025, 6, 13, tzinfo=dt.UTC), export_time=dt.datetime(2025, 6, 13, tzinfo=dt.UTC))
+        for r in resources])
+
+
+def _lab(oid: str, value: dict, when: str, *, status: str = "final", code: str = "10839-9", ranges=None) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": status, "subject": {"reference": "Patient/pat-jack"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": when,
+            "category": [{"coding": [{"code": "laboratory"}]}], "valueQuantity": value, **({"referenceRange": ranges} if ranges else {})}
+
+
+def test_a_bound_an_error_and_another_unit_never_make_a_latest_value_or_a_trend(jack):
+    _store(
+        jack,
+        _lab("trop-1", {"value": 0.5, "unit": "ng/mL"}, "2024-10-01T10:00:00Z", ranges=[{"high": {"value": 0.04, "unit": "ng/mL"}}]),
+        _lab("trop-2", {"value": 0.01, "comparator": "<", "unit": "ng/mL"}, "2024-10-02T10:00:00Z",
+             ranges=[{"high": {"value": 0.04, "unit": "ng/mL"}}]),
+        _lab("trop-3", {"value": 12.5, "unit": "ng/mL"}, "2024-10-03T10:00:00Z", status="entered-in-error"),
+        # The same test in other units: its own row; a range in another unit flags nothing.
+        _lab("wt-lb", {"value": 230, "unit": "[lb_av]"}, "2024-10-04T10:00:00Z", code="29463-7",
+             ranges=[{"low": {"value": 50, "unit": "kg"}, "high": {"value": 100, "unit": "kg"}}]),
+    )
+    summary = summary_build(history=history_reads.patient_history(patient=jack), now=NOW)
+    troponin = next(s for s in summary.labs if s.name == "Troponin I" and s.code == "10839-9")
+    assert troponin.latest.id == "trop-2" and troponin.latest.fields["value"] == "<0.01 ng/mL"
+    assert troponin.latest.fields["flag"] is None  # "<0.01" is a bound: not flagged against the range
+    assert "trop-3" not in [i.id for i in troponin.items]
+    assert troponin.trend is None  # one exact value only: 0.5
+    weights = [s for s in summary.vitals + summary.labs if s.code == "29463-7"]
+    assert len(weights) == 2 and {s.latest.fields["unit"] for s in weights} == {"kg", "lb"}
+    pounds = next(s for s in weights if s.latest.fields["unit"] == "lb")
+    assert pounds.latest.fields["flag"] is None and pounds.trend is None
+    kilograms = next(s for s in weights if s.latest.fields["unit"] == "kg")
+    assert "lb" not in kilograms.trend.label
+    # The Labs tab still lists the result entered in error, with its status.
+    errors = [o for o in history_reads.patient_history(patient=jack).observations if o.id == "trop-3"]
+    assert errors[0].status.label == "Entered in error" and not errors[0].fields["valid"]
+
+
+def test_a_problem_resolved_since_is_not_active_and_cancelled_visits_are_not_last_encounters(jack):
+    active = {"coding": [{"code": "active"}]}
+    resolved = {"coding": [{"code": "resolved"}]}
+    asthma = {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J45.909", "display": "Asthma"}]}
+    _store(
+        jack,
+        {"resourceType": "Condition", "id": "asthma-old", "clinicalStatus": active, "code": asthma,
+         "subject": {"reference": "Patient/pat-jack"}, "onsetDateTime": "2015-01-01"},
+        {"resourceType": "Condition", "id": "asthma-new", "clinicalStatus": resolved, "code": asthma,
+         "subject": {"reference": "Patient/pat-jack"}, "onsetDateTime": "2023-01-01"},
+        {"resourceType": "Encounter", "id": "enc-cancelled", "status": "cancelled", "class": {"code": "AMB"},
+         "subject": {"reference": "Patient/pat-jack"}, "period": {"start": "2024-10-10T09:00:00Z"}},
+    )
+    history = history_reads.patient_history(patient=jack)
+    summary = summary_build(history=history, now=NOW)
+    assert "Asthma" not in [p.title for p in summary.problems]
+    assert "enc-cancelled" not in [e.id for e in summary.encounters]
+    assert "enc-cancelled" not in [p["item"].id for p in history.timeline["points"]]
+    assert "enc-cancelled" in [e.id for e in history.encounters]  # still listed, as cancelled
+
+
+def test_a_prior_authorization_decided_line_by_line_reads_mixed_and_a_header_decision_counts(jack):
+    pdex = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition"
+
+    def action(code: str) -> dict:
+        return {"extension": [{"url": f"{pdex}/extension-reviewAction", "extension": [
+            {"url": f"{pdex}/extension-reviewActionCode", "valueCodeableConcept": {"coding": [{"code": code}]}}]}],
+                "category": {"coding": [{"code": "allowedunits"}]}}
+
+    _store(
+        jack,
+        {"resourceType": "ExplanationOfBenefit", "id": "pa-two", "use": "preauthorization", "status": "active",
+         "outcome": "complete", "created": "2024-09-01", "patient": {"reference": "Patient/pat-jack"},
+         "item": [{"sequence": 1, "productOrService": {"text": "Knee MRI"}, "adjudication": [action("A1")]},
+                  {"sequence": 2, "productOrService": {"text": "Knee CT"}, "adjudication": [action("A3")]}]},
+        {"resourceType": "ExplanationOfBenefit", "id": "pa-header", "use": "preauthorization", "status": "active",
+         "outcome": "complete", "created": "2024-09-02", "patient": {"reference": "Patient/pat-jack"},
+         "adjudication": [action("A3")], "item": [{"sequence": 1, "productOrService": {"text": "Sleep study"}}]},
+        {"resourceType": "ExplanationOfBenefit", "id": "pa-partial", "use": "preauthorization", "status": "active",
+         "outcome": "partial", "created": "2024-09-03", "patient": {"reference": "Patient/pat-jack"},
+         "item": [{"sequence": 1, "productOrService": {"text": "Home oxygen"}}]},
+    )
+    pas = {pa.id: pa for pa in history_reads.patient_history(patient=jack).prior_auths}
+    assert pas["pa-two"].status.label == "Mixed: 1 approved, 1 denied"
+    assert pas["pa-header"].status.label == "Denied"
+    # R4 remittance-outcome "partial" is a review partly done, not a partial approval.
+    assert pas["pa-partial"].status.label == "Partly reviewed" and pas["pa-partial"].fields["open"]
+
+
+def test_a_refused_attestation_does_not_end_sharing(jack):
+    from emr import selectors
+    from emr.models import PatientSync
+    from provider.models import SyncJob
+
+    job = SyncJob.objects.create(connection=jack.insurer, level="group", scope_key="refused", member_id=jack.member_id,
+                                 status=SyncJob.Status.NO_DATA, member_match={"outcome": "refused"},
+                                 finished_at=dt.datetime.now(dt.UTC))
+    PatientSync.objects.create(patient=jack, job=job)
+    assert selectors.payer_link(patient=jack).ended_at is None
+    SyncJob.objects.filter(pk=job.pk).update(member_match={"outcome": "nonmatched"})
+    assert selectors.payer_link(patient=jack).ended_at is not None
+
+
+def test_dates_show_in_the_configured_zone_and_a_date_without_time_keeps_its_day(smith, jack, settings):
+    settings.TIME_ZONE = "America/Chicago"
+    _store(jack, {"resourceType": "Encounter", "id": "enc-late", "status": "finished", "class": {"code": "AMB"},
+                  "subject": {"reference": "Patient/pat-jack"}, "period": {"start": "2024-10-02T02:30:00Z"}},
+           {"resourceType": "Immunization", "id": "imm-day", "status": "completed", "patient": {"reference": "Patient/pat-jack"},
+            "vaccineCode": {"text": "Hepatitis B"}, "occurrenceDateTime": "2024-10-05"})
+    client = _client(smith)
+    # 02:30 UTC on Oct 2 is the evening of Oct 1 in Chicago; the filter uses the day shown.
+    page = client.get(f"/emr/patients/{jack.pk}/", {"tab": "encounters", "enc-date_from": "2024-10-01", "enc-date_to": "2024-10-01"})
+    assert [e.id for e in page.context["lists"]["encounters"]["page"].items] == ["enc-late"]
+    assert "Oct 1, 2024" in _text(page.content)
+    text = _text(client.get(f"/emr/patients/{jack.pk}/", {"tab": "immunizations"}).content)
+    assert "Hepatitis B Oct 5, 2024" in text
+
+
+def test_a_date_a_page_cannot_show_reads_as_not_given(smith, jack):
+    _store(jack, {"resourceType": "Encounter", "id": "enc-far", "status": "finished", "class": {"code": "AMB"},
+                  "subject": {"reference": "Patient/pat-jack"}, "period": {"start": "9999-12-31T23:59:59-12:00"}},
+           {"resourceType": "Encounter", "id": "enc-typo", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/pat-jack"}, "period": {"start": "2202-05-01"}})
+    LocalResource.objects.filter(resource_id="enc-far").update(date=dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC))
+    client = _client(smith)
+    for tab in ("summary", "encounters"):
+        assert client.get(f"/emr/patients/{jack.pk}/", {"tab": tab}).status_code == 200
+    history = history_reads.patient_history(patient=jack)
+    assert next(e for e in history.encounters if e.id == "enc-far").date is None
+    assert "enc-typo" not in [p["item"].id for p in history.timeline["points"]]  # listed, not plotted
+    assert client.get(f"/emr/patients/{jack.pk}/encounters/enc-far/").status_code == 200
