@@ -197,7 +197,8 @@ def patient_print(request: HttpRequest, pk: int, section: str) -> HttpResponse:
 @clinician_required
 def patient_fetch(request: HttpRequest, pk: int, connection_id: int) -> HttpResponse:
     patient = _patient(request, pk)
-    connection = get_object_or_404(PayerConnection, pk=connection_id)
+    # Another organization's connection is not there for this clinician (not even its name).
+    connection = get_object_or_404(PayerConnection, pk=connection_id, organization_npi=patient.organization_npi)
     return _fetch_answer(request, patient, lambda: services.patient_fetch_start(
         patient=patient, connection=connection, user=request.user, clinician=request.clinician,
         attest=request.POST.get("attest") == "on",

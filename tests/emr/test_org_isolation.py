@@ -63,7 +63,7 @@ def test_another_organization_cannot_fetch_through_graces_client_nor_read_jacks_
     assert "Fetch history from" not in page and "no connection of its own to UnitedCare Health" in page
     jobs = SyncJob.objects.count()
     refused = client.post(f"/emr/patients/{copy.pk}/fetch/{grace_connection.pk}/", HTTP_ACCEPT="application/json")
-    assert refused.status_code == 400 and "not a connection of this patient's organization" in refused.json()["error"]
+    assert refused.status_code == 404 and "UnitedCare" not in refused.content.decode()
     with pytest.raises(services.PatientError):
         services.patient_fetch_start(patient=copy, connection=grace_connection, user=rlee.user)
     assert SyncJob.objects.count() == jobs
@@ -98,7 +98,7 @@ def test_each_organization_fetches_through_its_own_connection(grace_connection, 
     assert job.connection == oakview_connection and job.member_id == JACK_MEMBER_ID
     # The incremental-fetch key names the connection, so never Grace's _since.
     assert str(oakview_connection.pk) == job.scope_key.split("|")[0]
-    assert client.post(f"/emr/patients/{patient.pk}/fetch/{grace_connection.pk}/").status_code == 302
+    assert client.post(f"/emr/patients/{patient.pk}/fetch/{grace_connection.pk}/").status_code == 404
     assert SyncJob.objects.count() == 1
 
 
