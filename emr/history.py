@@ -48,7 +48,7 @@ PDEX = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition"
 REVIEW_ACTION = f"{PDEX}/extension-reviewAction"
 REVIEW_ACTION_CODE = f"{PDEX}/extension-reviewActionCode"
 WHEN_ADJUDICATED = f"{PDEX}/base-ext-when-adjudicated"
-NOT_GIVEN = "not given"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
 @dataclass
@@ -268,6 +268,12 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
             "diagnoses": diagnoses,
             "identifier": next((str(i.get("value")) for i in dicts(r.get("identifier")) if i.get("value")), ""),
             "encounters": sorted(_encounter_refs(r)),
+            # A pharmacy claim is a fill: which drug (RxNorm, as CARIN BB codes it beside the
+            # NDC) and for how many days (supportingInfo:dayssupply).
+            "rxnorm": [code for i in items if (code := terms.concept_code(i.get("productOrService"), system=RXNORM))],
+            "days_supply": next((_number(v) for info in dicts(r.get("supportingInfo"))
+                                 if terms.concept_code(info.get("category")) == "dayssupply"
+                                 and isinstance(v := as_dict(info.get("valueQuantity")).get("value"), int | float)), ""),
         },
     )
 
@@ -420,6 +426,7 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
                 (p.get("actor") for p in dicts(r.get("performer")) if isinstance(p, dict)), None)),
             "reasons": reasons,
             "active": text(r.get("status")) in terms.MEDICATION_ACTIVE,
+            "rxnorm": terms.concept_code(concept, system=RXNORM),
             "encounters": sorted(_encounter_refs(r)),
         },
     )

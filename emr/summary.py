@@ -19,6 +19,8 @@ TREND_FIRST = ["4548-4", "33914-3", "85354-9", "29463-7", "2160-0", "13457-7", "
 SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
 RECENT_DAYS = 365
 TREND_POINTS = 12
+# Pharmacy claims this recent show as fills even without a prescription in the data.
+RECENT_FILL_DAYS = 180
 
 
 @dataclass
@@ -48,6 +50,23 @@ class Series:
 
 
 @dataclass
+class MedicationLine:
+    """An active medication and its latest fill on a pharmacy claim (same RxNorm code), if any."""
+
+    item: Item
+    last_fill: Item | None = None
+
+
+@dataclass
+class FillLine:
+    """A drug filled recently (pharmacy claims) with no active prescription in the history."""
+
+    latest: Item
+    name: str
+    fills: int
+
+
+@dataclass
 class VaccineLine:
     latest: Item
     doses: int
@@ -56,7 +75,8 @@ class VaccineLine:
 @dataclass
 class Summary:
     problems: list[Item]
-    medications: list[Item]
+    medications: list[MedicationLine]
+    recent_fills: list[FillLine]
     allergies: list[Item]
     immunizations: list[VaccineLine]
     vitals: list[Series]
@@ -66,7 +86,7 @@ class Summary:
 
     @property
     def empty(self) -> bool:
-        return not any((self.problems, self.medications, self.allergies, self.immunizations, self.vitals,
+        return not any((self.problems, self.medications, self.recent_fills, self.allergies, self.immunizations, self.vitals,
                         self.labs, self.encounters, self.prior_auths))
 
 
@@ -128,6 +148,31 @@ def _latest_by(items: list[Item], key) -> list[Item]:
     return list(seen.values())
 
 
+def _medications(*, history: History, since: dt.datetime) -> tuple[list[MedicationLine], list[FillLine]]:
+    """Return the active medications with their last fill, and the drugs filled since ``since``
+    that no active prescription names (a payer may send pharmacy claims and no prescriptions).
+
+    A prescription's "active" status may be years old; the last fill says whether it is taken.
+    """
+    fills = [c for c in history.claims if c.fields["type_code"] == "pharmacy" and c.date]  # newest first
+    last_fill: dict[str, Item] = {}
+    for claim in fills:
+        for code in claim.fields["rxnorm"]:
+            last_fill.setdefault(code, claim)
+    active = _latest_by(history.active_medications, lambda m: m.title.lower())
+    lines = [MedicationLine(item=m, last_fill=last_fill.get(m.fields["rxnorm"])) for m in active]
+    prescribed = {m.fields["rxnorm"] for m in active if m.fields["rxnorm"]} | {m.title.lower() for m in active}
+    recent: dict[str, FillLine] = {}
+    for claim in fills:
+        name = (claim.fields["services"] or ["Drug not named by the source"])[0]
+        key = next(iter(claim.fields["rxnorm"]), name.lower())
+        if claim.date < since or key in prescribed or name.lower() in prescribed:
+            continue
+        line = recent.setdefault(key, FillLine(latest=claim, name=name, fills=0))
+        line.fills += 1
+    return lines, list(recent.values())
+
+
 def _readable_only(history: History) -> History:
     """Return the history without the records that could not be read (the tabs list them)."""
     keep = lambda items: [i for i in items if i.readable]  # noqa: E731
@@ -161,9 +206,11 @@ def summary_build(*, history: History, now: dt.datetime | None = None) -> Summar
         return any(d >= recent for d in dates) or bool(pa.fields["period_end"] and pa.fields["period_end"] >= now)
 
     series = _series([o for o in history.observations if o.fields["valid"]])
+    medications, recent_fills = _medications(history=history, since=now - dt.timedelta(days=RECENT_FILL_DAYS))
     return Summary(
         problems=problems,
-        medications=_latest_by(history.active_medications, lambda m: m.title.lower()),
+        medications=medications,
+        recent_fills=recent_fills,
         allergies=[a for a in history.allergies if a.fields["active"]],
         immunizations=list(vaccines.values()),
         vitals=[s for s in series if s.vital],

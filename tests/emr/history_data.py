@@ -302,6 +302,22 @@ def clinical_resources(*, subject: dict) -> list[tuple[dict, str]]:
           "medicationCodeableConcept": {"text": "Clopidogrel 75 mg tablet"}, "subject": subject,
           "authoredOn": "2019-07-03T12:00:00Z", "dosageInstruction": [{"text": "1 tablet by mouth daily"}]}, "2019-07-03T12:00:00Z"),
     ]
+    # Pharmacy claims (CARIN BB): fills of the active metformin, a recent antibiotic with no
+    # prescription in the data, and an old one.
+    for eob_id, rxnorm, name, day, days in [
+        ("rx-metformin-1", "860975", "metformin 500 MG Extended Release Oral Tablet", "2024-06-20", 90),
+        ("rx-metformin-2", "860975", "metformin 500 MG Extended Release Oral Tablet", "2024-09-20", 90),
+        ("rx-amoxicillin", "308182", "amoxicillin 500 MG Oral Capsule", "2024-08-15", 10),
+        ("rx-old", "197361", "amlodipine 5 MG Oral Tablet", "2020-02-01", 30),
+    ]:
+        out.append(({
+            "resourceType": "ExplanationOfBenefit", "id": eob_id, "status": "active", "use": "claim", "outcome": "complete",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "pharmacy"}]},
+            "patient": subject, "billablePeriod": {"start": day, "end": day}, "created": day,
+            "supportingInfo": [{"sequence": 1, "category": {"coding": [{"code": "dayssupply"}]}, "valueQuantity": {"value": days}}],
+            "item": [{"sequence": 1, "productOrService": {"coding": [
+                {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxnorm, "display": name}]}, "servicedDate": day}],
+        }, day))
     for pa_id, service, action, display, created, period, decided in [
         ("pa-sleep", "Polysomnography", "A4", "Pended", "2024-09-10", None, None),
         ("pa-rehab", "Cardiac rehabilitation", "A2", "Certified - partial", "2024-09-12", ("2024-09-20", "2024-12-20"), "2024-09-15"),

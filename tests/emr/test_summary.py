@@ -46,11 +46,18 @@ def test_summary_has_what_a_physician_needs_first_each_with_source_and_date(jack
     assert {a.title for a in history.allergies} == {"Penicillin", "Latex"}
 
     # Active medications only, each once; dose and sig written from a structured Dosage.
-    meds = {m.title: m for m in summary.medications}
+    meds = {line.item.title: line.item for line in summary.medications}
     assert set(meds) == {"Atorvastatin 40 mg tablet", "metformin 500 MG Extended Release Oral Tablet"}
     metformin = meds["metformin 500 MG Extended Release Oral Tablet"]
     assert metformin.fields["dose"] == "1 tablet" and metformin.fields["sig"] == "1 tablet by mouth twice a day"
     assert meds["Atorvastatin 40 mg tablet"].fields["sig"] == "1 tablet by mouth nightly"
+    # Each with its last fill on a pharmacy claim (same RxNorm code): an "active" status may be old.
+    fills = {line.item.title: line.last_fill for line in summary.medications}
+    assert fills["metformin 500 MG Extended Release Oral Tablet"].date.date() == dt.date(2024, 9, 20)
+    assert fills["metformin 500 MG Extended Release Oral Tablet"].fields["days_supply"] == "90"
+    assert fills["Atorvastatin 40 mg tablet"] is None
+    # Filled in the last 6 months with no prescription in the data; the 2020 fill is not recent.
+    assert [(f.name, f.fills) for f in summary.recent_fills] == [("amoxicillin 500 MG Oral Capsule", 1)]
     assert [m.title for m in history.past_medications] == ["Clopidogrel 75 mg tablet"]
     assert history.past_medications[0].status.label == "Stopped"
 
@@ -88,7 +95,7 @@ def test_summary_has_what_a_physician_needs_first_each_with_source_and_date(jack
     assert [e.id for e in summary.encounters] == ["enc-7", "enc-6", "enc-5", "enc-4", "enc-3"]
     assert summary.problems and all(p.status.label == "Active" for p in summary.problems)
     # Every entry names its source and date.
-    entries = [*summary.allergies, *summary.medications, *summary.problems, *summary.encounters, *summary.prior_auths,
+    entries = [*summary.allergies, *(line.item for line in summary.medications), *summary.problems, *summary.encounters, *summary.prior_auths,
                *(s.latest for s in summary.labs + summary.vitals), *(v.latest for v in summary.immunizations)]
     assert all(e.source.payer == "UnitedCare Health" and e.source.export_time and e.date for e in entries)
 
@@ -154,6 +161,8 @@ def test_patient_page_opens_on_the_summary_in_plain_words(smith, jack):
         assert re.search(rf'<h3 id="sum-[a-z]+">{heading}( <span|</h3>)', panel), heading
     assert "Penicillin High risk" in text and "Hives and facial swelling (severe)" in text
     assert "1 tablet by mouth twice a day" in text and "1 tablet · 1 tablet" not in text
+    assert "Last filled Sep 20, 2024 (90-day supply)" in text
+    assert "Filled in the last 6 months" not in text  # the Aug 2024 antibiotic is not recent today
     assert "6.9 % High 4.0–5.6 %" in text and "134/82 mmHg" in text
     assert 'role="img" aria-label="Hemoglobin A1c: 3 results' in html
     # No FHIR type names or raw status codes on screen; codes only on the secondary line.
@@ -190,10 +199,10 @@ def test_lists_page_and_filter_by_date_facility_and_type(smith, jack):
 
     items = history_reads.patient_history(patient=jack).claims
     first = history_reads.list_page(items=items, per_page=3)
-    assert (first.page, first.pages, first.first, first.last, len(first.items)) == (1, 3, 1, 3, 3)
+    assert (first.page, first.pages, first.first, first.last, len(first.items)) == (1, 4, 1, 3, 3)
     # A page past the end is the last page; the pager's links keep the other filters.
     last = history_reads.list_page(items=items, per_page=3, page=99)
-    assert (last.page, len(last.items)) == (3, 1)
+    assert (last.page, len(last.items)) == (4, 2)
     html = client.get(f"/emr/patients/{jack.pk}/", {"tab": "claims", "clm-type": "Hospital or facility",
                                                     "enc-type": "Emergency"}).content.decode()
     assert "Claims 1–7 of 7" in _text(html.encode())
