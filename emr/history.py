@@ -217,7 +217,7 @@ def readable(build, row: LocalResource, *args: Any) -> Item:
     except UNREADABLE:
         logger.warning("Could not read %s/%s of connection %s for display", row.resource_type, row.resource_id,
                        row.connection_id, exc_info=True)
-        return Item(kind=row.resource_type, id=row.resource_id, date=row.date, title="A record that could not be read",
+        return Item(kind=row.resource_type, id=row.resource_id, date=_date(row), title="A record that could not be read",
                     status=Status("Not readable", "warn"), source=_source(row), codes=row.resource_type, readable=False)
 
 
@@ -240,7 +240,7 @@ def claim_item(row: LocalResource, resolver: Resolver) -> Item:
     items = dicts(r.get("item"))
     services = _names(terms.concept_name(i.get("productOrService")) for i in items)
     diagnoses = _names(terms.concept_name(d.get("diagnosisCodeableConcept")) for d in dicts(r.get("diagnosis")) if isinstance(d, dict))
-    period = r.get("billablePeriod") or {}
+    period = as_dict(r.get("billablePeriod"))
     type_code = terms.concept_code(r.get("type"))
     kind = terms.CLAIM_TYPE.get(type_code) or terms.concept_name(r.get("type")) or "Claim"
     subtype = terms.concept_name(r.get("subType"))
@@ -379,7 +379,7 @@ def _dosage(dosage: dict) -> tuple[str, str]:
         if quantity := rate.get("doseQuantity"):
             dose = quantity_text(quantity)
         elif low_high := rate.get("doseRange"):
-            low, high = quantity_text(low_high.get("low") or {}), quantity_text(low_high.get("high") or {})
+            low, high = quantity_text(as_dict(low_high.get("low"))), quantity_text(as_dict(low_high.get("high")))
             dose = f"{low} to {high}".strip(" to")
         if dose:
             break
@@ -388,7 +388,7 @@ def _dosage(dosage: dict) -> tuple[str, str]:
         # No text: write it from its parts, as a prescriber would ("1 tablet by mouth twice a day").
         route = dosage.get("route")
         parts = [dose, terms.ROUTE_WORDS.get(terms.concept_code(route)) or terms.concept_name(route).lower(),
-                 terms.frequency_text((dosage.get("timing") or {}).get("repeat") or {})]
+                 terms.frequency_text(as_dict(as_dict(dosage.get("timing")).get("repeat")))]
         if dosage.get("asNeededBoolean") or dosage.get("asNeededCodeableConcept"):
             parts.append("as needed")
         sig = " ".join(p for p in parts if p)
@@ -403,7 +403,7 @@ def medication_item(row: LocalResource, resolver: Resolver) -> Item:
     dosages = dicts(r.get("dosageInstruction")) or dicts(r.get("dosage"))
     doses, sigs = zip(*(_dosage(d) for d in dosages)) if dosages else ((), ())
     table = terms.MEDICATION_STATUS.get(row.resource_type, terms.MEDICATION_STATUS["MedicationRequest"])
-    supply = (r.get("dispenseRequest") or {}).get("expectedSupplyDuration") or r.get("daysSupply") or {}
+    supply = as_dict(as_dict(r.get("dispenseRequest")).get("expectedSupplyDuration") or r.get("daysSupply"))
     reasons = _names(terms.concept_name(c) for c in dicts(r.get("reasonCode")))
     return Item(
         kind=row.resource_type,
@@ -452,8 +452,8 @@ def condition_item(row: LocalResource) -> Item:
             "category": ", ".join(_names(terms.CONDITION_CATEGORY.get(c, c) for c in categories)),
             "problem_list": "problem-list-item" in categories or "health-concern" in categories,
             "verification": terms.status_word(terms.VERIFICATION, verification, missing="").label,
-            "onset": parse_when(r.get("onsetDateTime")) or parse_when((r.get("onsetPeriod") or {}).get("start")),
-            "abated": parse_when(r.get("abatementDateTime")) or parse_when((r.get("abatementPeriod") or {}).get("start")),
+            "onset": parse_when(r.get("onsetDateTime")) or parse_when(as_dict(r.get("onsetPeriod")).get("start")),
+            "abated": parse_when(r.get("abatementDateTime")) or parse_when(as_dict(r.get("abatementPeriod")).get("start")),
             "recorded": parse_when(r.get("recordedDate")),
             "active": clinical in terms.CONDITION_ACTIVE and verification not in terms.NOT_TRUE,
             "encounters": sorted(_encounter_refs(r)),
@@ -525,7 +525,7 @@ def _range_text(ranges: list[dict]) -> str:
     for rr in ranges:
         if not isinstance(rr, dict):
             continue
-        low, high = rr.get("low") or {}, rr.get("high") or {}
+        low, high = as_dict(rr.get("low")), as_dict(rr.get("high"))
         unit = terms.unit_text(high.get("unit") or high.get("code") or low.get("unit") or low.get("code"))
         if low.get("value") is not None and high.get("value") is not None:
             return f"{low['value']}–{high['value']} {unit}".strip()
@@ -598,7 +598,7 @@ def observation_item(row: LocalResource) -> Item:
     r = row.resource
     title, codes = _named(r.get("code"), "Test")
     value_text, number, unit = _observation_value(r)
-    components = {terms.concept_code(c.get("code")): (c.get("valueQuantity") or {}).get("value")
+    components = {terms.concept_code(c.get("code")): as_dict(c.get("valueQuantity")).get("value")
                   for c in dicts(r.get("component")) if isinstance(c, dict)}
     categories = [terms.concept_code(c) for c in dicts(r.get("category"))]
     return Item(
@@ -642,7 +642,7 @@ def procedure_item(row: LocalResource) -> Item:
 def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str, Item]) -> Item:
     """A visit: kind, facility, clinicians, reasons and diagnoses."""
     r = row.resource
-    klass = r.get("class") or {}
+    klass = as_dict(r.get("class"))
     class_code = str(klass.get("code") or "")
     facility = ""
     for loc in dicts(r.get("location")):
@@ -654,15 +654,15 @@ def encounter_item(row: LocalResource, resolver: Resolver, conditions: dict[str,
     reasons = [terms.concept_name(c) for c in dicts(r.get("reasonCode"))]
     for ref in dicts(r.get("reasonReference")):
         key = ref_key(ref)
-        reasons.append(conditions[key[1]].title if key and key[1] in conditions else str((ref or {}).get("display") or ""))
+        reasons.append(conditions[key[1]].title if key and key[1] in conditions else str(as_dict(ref).get("display") or ""))
     diagnoses = []
     for diag in dicts(r.get("diagnosis")):
-        key = ref_key((diag or {}).get("condition"))
+        key = ref_key(as_dict(diag).get("condition"))
         if key and key[1] in conditions:
             diagnoses.append(conditions[key[1]].title)
-        elif ((diag or {}).get("condition") or {}).get("display"):
+        elif text(as_dict(as_dict(diag).get("condition")).get("display")):
             diagnoses.append(str(diag["condition"]["display"]))
-    period = r.get("period") or {}
+    period = as_dict(r.get("period"))
     class_label = ENCOUNTER_CLASSES.get(class_code) or str(klass.get("display") or "").capitalize() or "Visit"
     types = _names(terms.concept_name(t) for t in dicts(r.get("type")))
     return Item(

@@ -135,6 +135,9 @@ class WorkerProcess:
         if not predicate():
             return False
         self.process.send_signal(signal.SIGSTOP)
+        # What the worker sent just before it froze (a COMMIT in the socket) may still land:
+        # let it, so that the state checked is the state the kill leaves.
+        time.sleep(0.3)
         if predicate():
             self.kill()
             return True
