@@ -6,7 +6,7 @@ import datetime as dt
 import re
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -276,8 +276,14 @@ JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(
        bodies=st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), min_size=6, max_size=6),
        dates=st.lists(st.one_of(st.none(), st.sampled_from([dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, tzinfo=dt.UTC),
                                                             dt.datetime(2024, 1, 2, tzinfo=dt.UTC)])), min_size=6, max_size=6))
-def test_any_shape_of_stored_resource_renders_every_tab(smith, jack, types, bodies, dates, settings):
-    settings.TIME_ZONE = "Pacific/Kiritimati"  # UTC+14: the zone furthest from UTC, where conversions overflow first
+def test_any_shape_of_stored_resource_renders_every_tab(smith, jack, types, bodies, dates):
+    # UTC+14: the zone furthest from UTC, where conversions overflow first. (One override per
+    # example, undone after it: the settings fixture would stack one per example.)
+    with override_settings(TIME_ZONE="Pacific/Kiritimati"):
+        _render_every_tab(smith, jack, types, bodies, dates)
+
+
+def _render_every_tab(smith, jack, types, bodies, dates) -> None:
     LocalResource.objects.filter(resource_id__startswith="odd-").delete()
     rows = [LocalResource(resource_type=kind, resource_id=f"odd-{n}", patient_id="pat-jack", connection=jack.insurer,
                           resource={**body, "resourceType": kind, "id": f"odd-{n}"}, date=date,
