@@ -13,6 +13,9 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from emr import terms
 
+# A JSON string or number as text ("" for anything else).
+text = terms.scalar_text
+
 
 def as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
@@ -25,11 +28,6 @@ def as_list(value: Any) -> list:
 def dicts(value: Any) -> list[dict]:
     """Return the dicts of a JSON array (nothing for anything else)."""
     return [v for v in as_list(value) if isinstance(v, dict)]
-
-
-def text(value: Any) -> str:
-    """Return a JSON string or number as text ("" for objects, arrays, null)."""
-    return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
 
 
 def ref_key(reference: Any) -> tuple[str, str] | None:
@@ -45,6 +43,11 @@ def ref_key(reference: Any) -> tuple[str, str] | None:
 # Years a page can show in any time zone (years 1 and 9999 overflow when converted); a
 # record dated outside them reads as undated.
 _SHOWABLE_YEARS = (2, 9998)
+
+
+def showable(when: dt.date) -> bool:
+    """Return whether a page can show the date or time in any time zone."""
+    return _SHOWABLE_YEARS[0] <= when.year <= _SHOWABLE_YEARS[1]
 
 
 def parse_when(value: Any) -> dt.datetime | None:
@@ -63,7 +66,7 @@ def parse_when(value: Any) -> dt.datetime | None:
             # A FHIR date has no time zone: it is that calendar day wherever it is read, so
             # it is midnight in the zone pages are shown in, never a UTC midnight that shows
             # as the day before west of Greenwich.
-            if not _SHOWABLE_YEARS[0] <= day.year <= _SHOWABLE_YEARS[1]:
+            if not showable(day):
                 return None
             return timezone.make_aware(dt.datetime.combine(day, dt.time()))
     except (ValueError, OverflowError):
@@ -71,7 +74,7 @@ def parse_when(value: Any) -> dt.datetime | None:
     if parsed.tzinfo is None:
         # FHIR R4 dateTime: "If hours and minutes are specified, a time zone SHALL be populated".
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed if _SHOWABLE_YEARS[0] <= parsed.year <= _SHOWABLE_YEARS[1] else None
+    return parsed if showable(parsed) else None
 
 
 def human_name(resource: dict) -> str:

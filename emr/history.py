@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from emr import terms
-from emr.fhir_text import as_dict, as_list, dicts, human_name, parse_when, quantity_text, ref_key, text
+from emr.fhir_text import as_dict, as_list, dicts, human_name, parse_when, quantity_text, ref_key, showable, text
 from emr.models import HospitalPatient
 from emr.selectors import PayerLink, payer_link
 from emr.terms import Status
@@ -183,7 +183,7 @@ def _get(resource: dict, path: str) -> Any:
 
 
 def _date(row: LocalResource, *paths: str) -> dt.datetime | None:
-    if row.date and parse_when(row.date.isoformat()):  # within the years a page can show
+    if row.date and showable(row.date):
         return row.date
     for path in paths:
         node = _get(row.resource, path)
@@ -881,13 +881,11 @@ def list_page(
 ) -> ListPage:
     """Return the page of ``items`` (newest first) within the dates (inclusive), at the
     facility and of the type asked; a page past the end gives the last page."""
-    def day(item: Item) -> dt.date | None:
-        return timezone.localtime(item.date).date() if item.date else None  # the day as the page shows it
-
+    days = {id(i): timezone.localtime(i.date).date() for i in items if i.date}  # each day as the page shows it
     matched = [
         i for i in items
-        if (not date_from or (day(i) and day(i) >= date_from))
-        and (not date_to or (day(i) and day(i) <= date_to))
+        if (not date_from or days.get(id(i), dt.date.min) >= date_from)
+        and (not date_to or days.get(id(i), dt.date.max) <= date_to)
         and (not facility or i.fields.get("facility") == facility)
         and (not kind or _type_of(i) == kind)
     ]

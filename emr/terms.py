@@ -152,7 +152,8 @@ def _codings(concept: Any) -> list[dict]:
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
-def _text(value: Any) -> str:
+def scalar_text(value: Any) -> str:
+    """Return a JSON string or number as text ("" for objects, arrays, null, booleans)."""
     return str(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else ""
 
 
@@ -162,32 +163,32 @@ def concept_name(concept: Any) -> str:
     when the source gave only codes (the caller says "not named" and shows the code)."""
     codings = _codings(concept)
     for coding in codings:
-        if coding.get("system") == "http://loinc.org" and _text(coding.get("code")) in LOINC_SHORT_NAMES:
-            return LOINC_SHORT_NAMES[_text(coding.get("code"))]
-    if isinstance(concept, dict) and _text(concept.get("text")):
-        return display_clean(_text(concept["text"]))
+        if coding.get("system") == "http://loinc.org" and scalar_text(coding.get("code")) in LOINC_SHORT_NAMES:
+            return LOINC_SHORT_NAMES[scalar_text(coding.get("code"))]
+    if isinstance(concept, dict) and scalar_text(concept.get("text")):
+        return display_clean(scalar_text(concept["text"]))
     ranked = sorted(
-        (c for c in codings if _text(c.get("display"))),
-        key=lambda c: SYSTEM_PREFERENCE.index(c["system"]) if _text(c.get("system")) in SYSTEM_PREFERENCE else 99,
+        (c for c in codings if scalar_text(c.get("display"))),
+        key=lambda c: SYSTEM_PREFERENCE.index(c["system"]) if scalar_text(c.get("system")) in SYSTEM_PREFERENCE else 99,
     )
-    return display_clean(_text(ranked[0]["display"])) if ranked else ""
+    return display_clean(scalar_text(ranked[0]["display"])) if ranked else ""
 
 
 def concept_codes(concept: Any) -> str:
     """Return the codes behind a concept for the secondary line: "ICD-10-CM E11.9 · SNOMED CT 44054006"."""
     parts = []
     for coding in _codings(concept):
-        if _text(coding.get("code")):
-            system = SYSTEM_NAMES.get(_text(coding.get("system")), "")
-            parts.append(f"{system} {_text(coding['code'])}".strip())
+        if scalar_text(coding.get("code")):
+            system = SYSTEM_NAMES.get(scalar_text(coding.get("system")), "")
+            parts.append(f"{system} {scalar_text(coding['code'])}".strip())
     return " · ".join(dict.fromkeys(parts))
 
 
 def concept_code(concept: Any, *, system: str | None = None) -> str:
     """Return the first code of a concept (of ``system`` when given)."""
     for coding in _codings(concept):
-        if _text(coding.get("code")) and (system is None or coding.get("system") == system):
-            return _text(coding["code"])
+        if scalar_text(coding.get("code")) and (system is None or coding.get("system") == system):
+            return scalar_text(coding["code"])
     return ""
 
 
@@ -197,13 +198,6 @@ class Status:
 
     label: str
     tone: str = "plain"
-
-
-def _status(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:
-    code = _text(code).strip()
-    if not code:
-        return Status(missing)
-    return table.get(code) or Status(code.replace("-", " ").capitalize())
 
 
 # Encounter.status (R4 encounter-status, required).
@@ -311,7 +305,10 @@ PA_OPEN = {"Pending", "Deferred", "Contact the plan", "Partly reviewed"}
 
 def status_word(table: dict[str, Status], code: Any, *, missing: str = "Status not given") -> Status:
     """Return a status code in words (the code itself, capitalised, when not in the table)."""
-    return _status(table, code, missing=missing)
+    code = scalar_text(code).strip()
+    if not code:
+        return Status(missing)
+    return table.get(code) or Status(code.replace("-", " ").capitalize())
 
 
 # Resource types as the records a clinician recognizes (singular, plural), for counts such

@@ -142,6 +142,10 @@ SECTIONS = {
     "prior-auths": "Prior authorizations",
     "claims": "Claims",
 }
+# The history's items each section lists.
+SECTION_ITEMS = {"encounters": "encounters", "problems": "conditions", "medications": "medications",
+                 "allergies": "allergies", "immunizations": "immunizations", "results": "observations",
+                 "prior-auths": "prior_auths", "claims": "claims"}
 # The paged lists: their name in templates, the prefix of their query parameters, and the
 # history's items they page.
 LISTS = {"encounters": ("enc", "encounters"), "claims": ("clm", "claims"), "results": ("res", "observations"),
@@ -176,6 +180,9 @@ def _history_context(request: HttpRequest, patient, *, per_page: int = 25) -> di
         ],
         "result_series": [*summary.labs, *summary.vitals],
         "sections": SECTIONS,
+        # Each tab with how many records it holds (the summary, none).
+        "tabs": [(key, label, None if key == "summary" else len(getattr(history, SECTION_ITEMS[key])))
+                 for key, label in SECTIONS.items()],
         "tab": tab if tab in SECTIONS else "summary",
     }
 

@@ -16,6 +16,12 @@ from django.db import connection
 from django.test import override_settings
 
 from config.celery_app import app as celery_app
+from emr.demo import emr_demo_seed
+from payer.models import ProviderOrganization
+from payer.services import demo as payer_demo
+from payer.services.attribution import attribution_refresh
+from payer.services.demo_keys import demo_client_ensure, demo_key_kid, demo_key_path
+from provider.services.connections import payer_connection_create
 
 # Property-based tests (Hypothesis): a bounded number of examples in `make test`; a long
 # run is `HYPOTHESIS_PROFILE=long make test PYTEST_ARGS="-k properties"`.
@@ -200,3 +206,21 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 30, interval: 
             return result
         time.sleep(interval)
     pytest.fail(f"Timed out after {timeout}s waiting for {message or predicate}")
+
+
+@pytest.fixture
+def demo_connection(live_server, tmp_path):
+    """UnitedCare's demo data on the live server, Grace Hospital's registered key and its connection
+    there, and the EMR seed: the demo as `make demo` serves it, for end-to-end tests."""
+    payer_demo.seed_demo(create_admin=False)
+    attribution_refresh()
+    grace = ProviderOrganization.objects.get(npi=payer_demo.GRACE_HOSPITAL_NPI)
+    client_id = "grace-hospital-e2e"
+    demo_client_ensure(organization=grace, key_dir=tmp_path / "keys", client_id=client_id)
+    connection = payer_connection_create(
+        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=f"{live_server.url}/payer/fhir",
+        client_id=client_id, private_key_path=str(demo_key_path(key_dir=tmp_path / "keys", client_id=client_id)),
+        key_id=demo_key_kid(client_id=client_id),
+    )
+    emr_demo_seed(connection_name=connection.name)
+    return connection

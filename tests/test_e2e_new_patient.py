@@ -11,30 +11,15 @@ from django.test import Client
 
 from emr import demo as emr_demo
 from emr.models import Clinician, HospitalPatient, LinkDecision
-from payer.models import ProviderOrganization
-from payer.services import demo as payer_demo
-from payer.services.attribution import attribution_refresh
-from payer.services.demo_keys import demo_client_ensure, demo_key_kid, demo_key_path
 from provider.models import SyncJob
-from provider.services.connections import payer_connection_create
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 
 @pytest.fixture
-def scenario(live_server, tmp_path):
-    payer_demo.seed_demo(create_admin=False)
-    attribution_refresh()
-    grace = ProviderOrganization.objects.get(npi=payer_demo.GRACE_HOSPITAL_NPI)
-    client_id = "grace-hospital-e2e"
-    demo_client_ensure(organization=grace, key_dir=tmp_path / "keys", client_id=client_id)
-    connection = payer_connection_create(
-        name="unitedcare", display_name="UnitedCare Health", fhir_base_url=f"{live_server.url}/payer/fhir",
-        client_id=client_id, private_key_path=str(demo_key_path(key_dir=tmp_path / "keys", client_id=client_id)),
-        key_id=demo_key_kid(client_id=client_id),
-    )
-    emr_demo.emr_demo_seed(connection_name=connection.name)
+def scenario(demo_connection):
+    connection = demo_connection
     client = Client()
     client.force_login(Clinician.objects.get(user__username="jsmith").user)
     return connection, client

@@ -17,7 +17,7 @@ from tests.browser import DOCS_SCREENSHOTS, chromium, login, shot
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.browser]
 
 
-def test_dr_smith_fetches_and_reads_jack_shaws_history(scenario, live_server, celery_worker):
+def test_dr_smith_fetches_and_reads_jack_shaws_history(demo_connection, live_server, celery_worker):
     jack = HospitalPatient.objects.get(member_id=payer_demo.JACK_SHAW_MEMBER_ID)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})

@@ -33,7 +33,7 @@ def _visible_text(page) -> str:
     return page.locator("#history").inner_text()
 
 
-def test_summary_first_then_each_tab_in_plain_words_and_the_opt_out_notice(scenario, live_server, celery_worker):
+def test_summary_first_then_each_tab_in_plain_words_and_the_opt_out_notice(demo_connection, live_server, celery_worker):
     jack = HospitalPatient.objects.get(member_id=payer_demo.JACK_SHAW_MEMBER_ID)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
